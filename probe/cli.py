@@ -1,0 +1,238 @@
+"""The `probe` command: parses options, calls one function per command, prints. No logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from probe.errors import ProbeError
+
+app = typer.Typer(
+    help="Look inside diffusion models: per-block/per-step probes (grid), k-means (kmeans) and the few-shot "
+         "segmenter (segment) of Baranchuk et al., ICLR 2022. With no data options every command runs on the "
+         "embedded default: a synthetic face-parts domain and a small DDPM shipped with the package.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode="rich",
+)
+ddpm_app = typer.Typer(help="Train and sample the guided-diffusion-compatible DDPMs the toolkit probes.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: write the embedded default domain.", no_args_is_help=True)
+app.add_typer(ddpm_app, name="ddpm")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def user_errors(command):
+    """Print a ProbeError as one line on stderr and exit 2, without a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.WARNING, format="probe: %(message)s")
+        try:
+            return command(*args, **kwargs)
+        except ProbeError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+    return wrapper
+
+
+# Options shared by the commands that read a dataset and a model.
+Dataset = typer.Option(None, "--dataset", help="A paper dataset: bedroom28, ffhq34, cat15, horse21, celeba19, ade_bedroom30.")
+DataRoot = typer.Option(None, "--data-root", help="Folder holding the paper datasets (<data-root>/horse_21/real/train ...).")
+Data = typer.Option(None, "--data", help="Any dataset folder in the authors' layout (train/ and test/ with .npy label maps).")
+Checkpoint = typer.Option(None, "--checkpoint", help="guided-diffusion checkpoint (.pt state dict).")
+ModelFlagsOpt = typer.Option(None, "--model-flags", help="guided-diffusion flags string or JSON file; flags left out are inferred from the checkpoint.")
+Blocks = typer.Option(None, "--blocks", help="Decoder blocks (output_blocks indices): e.g. 5,6,7,8,12, 0-17 or all.")
+Steps = typer.Option(None, "--steps", help="Diffusion steps t, e.g. 50,150,250.")
+Seed = typer.Option(0, "--seed", help="Seed of every random choice (noise, initialisation, shuffles).")
+Device = typer.Option("cpu", "--device", help="cpu or cuda.")
+Out = typer.Option(..., "--out", help="Output folder (replaced atomically when the command succeeds).")
+Cache = typer.Option(None, "--cache", help="Activation store folder (default $PROBE_CACHE/activations, ~/.cache/probe).")
+Backbone = typer.Option("ddpm", "--backbone", help="ddpm (trained UNet), random (same UNet, random weights) or pixels (3x3 RGB).")
+Noise = typer.Option("shared", "--noise", help="shared (one seeded noise for all images and steps, as the authors), per-image, or mean-of-K.")
+Quiet = typer.Option(False, "--quiet", help="No progress bars.")
+
+
+def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ProbeError(f"--{what} {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
+@app.command()
+@user_errors
+def features(
+    images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="guided-diffusion checkpoint (.pt state dict)."),
+    model_flags: Optional[str] = ModelFlagsOpt,
+    steps: str = typer.Option("50,150,250", "--steps", help="Diffusion steps t."),
+    blocks: str = typer.Option("all", "--blocks", help="Decoder blocks: all, 5,6,7 or 0-17."),
+    seed: int = Seed,
+    input_activations: bool = typer.Option(False, "--input-activations", help="Take each block's input instead of its output."),
+    noise: str = Noise,
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per UNet forward."),
+    device: str = Device,
+    out: Path = Out,
+    quiet: bool = Quiet,
+):
+    """Export decoder activations: OUT/<stem>.npz with t{t}_block{b} arrays (C, h, w) at native resolution.
+
+    Example: probe features --checkpoint lsun_horse.pt --model-flags "--image_size 256 ..." --images imgs/
+    --steps 50,150,250 --blocks 5,6,7,8,12 --out feats/
+    """
+    from probe.data.layout import load_images
+    from probe.extract import NoisePolicy, UNetBackbone, export_features, parse_indices
+    from probe.models import load_model
+
+    model = load_model(checkpoint, model_flags, device)
+    backbone = UNetBackbone(model, parse_indices(blocks, model.flags.decoder_blocks, "blocks", []),
+                            parse_indices(steps, model.flags.diffusion_steps, "steps", []),
+                            NoisePolicy.parse(noise, seed), input_activations)
+    written = export_features(backbone, load_images(images, model.flags.image_size), out, dtype, batch_size, not quiet)
+    console.print(f"wrote {len(written)} files with {len(backbone.names)} arrays each to {out}")
+
+
+@app.command()
+@user_errors
+def segment(
+    dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
+    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    backbone: str = Backbone, blocks: Optional[str] = Blocks, steps: Optional[str] = Steps,
+    train_number: int = typer.Option(20, "--train-number", help="Labelled training images."),
+    test_number: int = typer.Option(20, "--test-number", help="Test images (the first N by name)."),
+    members: int = typer.Option(10, "--members", help="MLPs in the ensemble."),
+    sequential: bool = typer.Option(False, "--sequential", help="Train members one by one as the authors (default: batched, same algorithm)."),
+    seed: int = Seed,
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat the whole fit per seed (e.g. 0,1,2) and report mean ± std."),
+    noise: str = Noise,
+    input_activations: bool = typer.Option(False, "--input-activations", help="Use each block's input instead of its output."),
+    device: str = Device, cache: Optional[Path] = Cache,
+    out: Path = typer.Option(Path("runs/segment"), "--out", help="Output folder."),
+    quiet: bool = Quiet,
+):
+    """Few-shot segmentation: UNet features from blocks {5,6,7,8,12} at t {50,150,250}, an ensemble of 10 MLPs,
+    majority vote, mIoU (%) as the authors compute it.
+
+    Examples: probe segment   |   probe segment --seeds 0,1,2 --backbone random   |
+    probe segment --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --out runs/horse
+    """
+    from probe.extract import parse_indices
+    from probe.segment import SegmentOptions, run_segment
+    from probe.sources import open_source
+
+    source = open_source(dataset, data_root, data, checkpoint, model_flags)
+    flags = source.load_model("cpu").flags
+    options = SegmentOptions(
+        backbone=backbone,
+        blocks=parse_indices(blocks, flags.decoder_blocks, "blocks", []) if blocks else None,
+        steps=parse_indices(steps, flags.diffusion_steps, "steps", []) if steps else None,
+        train_number=train_number, test_number=test_number, members=members, batched=not sequential,
+        noise=noise, input_activations=input_activations, device=device,
+    )
+    result = run_segment(source, options, _ints(seeds, "seeds") or [seed], out, cache, not quiet)
+    spread = f" ± {result['miou_std']:.2f} over seeds {result['seeds']}" if "miou_std" in result else ""
+    typer.echo(f"mIoU {result['miou']:.2f}%{spread}  ({source.name}, backbone {backbone})  -> {out}")
+
+
+@app.command()
+@user_errors
+def predict(
+    ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble folder written by probe segment (OUT/ensemble)."),
+    images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),
+    device: str = Device, cache: Optional[Path] = Cache,
+    out: Path = Out, quiet: bool = Quiet,
+):
+    """Segment new images with a saved ensemble: OUT/predictions/<stem>.npy, visualizations, uncertainty.csv.
+
+    Example: probe predict --ensemble runs/segment/ensemble --images new_images/ --out runs/predicted
+    """
+    import json
+
+    from probe.data.layout import load_images
+    from probe.segment import run_predict
+
+    manifest = ensemble / "manifest.json"
+    if not manifest.is_file():
+        raise ProbeError(f"{manifest} not found: pass --ensemble with the ensemble/ folder that probe segment wrote")
+    resolution = json.loads(manifest.read_text())["resolution"]
+    table = run_predict(ensemble, load_images(images, resolution), out, cache, device, not quiet)
+    typer.echo(f"segmented {len(table)} images, mean uncertainty {table['uncertainty'].mean():.4f} -> {out}")
+
+
+@data_app.command("default")
+@user_errors
+def data_default(
+    out: Path = Out,
+    size: int = typer.Option(32, "--size", help="Image size."),
+    pool: int = typer.Option(5000, "--pool", help="Unlabelled images for DDPM training."),
+    seed: int = Seed, quiet: bool = Quiet,
+):
+    """Write the embedded default domain (synthetic face portraits with 10 part labels) in the authors' layout.
+
+    Example: probe data default --out data/faces
+    """
+    from probe.data.default_domain import write_default_domain
+
+    write_default_domain(out, size=size, pool=pool, seed=seed, progress=not quiet)
+    typer.echo(f"wrote the default domain to {out}")
+
+
+@ddpm_app.command("train")
+@user_errors
+def ddpm_train(
+    images: Path = typer.Option(..., "--images", help="Folder of training images at the model's size."),
+    model_flags: str = typer.Option(..., "--model-flags", help="guided-diffusion flags string or JSON file."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoint.pt, ema.pt, samples_*.png, loss.csv."),
+    steps: int = typer.Option(20000, "--steps", help="Total training steps."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(2e-4, "--lr"),
+    ema_rate: float = typer.Option(0.999, "--ema-rate"),
+    save_every: int = typer.Option(500, "--save-every", help="Steps between checkpoints (and sample grids)."),
+    seed: int = Seed, device: str = Device,
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    quiet: bool = Quiet,
+):
+    """Train a DDPM (noise-prediction loss, EMA) whose ema.pt loads like the paper's checkpoints.
+
+    Example: probe ddpm train --images data/faces/pool --model-flags probe/weights/default_ddpm.json --out runs/ddpm
+    """
+    from probe.models.flags import ModelFlags, parse_flags
+    from probe.train import TrainConfig, train_ddpm
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_rate=ema_rate, save_every=save_every, seed=seed)
+    path = train_ddpm(images, ModelFlags(**parse_flags(model_flags)), out, config, resume, device, not quiet)
+    typer.echo(f"EMA weights: {path}")
+
+
+@ddpm_app.command("sample")
+@user_errors
+def ddpm_sample(
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Default: the shipped default DDPM."),
+    model_flags: Optional[str] = ModelFlagsOpt,
+    n: int = typer.Option(32, "--n", help="Number of samples."),
+    sampling_steps: int = typer.Option(50, "--sampling-steps", help="DDIM steps."),
+    seed: int = Seed, device: str = Device,
+    out: Path = typer.Option(Path("samples.png"), "--out", help="PNG contact sheet."),
+):
+    """Draw DDIM samples from a checkpoint into a PNG grid.
+
+    Example: probe ddpm sample --n 32 --out samples.png
+    """
+    from probe.sources import default_model_files
+    from probe.train import sample_checkpoint
+
+    if checkpoint is None:
+        checkpoint, model_flags = default_model_files()
+    sample_checkpoint(checkpoint, model_flags, n, seed, sampling_steps, out, device)
+    typer.echo(f"wrote {n} samples to {out}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,119 @@
+"""k-means over pixel features (faiss), and relabelling clusters so maps from different blocks/steps agree."""
+
+from typing import Literal, Sequence
+
+import faiss
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import kmeans_plusplus
+
+from probe.errors import ProbeError
+
+
+def _check_features(features: np.ndarray, k: int, what: str = "features") -> np.ndarray:
+    """Return `features` as a contiguous float32 (N, D) array with N >= k, or raise ProbeError."""
+    if k < 1:
+        raise ProbeError(f"k={k}: the number of clusters must be at least 1")
+    if features.ndim != 2:
+        raise ProbeError(f"{what} has shape {features.shape}: pass one row per pixel, shape (N, D)")
+    if features.shape[0] < k:
+        raise ProbeError(f"{what} has {features.shape[0]} pixels, fewer than k={k}: lower k or pass more pixels")
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def _use_gpu(use_gpu: bool | None) -> bool:
+    """Resolve `use_gpu`: None means "when faiss sees a GPU"; True demands one."""
+    gpus = faiss.get_num_gpus()
+    if use_gpu and gpus == 0:
+        raise ProbeError(
+            "use_gpu=True but faiss sees no GPU: install faiss-gpu (pip install 'probe[gpu]') or pass use_gpu=None"
+        )
+    return gpus > 0 if use_gpu is None else use_gpu
+
+
+def _training_pixels(features: Sequence[np.ndarray], k: int, seed: int) -> np.ndarray:
+    """All rows of `features` stacked, or, when there are more than faiss's max_points_per_centroid * k,
+    that many drawn without replacement by a generator seeded with `seed` (never stacking all rows)."""
+    count = faiss.ClusteringParameters().max_points_per_centroid * k
+    offsets = np.cumsum([0] + [len(f) for f in features])
+    if offsets[-1] <= count:
+        return np.concatenate([np.asarray(f, dtype=np.float32) for f in features])
+    chosen = np.sort(np.random.default_rng(seed).choice(offsets[-1], size=count, replace=False))
+    owner = np.searchsorted(offsets, chosen, side="right") - 1
+    return np.concatenate(
+        [np.asarray(features[i][chosen[owner == i] - offsets[i]], dtype=np.float32) for i in range(len(features))]
+    )
+
+
+def _train(training: np.ndarray, k: int, seed: int, niter: int, use_gpu: bool | None) -> faiss.Kmeans:
+    """faiss k-means on float32 (N, D) pixels, started from seeded k-means++ centroids.
+
+    faiss's own start (k random pixels) often puts two centroids in one cluster and never recovers.
+    """
+    start, _ = kmeans_plusplus(training, k, random_state=seed)
+    kmeans = faiss.Kmeans(training.shape[1], k, niter=niter, seed=seed, gpu=_use_gpu(use_gpu))
+    kmeans.train(training, init_centroids=start)
+    return kmeans
+
+
+def _assign(kmeans: faiss.Kmeans, features: np.ndarray) -> np.ndarray:
+    """Nearest-centroid id per row, int64."""
+    _, nearest = kmeans.index.search(features, 1)
+    return nearest.ravel().astype(np.int64)
+
+
+def kmeans_labels(
+    features: np.ndarray, k: int = 5, seed: int = 0, niter: int = 25, use_gpu: bool | None = None
+) -> np.ndarray:
+    """Cluster (N, D) pixel features into k clusters; returns (N,) int64 ids in [0, k). Same seed, same labels."""
+    features = _check_features(features, k)
+    return _assign(_train(_training_pixels([features], k, seed), k, seed, niter, use_gpu), features)
+
+
+def fit_kmeans(
+    features: Sequence[np.ndarray],
+    k: int = 5,
+    seed: int = 0,
+    fit_on: Literal["image", "all"] = "image",
+    niter: int = 25,
+    use_gpu: bool | None = None,
+) -> list[np.ndarray]:
+    """Cluster each image's (N_i, D) pixel features; returns one (N_i,) int64 label array per image.
+
+    fit_on="image": separate centroids per image. fit_on="all": one set of centroids trained on the pixels
+    of all images (at most faiss's max_points_per_centroid * k of them, drawn with a generator seeded by
+    `seed`), so a cluster id means the same thing in every image.
+    """
+    if fit_on not in ("image", "all"):
+        raise ProbeError(f"fit_on={fit_on!r}: choose 'image' or 'all'")
+    if not features:
+        raise ProbeError("features is empty: pass one (N_i, D) array per image")
+    if fit_on == "image":
+        return [kmeans_labels(f, k, seed, niter, use_gpu) for f in features]
+    if any(f.ndim != 2 for f in features) or len({f.shape[1] for f in features}) != 1:
+        raise ProbeError(f"features have shapes {[f.shape for f in features]}: all must be (N_i, D) with one D")
+    training = _check_features(_training_pixels(features, k, seed), k, "the pixels of all images")
+    kmeans = _train(training, k, seed, niter, use_gpu)
+    return [_assign(kmeans, np.ascontiguousarray(f, dtype=np.float32)) for f in features]
+
+
+def match_labels(reference: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Rename the clusters of `labels` so each gets the id of the reference cluster it overlaps most.
+
+    The one-to-one renaming maximises the total overlap (Hungarian algorithm on the k x k pixel-count
+    matrix). Both arrays hold ids in [0, k) and have the same shape; the result has that shape too.
+    """
+    if reference.shape != labels.shape:
+        raise ProbeError(f"reference has shape {reference.shape} but labels {labels.shape}: pass maps of one size")
+    for name, ids in (("reference", reference), ("labels", labels)):
+        if ids.size and (ids.min() < 0 or ids.max() >= k):
+            raise ProbeError(
+                f"{name} holds ids {ids.min()}..{ids.max()}, outside [0, k={k}): pass the k used to cluster"
+            )
+    overlap = np.bincount(
+        reference.ravel().astype(np.int64) * k + labels.ravel(), minlength=k * k
+    ).reshape(k, k)
+    reference_ids, label_ids = linear_sum_assignment(overlap, maximize=True)
+    renaming = np.empty(k, dtype=np.int64)
+    renaming[label_ids] = reference_ids
+    return renaming[labels]

@@ -1,0 +1,213 @@
+"""Dataset folders: square images with `<stem>.npy` label maps beside them, read as the authors read them.
+
+Accepted layouts: `<root>/real/<split>/` (the authors' archive) or `<root>/<split>/`, with an optional
+`<root>/classes.txt` holding one class name per line. Images become (3, H, W) float32 in [-1, 1] after a
+PIL bilinear resize; label maps become (H, W) int64 after an OpenCV-style nearest resize.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from probe.data.registry import DatasetInfo
+from probe.errors import ProbeError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CLASSES_FILE = "classes.txt"
+UNLABELLED = 255
+
+
+@dataclass
+class LabeledImage:
+    """One image, (3, H, W) float32 in [-1, 1], and its (H, W) int64 label map (None when unlabelled)."""
+
+    stem: str
+    image: np.ndarray
+    labels: np.ndarray | None
+
+
+def _layouts(root: Path, split: str) -> str:
+    return f"{root / 'real' / split} or {root / split}, holding images with <same stem>.npy label maps"
+
+
+def find_split_dir(root: Path, split: str) -> Path:
+    """The folder of `split` under `root`: `<root>/real/<split>` if present, else `<root>/<split>`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ProbeError(f"dataset folder {root} does not exist; expected {_layouts(root, split)}")
+    for folder in (root / "real" / split, root / split):
+        if folder.is_dir():
+            return folder
+    raise ProbeError(f"no {split!r} split in {root}; expected {_layouts(root, split)}")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The .png/.jpg/.jpeg files in `folder`, sorted by file name (the authors' order)."""
+    paths = sorted((path for path in Path(folder).iterdir()
+                    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES), key=lambda path: path.name)
+    if not paths:
+        raise ProbeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}; put the images there")
+    stems = [path.stem for path in paths]
+    shared = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if shared:
+        raise ProbeError(f"images in {folder} share the stem {shared[0]!r}, so their label maps collide; "
+                         "rename or remove one")
+    return paths
+
+
+def _check_resolution(resolution: int) -> None:
+    if not isinstance(resolution, (int, np.integer)) or resolution < 1:
+        raise ProbeError(f"resolution {resolution!r} is not a positive integer; pass e.g. 256")
+
+
+def _open_square_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ProbeError(f"cannot read image {path} ({error}); replace or remove the file") from error
+    if image.width != image.height:
+        raise ProbeError(f"image {path} is {image.width}x{image.height}; only square images are supported, "
+                         "crop it to a square")
+    return image
+
+
+def _scaled_pixels(image: Image.Image, resolution: int) -> np.ndarray:
+    """PIL bilinear resize (skipped at the right size), then pixel / 255 * 2 - 1 in float32, (3, H, W)."""
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
+    unit = np.asarray(image, dtype=np.float32) / np.float32(255)
+    return np.ascontiguousarray((unit * 2 - 1).transpose(2, 0, 1))
+
+
+def nearest_source_indices(source_size: int, target_size: int) -> np.ndarray:
+    """OpenCV INTER_NEAREST: target index i reads source index min(floor(i * src / dst), src - 1).
+
+    The scale is formed as OpenCV forms it, 1 / (dst / src) in double precision.
+    """
+    scale = 1.0 / (target_size / source_size)
+    return np.minimum(np.floor(np.arange(target_size) * scale).astype(np.intp), source_size - 1)
+
+
+def resize_labels_nearest(labels: np.ndarray, resolution: int) -> np.ndarray:
+    """Resize a 2-D label map to (resolution, resolution) as cv2.resize(..., INTER_NEAREST) does."""
+    rows = nearest_source_indices(labels.shape[0], resolution)
+    cols = nearest_source_indices(labels.shape[1], resolution)
+    return labels[np.ix_(rows, cols)]
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as error:
+        raise ProbeError(f"cannot read label map {path} ({error}); save it with numpy.save") from error
+
+
+def _read_labels(path: Path, image_path: Path, image_size: int, num_classes: int, ignore_label: int,
+                 resolution: int) -> np.ndarray:
+    """Load, check and resize the label map of `image_path`: uint8 as the authors cast it, then int64."""
+    if not path.is_file():
+        raise ProbeError(f"label map {path} missing for image {image_path}; put a {path.name} of shape "
+                         f"({image_size}, {image_size}) beside it")
+    raw = _load_npy(path)
+    if raw.ndim != 2:
+        raise ProbeError(f"label map {path} has shape {raw.shape}; expected a 2-D ({image_size}, {image_size}) map")
+    if raw.shape != (image_size, image_size):
+        raise ProbeError(f"label map {path} is {raw.shape[0]}x{raw.shape[1]} but its image {image_path.name} is "
+                         f"{image_size}x{image_size}; save the map at the image's size")
+    labels = raw.astype(np.uint8)
+    bad = (labels != raw) | ((labels >= num_classes) & (labels != ignore_label))
+    if bad.any():
+        raise ProbeError(f"label map {path} holds values {np.unique(raw[bad])[:5].tolist()} outside "
+                         f"0..{num_classes - 1} (ignore label {ignore_label}); fix the map or the number of classes")
+    return resize_labels_nearest(labels, resolution).astype(np.int64)
+
+
+def load_labeled_split(root: Path, split: str, resolution: int, num_classes: int, ignore_label: int,
+                       limit: int | None = None) -> list[LabeledImage]:
+    """The first `limit` (default all) images of `split` by file name, each with its label map."""
+    _check_resolution(resolution)
+    folder = find_split_dir(root, split)
+    paths = list_images(folder)
+    if limit is not None:
+        if limit < 1 or limit > len(paths):
+            raise ProbeError(f"{limit} images asked for but {folder} holds {len(paths)}; "
+                             f"ask for 1..{len(paths)}")
+        paths = paths[:limit]
+    samples = []
+    for path in paths:
+        image = _open_square_rgb(path)
+        labels = _read_labels(path.with_suffix(".npy"), path, image.width, num_classes, ignore_label, resolution)
+        samples.append(LabeledImage(path.stem, _scaled_pixels(image, resolution), labels))
+    return samples
+
+
+def load_images(paths_or_dir: Path | str | Iterable[Path | str], resolution: int) -> list[LabeledImage]:
+    """Unlabelled images from a folder (sorted by file name), one file, or a list of files."""
+    _check_resolution(resolution)
+    if isinstance(paths_or_dir, (str, Path)):
+        single = Path(paths_or_dir)
+        paths = list_images(single) if single.is_dir() else [single]
+    else:
+        paths = [Path(path) for path in paths_or_dir]
+        if not paths:
+            raise ProbeError("no image paths given; pass a folder of images or at least one image file")
+    for path in paths:
+        if not path.is_file():
+            raise ProbeError(f"image {path} does not exist; pass an existing image file or folder")
+    return [LabeledImage(path.stem, _scaled_pixels(_open_square_rgb(path), resolution), None) for path in paths]
+
+
+def _read_classes_file(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_class_names(root: Path, num_classes: int, info: DatasetInfo | None = None) -> list[str]:
+    """Names from `<root>/classes.txt`, else the registry's names of `info`, else class_0, class_1, ..."""
+    path = Path(root) / CLASSES_FILE
+    if path.is_file():
+        names = _read_classes_file(path)
+        if len(names) != num_classes:
+            raise ProbeError(f"{path} lists {len(names)} class names but there are {num_classes} classes; "
+                             f"write one name per line for labels 0..{num_classes - 1}")
+        return names
+    if info is not None:
+        if info.num_classes != num_classes:
+            raise ProbeError(f"dataset {info.name} has {info.num_classes} classes, not {num_classes}; "
+                             f"pass {info.num_classes} or write {path}")
+        return list(info.class_names)
+    return [f"class_{label}" for label in range(num_classes)]
+
+
+def infer_num_classes(root: Path) -> int:
+    """The line count of `<root>/classes.txt`, else the largest train label + 1 (label 255 ignored)."""
+    path = Path(root) / CLASSES_FILE
+    if path.is_file():
+        return len(_read_classes_file(path))
+    folder = find_split_dir(root, "train")
+    label_paths = sorted(folder.glob("*.npy"))
+    if not label_paths:
+        raise ProbeError(f"no .npy label maps in {folder}; add them or write {path} with one class per line")
+    highest = -1
+    for label_path in label_paths:
+        labels = _load_npy(label_path)
+        labels = labels[labels != UNLABELLED]
+        if labels.size:
+            highest = max(highest, int(labels.max()))
+    if highest < 0:
+        raise ProbeError(f"every label in {folder} is {UNLABELLED} (unlabelled); write {path} with one class per line")
+    return highest + 1
+
+
+def resolve_dataset_root(info: DatasetInfo, data_root: Path) -> Path:
+    """`<data_root>/<info.name>`, or an error naming that path and where the dataset is published."""
+    root = Path(data_root) / info.name
+    if not root.is_dir():
+        raise ProbeError(f"dataset {info.name} not found at {root}; download it and extract it there "
+                         f"(published as {info.source})")
+    return root

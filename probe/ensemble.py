@@ -1,0 +1,435 @@
+"""The DatasetGAN pixel-classifier ensemble used by Baranchuk et al. (fit / predict / uncertainty).
+
+Each member is Linear-ReLU-BatchNorm-Linear-ReLU-BatchNorm-Linear, trained with Adam on batches of
+pixels under the authors' early-stopping rule. Members can be trained one after another with torch's
+own modules (`batched=False`, the reference) or all at once as one stacked network (`batched=True`),
+which is the same algorithm, gathers each batch of features once and is several times faster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from probe.errors import ProbeError
+from probe.metrics import SegmentationScore
+
+INIT_STD = 0.02
+GATHER_BATCHES = 16  # batches whose features are fetched from the source in one call
+
+
+class PixelSource(Protocol):
+    """Training pixels: labels in memory, features fetched on demand."""
+
+    dim: int
+    labels: np.ndarray
+
+    def features(self, idx: np.ndarray) -> torch.Tensor:
+        """(len(idx), dim) float32 features of the pixels `idx`."""
+        ...
+
+
+class ArrayPixelSource:
+    """A PixelSource over features already in memory."""
+
+    def __init__(self, features: np.ndarray | torch.Tensor, labels: np.ndarray) -> None:
+        self._features = torch.as_tensor(features)
+        self.labels = np.asarray(labels).astype(np.int64)
+        if self._features.ndim != 2 or self.labels.shape != (self._features.shape[0],):
+            raise ProbeError(
+                f"features {tuple(self._features.shape)} and labels {self.labels.shape} must be (N, D) and (N,)"
+            )
+        self.dim = int(self._features.shape[1])
+
+    def features(self, idx: np.ndarray) -> torch.Tensor:
+        return self._features[torch.as_tensor(idx)].float()
+
+
+def hidden_sizes(num_classes: int) -> tuple[int, int]:
+    """DatasetGAN's hidden widths: (128, 32) below 30 classes, (256, 128) from 30 on."""
+    return (128, 32) if num_classes < 30 else (256, 128)
+
+
+def member_generators(seed: int, member: int) -> tuple[torch.Generator, np.random.Generator]:
+    """Member `member`'s own generators, both seeded from (seed, member): (weight init, shuffles)."""
+    sequence = np.random.SeedSequence([seed, member])
+    init = torch.Generator().manual_seed(int(sequence.generate_state(1)[0]))
+    return init, np.random.default_rng(sequence)
+
+
+def new_member(dim: int, num_classes: int, generator: torch.Generator) -> nn.Sequential:
+    """One member MLP; Linear weights normal(0, 0.02) from `generator`, biases 0, BatchNorm default."""
+    h1, h2 = hidden_sizes(num_classes)
+    linears = [nn.utils.skip_init(nn.Linear, a, b) for a, b in ((dim, h1), (h1, h2), (h2, num_classes))]
+    for linear in linears:
+        with torch.no_grad():
+            linear.weight.normal_(0.0, INIT_STD, generator=generator)
+            linear.bias.zero_()
+    return nn.Sequential(
+        linears[0], nn.ReLU(), nn.BatchNorm1d(h1), linears[1], nn.ReLU(), nn.BatchNorm1d(h2), linears[2]
+    )
+
+
+class StackedLinear(nn.Module):
+    """M independent Linear layers: weight (M, in, out), bias (M, out)."""
+
+    def __init__(self, members: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(members, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(members, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in) shared by all members, or (M, B, in) -> (M, B, out)."""
+        return torch.matmul(x, self.weight) + self.bias[:, None]
+
+
+class StackedBatchNorm(nn.Module):
+    """M independent nn.BatchNorm1d layers over (M, B, F), with the same statistics and updates."""
+
+    def __init__(self, members: int, features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(members, features))
+        self.bias = nn.Parameter(torch.zeros(members, features))
+        self.register_buffer("running_mean", torch.zeros(members, features))
+        self.register_buffer("running_var", torch.ones(members, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean = x.mean(1)
+            var = x.var(1, correction=0)
+            with torch.no_grad():
+                batch = x.shape[1]
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * batch / (batch - 1), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return (x - mean[:, None]) * scale[:, None] + self.bias[:, None]
+
+
+class StackedMLP(nn.Sequential):
+    """M member MLPs as one network; its state_dict keys match a member's nn.Sequential."""
+
+    def __init__(self, members: int, dim: int, num_classes: int) -> None:
+        h1, h2 = hidden_sizes(num_classes)
+        super().__init__(
+            StackedLinear(members, dim, h1), nn.ReLU(), StackedBatchNorm(members, h1),
+            StackedLinear(members, h1, h2), nn.ReLU(), StackedBatchNorm(members, h2),
+            StackedLinear(members, h2, num_classes),
+        )  # fmt: skip
+
+    @classmethod
+    def from_members(cls, mlps: list[nn.Sequential]) -> StackedMLP:
+        """Stack member MLPs built by `new_member` (parameters and running statistics)."""
+        first = mlps[0]
+        stacked = cls(len(mlps), first[0].in_features, first[-1].out_features).to(first[0].weight.device)
+        states = [mlp.state_dict() for mlp in mlps]
+        with torch.no_grad():
+            for key, target in stacked.state_dict().items():
+                value = torch.stack([state[key] for state in states])
+                target.copy_(value.transpose(1, 2) if value.ndim == 3 else value)  # Linear (out, in) -> (in, out)
+        return stacked
+
+
+def majority_vote(member_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(M, N) labels -> (N,) most frequent label per pixel; ties go to the smallest label."""
+    votes = F.one_hot(member_labels, num_classes).sum(0)
+    return votes.argmax(-1)
+
+
+def jensen_shannon(logits: torch.Tensor) -> torch.Tensor:
+    """(M, N, K) logits -> (N,) entropy of the mean softmax minus the mean of the members' entropies."""
+    log_probs = F.log_softmax(logits, -1)
+    probs = log_probs.exp()
+    member_entropy = -(probs * log_probs).sum(-1).mean(0)
+    mean_probs = probs.mean(0)
+    return -torch.special.xlogy(mean_probs, mean_probs).sum(-1) - member_entropy
+
+
+class EarlyStopping:
+    """The authors' rule per member: from epoch `check_after_epoch + 1` on, a batch loss below the best
+    resets the count, any other loss adds one; a member stops when the count exceeds `patience`."""
+
+    def __init__(self, members: int, patience: int, check_after_epoch: int) -> None:
+        self.patience, self.check_after_epoch = patience, check_after_epoch
+        self.best = np.full(members, np.inf)
+        self.count = np.zeros(members, dtype=np.int64)
+        self.stopped = np.zeros(members, dtype=bool)
+
+    def update(self, epoch: int, losses: np.ndarray) -> np.ndarray:
+        """Record one batch's losses; returns the members that stop now."""
+        if epoch <= self.check_after_epoch:
+            return np.zeros_like(self.stopped)
+        active = ~self.stopped
+        improved = active & (losses < self.best)
+        self.best[improved] = losses[improved]
+        self.count[improved] = 0
+        self.count[active & ~improved] += 1
+        newly = active & (self.count > self.patience)
+        self.stopped |= newly
+        return newly
+
+
+def _batches(source: PixelSource, order: np.ndarray, batch_size: int, device: str) -> Iterator[tuple]:
+    """(features, labels) batches in `order`, fetching GATHER_BATCHES batches per source call."""
+    gather = batch_size * GATHER_BATCHES
+    for start in range(0, len(order), gather):
+        idx = order[start : start + gather]
+        features = source.features(idx).to(device)
+        labels = torch.from_numpy(source.labels[idx]).to(device)
+        yield from zip(features.split(batch_size), labels.split(batch_size))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Run `write` on a temporary file beside `path`, then rename it to `path`."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class PixelEnsemble:
+    """Ensemble of pixel-classifier MLPs: majority-vote labels and Jensen-Shannon uncertainty.
+
+    Example:
+        ensemble = PixelEnsemble(num_classes=21).fit(ArrayPixelSource(features, labels))
+        labels, js = ensemble.predict(test_features)
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        members: int = 10,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        patience: int = 50,
+        check_after_epoch: int = 3,
+        max_epochs: int = 100,
+        batched: bool = True,
+        seed: int = 0,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> None:
+        self.num_classes = num_classes
+        self.members = members
+        self.batch_size = batch_size
+        self.lr = lr
+        self.patience = patience
+        self.check_after_epoch = check_after_epoch
+        self.max_epochs = max_epochs
+        self.batched = batched
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+
+    def _training_parameters(self) -> dict:
+        keys = ("batch_size", "lr", "patience", "check_after_epoch", "max_epochs", "batched", "seed")
+        return {key: getattr(self, key) for key in keys}
+
+    def fit(self, source: PixelSource) -> PixelEnsemble:
+        """Train every member on the pixels of `source`; sets model_, dim_, iterations_, epochs_, last_loss_."""
+        labels = source.labels
+        if self.num_classes < 2 or self.members < 1:
+            raise ProbeError(f"num_classes={self.num_classes}, members={self.members}: need >= 2 classes, >= 1 member")
+        if self.batch_size < 2:
+            raise ProbeError(f"batch_size={self.batch_size}: batch normalisation needs at least 2 pixels per batch")
+        if len(labels) < self.batch_size:
+            raise ProbeError(f"{len(labels)} training pixels < batch_size {self.batch_size}: label more pixels")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ProbeError(
+                f"training labels span [{labels.min()}, {labels.max()}], outside [0, {self.num_classes}): "
+                "remove ignore-label pixels and check num_classes"
+            )
+        mlps = [new_member(source.dim, self.num_classes, member_generators(self.seed, m)[0]).to(self.device)
+                for m in range(self.members)]  # fmt: skip
+        self.dim_ = source.dim
+        self.iterations_ = np.zeros(self.members, dtype=np.int64)
+        self.epochs_ = np.zeros(self.members, dtype=np.int64)
+        self.last_loss_ = np.full(self.members, np.nan)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())  # fmt: skip
+        with Progress(*columns, disable=not self.progress) as progress:
+            if self.batched:
+                self.model_ = self._fit_batched(source, StackedMLP.from_members(mlps), progress)
+            else:
+                for m, mlp in enumerate(mlps):
+                    self._fit_member(source, mlp, m, progress)
+                self.model_ = StackedMLP.from_members(mlps)
+        self.model_.eval()
+        return self
+
+    def _fit_batched(self, source: PixelSource, model: StackedMLP, progress: Progress) -> StackedMLP:
+        """All members at once on one shared batch sequence; each member keeps its own early stopping."""
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, fused=True)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+            optimizer.zero_grad()
+            logits = model(x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(self.members), reduction="none")
+            losses = losses.view(self.members, -1).mean(1)
+            losses.sum().backward()
+            optimizer.step()
+            return losses.detach().cpu().numpy().astype(np.float64)
+
+        snapshot = {key: value.clone() for key, value in model.state_dict().items()}
+
+        def freeze(stopped: np.ndarray) -> None:
+            rows = torch.from_numpy(stopped).to(self.device)
+            for key, value in model.state_dict().items():
+                snapshot[key][rows] = value[rows]
+
+        stopper = self._train(source, np.random.default_rng(self.seed), step, np.arange(self.members), freeze,
+                              progress, "members")  # fmt: skip
+        rows = torch.from_numpy(stopper.stopped).to(self.device)
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                value[rows] = snapshot[key][rows]  # undo the Adam steps taken after a member stopped
+        return model
+
+    def _fit_member(self, source: PixelSource, mlp: nn.Sequential, member: int, progress: Progress) -> None:
+        """One member with torch's own modules, its own shuffles, until it stops."""
+        mlp.train()
+        optimizer = torch.optim.Adam(mlp.parameters(), lr=self.lr, fused=True)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(mlp(x), y)
+            loss.backward()
+            optimizer.step()
+            return np.array([loss.item()])
+
+        rng = member_generators(self.seed, member)[1]
+        self._train(source, rng, step, np.array([member]), lambda stopped: None, progress, f"member {member}")
+
+    def _train(
+        self,
+        source: PixelSource,
+        rng: np.random.Generator,
+        step: Callable[[torch.Tensor, torch.Tensor], np.ndarray],
+        members: np.ndarray,
+        on_stop: Callable[[np.ndarray], None],
+        progress: Progress,
+        description: str,
+    ) -> EarlyStopping:
+        """The authors' loop for `members` trained together by `step`: a fresh shuffle per epoch, full
+        batches only, per-member early stopping; fills iterations_, epochs_ and last_loss_ for them."""
+        steps_per_epoch = len(source.labels) // self.batch_size
+        stopper = EarlyStopping(len(members), self.patience, self.check_after_epoch)
+        task = progress.add_task(description, total=self.max_epochs, status="")
+        for epoch in range(self.max_epochs):
+            self.epochs_[members[~stopper.stopped]] += 1
+            order = rng.permutation(len(source.labels))[: steps_per_epoch * self.batch_size]
+            for x, y in _batches(source, order, self.batch_size, self.device):
+                active = members[~stopper.stopped]
+                losses = step(x, y)
+                self.iterations_[active] += 1
+                self.last_loss_[active] = losses[~stopper.stopped]
+                stopped = stopper.update(epoch, losses)
+                if stopped.any():
+                    on_stop(stopped)
+                if stopper.stopped.all():
+                    break
+            status = f"{(~stopper.stopped).sum()}/{len(members)} active, loss {np.nanmean(self.last_loss_[members]):.4f}"
+            progress.update(task, advance=1, status=status)
+            if stopper.stopped.all():
+                break
+        return stopper
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise ProbeError("this PixelEnsemble is not trained: call fit(source) or PixelEnsemble.load(folder)")
+
+    def predict(self, features: np.ndarray | torch.Tensor, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) features -> (labels (N,) int64 by majority vote, Jensen-Shannon divergence (N,) float32)."""
+        self._check_fitted()
+        features = torch.as_tensor(features)
+        if features.ndim != 2 or features.shape[1] != self.dim_:
+            raise ProbeError(f"features {tuple(features.shape)} must be (N, {self.dim_}) as in training")
+        labels, divergences = [], []
+        self.model_.eval()
+        with torch.no_grad():
+            for part in features.split(chunk):
+                logits = self.model_(part.to(self.device, torch.float32))
+                labels.append(majority_vote(logits.argmax(-1), self.num_classes).cpu())
+                divergences.append(jensen_shannon(logits).cpu())
+        return torch.cat(labels).numpy().astype(np.int64), torch.cat(divergences).numpy().astype(np.float32)
+
+    @staticmethod
+    def uncertainty(js: np.ndarray | torch.Tensor) -> float:
+        """An image's uncertainty: the mean of its int(N / 10) largest per-pixel JS values (at least one)."""
+        values = np.asarray(js, dtype=np.float64).ravel()
+        top = max(1, values.size // 10)
+        return float(np.partition(values, values.size - top)[-top:].mean())
+
+    def score(self, features: np.ndarray | torch.Tensor, labels: np.ndarray, ignore_label: int) -> float:
+        """mIoU (fraction) of the predictions for `features` against `labels` (authors' definition)."""
+        scorer = SegmentationScore(self.num_classes, ignore_label)
+        scorer.update(self.predict(features)[0], np.asarray(labels))
+        return scorer.miou
+
+    def save(self, folder: Path, manifest: dict) -> None:
+        """Write folder/weights.pt (plain tensors) and folder/manifest.json (the ensemble's configuration
+        under "ensemble", beside the caller's `manifest` entries), each atomically."""
+        self._check_fitted()
+        if "ensemble" in manifest:
+            raise ProbeError('the manifest key "ensemble" is reserved: rename that entry')
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            **manifest,
+            "ensemble": {
+                "num_classes": self.num_classes,
+                "members": self.members,
+                "dim": self.dim_,
+                "hidden": list(hidden_sizes(self.num_classes)),
+                "training": self._training_parameters(),
+                "iterations": self.iterations_.tolist(),
+                "epochs": self.epochs_.tolist(),
+                "last_loss": self.last_loss_.tolist(),
+            },
+        }
+        state = {key: value.detach().cpu().clone() for key, value in self.model_.state_dict().items()}
+        _atomic_write(folder / "weights.pt", lambda path: torch.save(state, path))
+        _atomic_write(folder / "manifest.json", lambda path: path.write_text(json.dumps(record, indent=2)))
+
+    @classmethod
+    def load(cls, folder: Path, device: str = "cpu") -> tuple[PixelEnsemble, dict]:
+        """Read an ensemble written by `save`; returns it (ready to predict) and the caller's manifest."""
+        folder = Path(folder)
+        manifest_path, weights_path = folder / "manifest.json", folder / "weights.pt"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            config = manifest.pop("ensemble")
+            ensemble = cls(config["num_classes"], config["members"], **config["training"], device=device)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ProbeError(
+                f"{manifest_path}: missing or not a saved ensemble ({error}); run the training again"
+            ) from None
+        try:
+            state = torch.load(weights_path, map_location=device, weights_only=True)
+            model = StackedMLP(ensemble.members, config["dim"], ensemble.num_classes).to(device)
+            model.load_state_dict(state)
+        except Exception as error:  # torch.load raises many types for a damaged file
+            raise ProbeError(f"{weights_path}: missing or damaged ({error}); run the training again") from None
+        ensemble.model_ = model.eval()
+        ensemble.dim_ = config["dim"]
+        ensemble.iterations_ = np.asarray(config["iterations"], dtype=np.int64)
+        ensemble.epochs_ = np.asarray(config["epochs"], dtype=np.int64)
+        ensemble.last_loss_ = np.asarray(config["last_loss"], dtype=np.float64)
+        return ensemble, manifest

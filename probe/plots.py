@@ -1,0 +1,354 @@
+"""Every figure of the toolkit (the paper's Figs 2-4 and friends), written as PNG at 150 dpi.
+
+Figures are built as `matplotlib.figure.Figure` objects rendered by the Agg canvas: no pyplot state is
+touched, so nothing stays open and the global backend is never switched. Each function writes its PNG
+(to a temporary name, then renamed) and returns the Figure so callers and tests can inspect what was drawn.
+Tables are tidy pandas DataFrames.
+"""
+
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from probe.errors import ProbeError
+
+DPI = 150
+_STYLE = {
+    **sns.axes_style("ticks"),
+    **sns.plotting_context("paper"),
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+}
+
+
+def _styled(plot: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Run a figure function under the toolkit's style without changing global rcParams."""
+
+    @functools.wraps(plot)
+    def styled(*args, **kwargs) -> Figure:
+        with matplotlib.rc_context(_STYLE):
+            return plot(*args, **kwargs)
+
+    return styled
+
+
+def _save(fig: Figure, path: str | Path) -> Figure:
+    """Write `fig` as PNG at DPI to `path` atomically and return it."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ProbeError(f"{path}: figures are written as PNG, give the file a .png suffix")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        fig.savefig(partial, dpi=DPI, format="png")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return fig
+
+
+def _require_columns(table: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ProbeError(
+            f"table lacks columns {missing} (has {list(table.columns)}): pass a tidy table with {list(columns)}"
+        )
+
+
+def _check_image(image: np.ndarray, what: str) -> np.ndarray:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ProbeError(f"{what} is {image.dtype} {image.shape}: pass an (H, W, 3) uint8 RGB image")
+    return image
+
+
+def _check_classes(class_names: Sequence[str], palette: np.ndarray) -> None:
+    if len(class_names) != len(palette):
+        raise ProbeError(
+            f"{len(class_names)} class names but {len(palette)} palette colours: pass one colour per class"
+        )
+
+
+def _legend_layout(names: Sequence[str], width_in: float, fontsize: float) -> tuple[int, float]:
+    """Columns that fit `names` (with colour swatches) across `width_in`, and the legend's height in inches."""
+    column_in = (0.6 * fontsize * max(len(n) for n in names) + 3 * fontsize) / 72
+    columns = max(1, min(len(names), int(width_in / column_in)))
+    return columns, math.ceil(len(names) / columns) * 1.8 * fontsize / 72 + 0.1
+
+
+def _class_handles(ids: Sequence[int], class_names: Sequence[str], palette: np.ndarray) -> list[Patch]:
+    return [Patch(facecolor=palette[i] / 255, edgecolor="0.4", linewidth=0.4, label=class_names[i]) for i in ids]
+
+
+def _show(ax, picture: np.ndarray, label: str | None = None) -> None:
+    """An RGB picture without ticks or frame; `label` (if any) written horizontally to its left."""
+    ax.imshow(picture, interpolation="nearest")
+    if label is None:
+        ax.set_axis_off()
+        return
+    ax.set(xticks=[], yticks=[])
+    ax.spines[:].set_visible(False)
+    ax.set_ylabel(label, rotation=0, ha="right", va="center")
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray, ignore_label: int = 255) -> np.ndarray:
+    """(H, W) integer label map -> (H, W, 3) uint8 image: label c gets palette[c], ignore_label black."""
+    palette = np.asarray(palette)
+    if palette.ndim != 2 or palette.shape[1] != 3 or palette.min(initial=0) < 0 or palette.max(initial=0) > 255:
+        raise ProbeError(f"palette has shape {palette.shape}: pass (K, 3) RGB values in 0..255")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ProbeError(f"label map has dtype {labels.dtype}: pass integer class ids (labels.astype(int))")
+    valid = labels != ignore_label
+    bad = np.unique(labels[valid & ((labels < 0) | (labels >= len(palette)))])
+    if bad.size:
+        raise ProbeError(
+            f"label map holds ids {bad.tolist()} outside the palette's {len(palette)} colours "
+            f"(ignore label {ignore_label}): pass a palette with a colour per class"
+        )
+    rgb = np.zeros(labels.shape + (3,), dtype=np.uint8)
+    rgb[valid] = palette.astype(np.uint8)[labels[valid]]
+    return rgb
+
+
+def grid_matrix(table: pd.DataFrame, group: str = "all") -> pd.DataFrame:
+    """The mIoU of `group` as a blocks x steps matrix (index block ascending, columns step ascending)."""
+    _require_columns(table, ["block", "step", "group", "miou"])
+    rows = table[table["group"] == group]
+    if rows.empty:
+        groups = sorted(table["group"].unique())
+        raise ProbeError(f"group {group!r} not in the table (groups: {groups}): pass one of them")
+    try:
+        return rows.pivot(index="block", columns="step", values="miou").sort_index().sort_index(axis=1)
+    except ValueError:
+        raise ProbeError(f"group {group!r} has several rows for one (block, step): aggregate the table first") from None
+
+
+@_styled
+def grid_heatmap(
+    table: pd.DataFrame,
+    path: str | Path,
+    group: str = "all",
+    title: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> Figure:
+    """mIoU per (block, step) of one class group as an annotated heatmap, block 0 at the top (paper Fig 2).
+
+    Pass the same vmin/vmax to the all/small/large heatmaps to draw them on one colour scale.
+    """
+    matrix = grid_matrix(table, group)
+    fig = Figure(figsize=(1.7 + 0.5 * matrix.shape[1], 0.9 + 0.24 * matrix.shape[0]), layout="constrained")
+    ax = fig.add_subplot()
+    sns.heatmap(
+        matrix, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".1f",
+        annot_kws={"fontsize": 6.5}, linewidths=0.5, linecolor="white", cbar_kws={"label": "mIoU, %"},
+    )
+    ax.set(xlabel="diffusion step t", ylabel="decoder block", title=title or f"{group} classes")
+    ax.tick_params(axis="y", rotation=0)
+    return _save(fig, path)
+
+
+@_styled
+def grid_lines(table: pd.DataFrame, path: str | Path, group: str = "all", title: str | None = None) -> Figure:
+    """mIoU against decoder block, one line per step coloured along viridis (paper Fig 2, right)."""
+    matrix = grid_matrix(table, group)
+    fig = Figure(figsize=(5.2, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    for step, colour in zip(matrix.columns, sns.color_palette("viridis", matrix.shape[1])):
+        ax.plot(matrix.index, matrix[step], marker="o", markersize=3, color=colour, label=f"t = {step}")
+    ax.set(xlabel="decoder block", ylabel="mIoU, %", title=title or f"{group} classes", xticks=matrix.index)
+    ax.grid(axis="y", linewidth=0.4, alpha=0.5)
+    fig.legend(loc="outside right center", title="step")
+    return _save(fig, path)
+
+
+@_styled
+def segmentation_panel(
+    image: np.ndarray,
+    gt: np.ndarray,
+    pred: np.ndarray,
+    class_names: Sequence[str],
+    palette: np.ndarray,
+    path: str | Path,
+    ignore_label: int = 255,
+    title: str | None = None,
+) -> Figure:
+    """image | ground truth | prediction, with a legend of the classes present in either label map."""
+    _check_image(image, "image")
+    if gt.shape != image.shape[:2] or pred.shape != image.shape[:2]:
+        raise ProbeError(
+            f"image is {image.shape[:2]}, gt {gt.shape}, pred {pred.shape}: pass label maps of the image's size"
+        )
+    _check_classes(class_names, palette)
+    present = [int(c) for c in np.union1d(np.unique(gt), np.unique(pred)) if c != ignore_label]
+    maps = [colorize(gt, palette, ignore_label), colorize(pred, palette, ignore_label)]
+    width_in, panel_in = 7.6, 2.4
+    columns, legend_in = (
+        _legend_layout([class_names[c] for c in present], width_in, _STYLE["legend.fontsize"]) if present else (1, 0.0)
+    )
+    fig = Figure(figsize=(width_in, panel_in + 0.55 + (0.3 if title else 0) + legend_in), layout="constrained")
+    for ax, picture, name in zip(fig.subplots(1, 3), [image, *maps], ["image", "ground truth", "prediction"]):
+        _show(ax, picture)
+        ax.set_title(name)
+    if title:
+        fig.suptitle(title)
+    if present:
+        fig.legend(handles=_class_handles(present, class_names, np.asarray(palette)), loc="outside lower center",
+                   ncol=columns, handlelength=1.0, columnspacing=1.0)
+    return _save(fig, path)
+
+
+def _cluster_palette(k: int) -> np.ndarray:
+    if not 1 <= k <= 10:
+        raise ProbeError(f"k={k}: cluster maps are coloured with tab10, so k must be 1..10")
+    return (np.asarray(matplotlib.colormaps["tab10"].colors[:k]) * 255).round().astype(np.uint8)
+
+
+@_styled
+def kmeans_figure(
+    images: dict[str, np.ndarray],
+    clusters: dict[tuple[str, int, int], np.ndarray],
+    blocks: Sequence[int],
+    steps: Sequence[int],
+    path: str | Path,
+    k: int,
+    title: str | None = None,
+) -> Figure:
+    """k-means cluster maps per image, block (rows) and step (columns), the image on the left (paper Fig 4).
+
+    `clusters[(name, block, step)]` is an (h, w) map of ids in [0, k); match ids across maps beforehand
+    (clusters.match_labels) so a colour means one cluster throughout an image's rows.
+    """
+    if not images or not blocks or not steps:
+        raise ProbeError("kmeans_figure needs at least one image, block and step")
+    missing = [(n, b, s) for n in images for b in blocks for s in steps if (n, b, s) not in clusters]
+    if missing:
+        shown = f"{missing[:3]}{' ...' if len(missing) > 3 else ''}"
+        raise ProbeError(f"no cluster map for (image, block, step) {shown}: pass one per image, block and step")
+    palette = _cluster_palette(k)
+    rows_per_image = len(blocks)
+    cell_in = max(0.65, min(1.0, 9.5 / (len(images) * rows_per_image)))
+    label_in = 0.75  # room for the "block b" labels
+    image_columns = min(2, rows_per_image)
+    gap = 0.25  # blank row between images, in cells
+    height_ratios = ([1] * rows_per_image + [gap]) * len(images)
+    height_ratios.pop()
+    width_in = label_in + cell_in * (image_columns + len(steps))
+    height_in = 0.4 + (0.3 if title else 0) + cell_in * sum(height_ratios)
+    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    grid = fig.add_gridspec(len(height_ratios), 1 + len(steps), height_ratios=height_ratios,
+                            width_ratios=[image_columns] + [1] * len(steps))
+    for i, (name, image) in enumerate(images.items()):
+        top = i * (rows_per_image + 1)
+        ax = fig.add_subplot(grid[top : top + rows_per_image, 0])
+        _show(ax, _check_image(image, f"images[{name!r}]"))
+        ax.set_title(name)
+        for r, block in enumerate(blocks):
+            for c, step in enumerate(steps):
+                ax = fig.add_subplot(grid[top + r, 1 + c])
+                _show(ax, colorize(clusters[name, block, step], palette), f"block {block}" if c == 0 else "")
+                if top + r == 0:
+                    ax.set_title(f"t = {step}")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _chunks(pictures: Sequence[np.ndarray], columns: int) -> list[list[np.ndarray]]:
+    return [list(pictures[i : i + columns]) for i in range(0, len(pictures), columns)]
+
+
+def _image_grid(subfig, rows: list[list[np.ndarray]], columns: int, title: str) -> None:
+    """Rows of pictures in a grid of `columns` (short rows leave blank cells), titled."""
+    axes = subfig.subplots(len(rows), columns, squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax in ax_row:
+            ax.set_axis_off()
+        for ax, picture in zip(ax_row, row):
+            _show(ax, picture)
+    subfig.suptitle(title)
+
+
+@_styled
+def samples_figure(
+    train_images: Sequence[np.ndarray],
+    samples: Sequence[np.ndarray],
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    palette: np.ndarray | None = None,
+    label_maps: Sequence[np.ndarray] | None = None,
+    ignore_label: int = 255,
+) -> Figure:
+    """Training images (left, each over its label map when given) beside generated samples (right), and a
+    palette legend strip below when class_names and palette are given."""
+    if not train_images or not samples:
+        raise ProbeError("samples_figure needs at least one training image and one sample")
+    for name, pictures in (("train_images", train_images), ("samples", samples)):
+        for i, picture in enumerate(pictures):
+            _check_image(picture, f"{name}[{i}]")
+    if (class_names is None) != (palette is None) or (label_maps is not None and palette is None):
+        raise ProbeError("pass class_names and palette together (label_maps need them too)")
+    if label_maps is not None and len(label_maps) != len(train_images):
+        raise ProbeError(f"{len(label_maps)} label maps for {len(train_images)} training images: pass one per image")
+    if class_names is not None:
+        _check_classes(class_names, palette)
+    tile_in = 1.2
+    train_columns = math.ceil(math.sqrt(len(train_images)))
+    sample_columns = math.ceil(math.sqrt(len(samples)))
+    train_rows = _chunks(train_images, train_columns)
+    if label_maps is not None:  # each row of images followed by the row of their label maps
+        map_rows = _chunks([colorize(m, palette, ignore_label) for m in label_maps], train_columns)
+        train_rows = [row for pair in zip(train_rows, map_rows) for row in pair]
+    sample_rows = _chunks(samples, sample_columns)
+    grid_rows = max(len(train_rows), len(sample_rows))  # both grids on one row pitch, the shorter one padded
+    train_rows += [[]] * (grid_rows - len(train_rows))
+    sample_rows += [[]] * (grid_rows - len(sample_rows))
+    width_in = tile_in * (train_columns + sample_columns) + 0.4
+    grids_in = tile_in * grid_rows + 0.35
+    if class_names is None:
+        fig = grids = Figure(figsize=(width_in, grids_in), layout="constrained")
+    else:
+        columns, legend_in = _legend_layout(class_names, width_in, _STYLE["legend.fontsize"])
+        fig = Figure(figsize=(width_in, grids_in + legend_in), layout="constrained")
+        grids, strip = fig.subfigures(2, 1, height_ratios=[grids_in, legend_in])
+        strip.legend(handles=_class_handles(range(len(class_names)), class_names, np.asarray(palette)),
+                     loc="center", ncol=columns, handlelength=1.0, columnspacing=1.0)
+    train_fig, sample_fig = grids.subfigures(1, 2, width_ratios=[train_columns, sample_columns], wspace=0.04)
+    train_title = "training images" if label_maps is None else "training images and labels"
+    _image_grid(train_fig, train_rows, train_columns, train_title)
+    _image_grid(sample_fig, sample_rows, sample_columns, "generated samples")
+    return _save(fig, path)
+
+
+@_styled
+def seed_bars(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Figure:
+    """mIoU per backbone: a bar at the mean over seeds with a ± std error bar, and each seed as a dot."""
+    _require_columns(table, ["backbone", "seed", "miou"])
+    if table.empty:
+        raise ProbeError("seed_bars got an empty table: pass one row per (backbone, seed)")
+    backbones = list(pd.unique(table["backbone"]))
+    stats = table.groupby("backbone", sort=False)["miou"].agg(["mean", "std"]).fillna({"std": 0.0})
+    fig = Figure(figsize=(1.4 + 1.0 * len(backbones), 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    positions = np.arange(len(backbones))
+    ax.bar(positions, stats["mean"], width=0.6, yerr=stats["std"], capsize=4, error_kw={"linewidth": 1},
+           color=sns.color_palette("colorblind", len(backbones)), alpha=0.85)
+    for position, backbone in zip(positions, backbones):
+        scores = table.loc[table["backbone"] == backbone].sort_values("seed")["miou"].to_numpy()
+        offsets = np.linspace(-0.18, 0.18, len(scores)) if len(scores) > 1 else np.zeros(1)
+        ax.scatter(position + offsets, scores, s=10, color="0.15", zorder=3, linewidths=0)
+        mean, std = stats.loc[backbone]
+        ax.annotate(f"{mean:.1f} ± {std:.1f}", (position, max(mean + std, scores.max())), xytext=(0, 3),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    ax.set(xticks=positions, xticklabels=backbones, xlabel="backbone", ylabel="mIoU, %", title=title or "")
+    ax.set_ylim(0, 1.15 * max(table["miou"].max(), (stats["mean"] + stats["std"]).max()))
+    return _save(fig, path)

@@ -1,0 +1,13 @@
+"""One progress-bar style for every long loop (rich), silent when progress is off."""
+
+from __future__ import annotations
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    """A rich Progress to use as a context manager; `disable=True` keeps the API but prints nothing."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), disable=not enabled, transient=False,
+    )

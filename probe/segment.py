@@ -1,0 +1,201 @@
+"""The few-shot segmenter: features from the store, the DatasetGAN ensemble, majority vote, the authors' mIoU."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from probe import plots
+from probe.data.layout import LabeledImage
+from probe.ensemble import PixelEnsemble
+from probe.errors import ProbeError
+from probe.metrics import SegmentationScore, mean_std
+from probe.outputs import output_dir, write_json
+from probe.progress import progress_bar
+from probe.sources import Source, make_backbone, to_uint8_image
+from probe.store import ActivationStore, PixelSampler, StorePixelSource
+
+PAPER_MIN_PIXELS = 20  # the authors drop a class from an image's training labels below 20 pixels at 256x256
+
+
+def min_annotation_pixels(size: int) -> int:
+    """The authors' 20-pixel small-annotation rule, scaled with image area (20 at 256x256, 1 at 32x32)."""
+    return max(1, round(PAPER_MIN_PIXELS * size * size / 256 ** 2))
+
+
+def drop_small_annotations(labels: np.ndarray, ignore_label: int, min_pixels: int) -> np.ndarray:
+    """A copy of a training label map where classes with fewer than `min_pixels` pixels become the ignore label."""
+    counts = np.bincount(labels[labels != ignore_label].ravel(), minlength=1)
+    small = [c for c, n in enumerate(counts) if 0 < n < min_pixels]
+    return np.where(np.isin(labels, small), ignore_label, labels)
+
+
+@dataclass
+class Fitted:
+    """A fitted ensemble and its predictions on the test images."""
+
+    ensemble: PixelEnsemble
+    predictions: list[np.ndarray]
+    uncertainties: list[float]
+    score: SegmentationScore
+
+
+def fit_and_predict(store: ActivationStore, names: list[str], train: list[LabeledImage], test: list[LabeledImage],
+                    num_classes: int, ignore_label: int, members: int, seed: int, batched: bool = True,
+                    device: str = "cpu", progress: bool = True) -> Fitted:
+    """Train an ensemble on the named features of the train images, predict and score the test images."""
+    size = train[0].image.shape[-1]
+    min_pixels = min_annotation_pixels(size)
+    labels = [drop_small_annotations(im.labels, ignore_label, min_pixels) for im in train]
+    source = StorePixelSource(PixelSampler(store, train, names, size), labels, ignore_label)
+    if len(source.labels) == 0:
+        raise ProbeError("the training label maps hold no labelled pixel (all ignore label): check the label maps")
+    ensemble = PixelEnsemble(num_classes, members=members, seed=seed, batched=batched, device=device,
+                             progress=progress).fit(source)
+    sampler = PixelSampler(store, test, names, size)
+    score = SegmentationScore(num_classes, ignore_label)
+    predictions, uncertainties = [], []
+    for index, image in enumerate(test):
+        pred, uncertainty = predict_image(ensemble, sampler, index)
+        predictions.append(pred)
+        uncertainties.append(uncertainty)
+        score.update(pred, image.labels)
+    return Fitted(ensemble, predictions, uncertainties, score)
+
+
+def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, index: int, band_pixels: int = 16384) -> tuple[np.ndarray, float]:
+    """(H, W) labels and the uncertainty of one image, predicted in bands of rows (about `band_pixels` pixels)
+    so that memory does not grow with H x W x features."""
+    size = sampler.size
+    rows = max(1, band_pixels // size)
+    parts = [ensemble.predict(sampler.image_features(index, slice(r, r + rows))) for r in range(0, size, rows)]
+    pred = np.concatenate([p for p, _ in parts]).reshape(size, size)
+    return pred, PixelEnsemble.uncertainty(np.concatenate([j for _, j in parts]))
+
+
+@dataclass
+class SegmentOptions:
+    backbone: str = "ddpm"
+    blocks: list[int] | None = None
+    steps: list[int] | None = None
+    train_number: int = 20
+    test_number: int = 20
+    members: int = 10
+    batched: bool = True
+    noise: str = "shared"
+    input_activations: bool = False
+    batch_size: int = 4
+    device: str = "cpu"
+
+
+def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None,
+                 progress: bool) -> dict:
+    """One complete fit and evaluation with one seed; writes every output into `out` and returns the metrics."""
+    backbone = make_backbone(source, options.backbone, options.blocks, options.steps, seed, options.noise,
+                             options.input_activations, options.device)
+    resolution = backbone.model.flags.image_size if hasattr(backbone, "model") else default_resolution(source)
+    train = source.split("train", resolution, options.train_number)
+    test = source.split("test", resolution, options.test_number)
+    store = ActivationStore(backbone, cache)
+    store.fill(train + test, options.batch_size, progress)
+    fitted = fit_and_predict(store, backbone.names, train, test, source.num_classes, source.ignore_label,
+                             options.members, seed, options.batched, options.device, progress)
+    iou = dict(zip(fitted.score.class_ids, fitted.score.iou))
+    per_class = {source.class_names[c]: 100 * v for c, v in iou.items()}
+    metrics = {
+        "miou": 100 * fitted.score.miou,
+        "per_class": per_class,
+        "uncertainty": float(np.mean(fitted.uncertainties)),
+        "dataset": source.name,
+        "seed": seed,
+        "features": {"names": backbone.names, "dim": int(sum(store.read(train[0], n).shape[0] for n in backbone.names)),
+                     **backbone.identity},
+        "options": asdict(options),
+        "train_images": [im.stem for im in train],
+        "test_images": [im.stem for im in test],
+    }
+    write_json(out / "metrics.json", metrics)
+    pd.DataFrame({"class": list(per_class), "iou": list(per_class.values())}).to_csv(out / "per_class.csv", index=False)
+    (out / "predictions").mkdir()
+    (out / "visualizations").mkdir()
+    for image, pred, unc in zip(test, fitted.predictions, fitted.uncertainties):
+        np.save(out / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
+        plots.segmentation_panel(to_uint8_image(image), image.labels, pred, source.class_names, source.palette,
+                                 out / "visualizations" / f"{image.stem}.png", source.ignore_label,
+                                 title=f"{image.stem}  uncertainty {unc:.3f}")
+    fitted.ensemble.save(out / "ensemble", {
+        "class_names": source.class_names, "palette": np.asarray(source.palette).tolist(),
+        "ignore_label": source.ignore_label, "resolution": resolution, "backbone": options.backbone,
+        "feature_names": backbone.names, "blocks": getattr(backbone, "blocks", None),
+        "steps": getattr(backbone, "steps", None), "noise": options.noise, "seed": seed,
+        "input_activations": options.input_activations, "checkpoint": str(source.checkpoint),
+        "model_flags": backbone.model.flags.to_dict() if hasattr(backbone, "model") else None,
+        "checkpoint_hash": backbone.model.checkpoint_hash if hasattr(backbone, "model") else None,
+    })
+    return metrics
+
+
+def default_resolution(source: Source) -> int:
+    """The image size of the source's model (used by the pixels control, which has no model of its own)."""
+    return source.load_model("cpu").flags.image_size
+
+
+def run_segment(source: Source, options: SegmentOptions, seeds: list[int], out: Path, cache: Path | None = None,
+                progress: bool = True) -> dict:
+    """Fit and evaluate once per seed. One seed writes its outputs at the top of `out`; several seeds write
+    `seed_<s>/` folders plus a summary metrics.json with mean and std of mIoU, as the paper reports."""
+    with output_dir(out) as tmp:
+        if len(seeds) == 1:
+            return segment_once(source, options, seeds[0], tmp, cache, progress)
+        runs = []
+        for seed in seeds:
+            folder = tmp / f"seed_{seed}"
+            folder.mkdir()
+            runs.append(segment_once(source, options, seed, folder, cache, progress))
+        mean, std = mean_std([r["miou"] for r in runs])
+        table = pd.DataFrame({"seed": seeds, "miou": [r["miou"] for r in runs], "backbone": options.backbone})
+        table.to_csv(tmp / "seeds.csv", index=False)
+        summary = {"miou": mean, "miou_std": std, "seeds": seeds, "miou_per_seed": table["miou"].tolist(),
+                   "dataset": source.name, "options": asdict(options)}
+        write_json(tmp / "metrics.json", summary)
+        return summary
+
+
+def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache: Path | None, device: str,
+                progress: bool) -> pd.DataFrame:
+    """Segment new images with a saved ensemble; writes predictions/, visualizations/ and uncertainty.csv."""
+    ensemble, manifest = PixelEnsemble.load(ensemble_dir)
+    source = Source("saved", Path("."), manifest["class_names"], manifest["ignore_label"], Path(manifest["checkpoint"]),
+                    manifest["model_flags"], np.asarray(manifest["palette"], dtype=np.uint8))
+    backbone = make_backbone(source, manifest["backbone"], manifest["blocks"], manifest["steps"], manifest["seed"],
+                             manifest["noise"], manifest["input_activations"], device)
+    if hasattr(backbone, "model") and manifest["backbone"] == "ddpm" and backbone.model.checkpoint_hash != manifest["checkpoint_hash"]:
+        raise ProbeError(f"checkpoint {manifest['checkpoint']} has changed since the ensemble in {ensemble_dir} was "
+                         "trained (hash differs): retrain with probe segment")
+    size = manifest["resolution"]
+    wrong = [im.stem for im in images if im.image.shape[-1] != size]
+    if wrong:
+        raise ProbeError(f"image {wrong[0]} is not {size}x{size} after loading: check --images")
+    store = ActivationStore(backbone, cache)
+    store.fill(images, 4, progress)
+    sampler = PixelSampler(store, images, manifest["feature_names"], size)
+    records = []
+    with output_dir(out) as tmp:
+        (tmp / "predictions").mkdir()
+        (tmp / "visualizations").mkdir()
+        with progress_bar(progress) as bar:
+            task = bar.add_task("segmenting", total=len(images))
+            for index, image in enumerate(images):
+                pred, unc = predict_image(ensemble, sampler, index)
+                np.save(tmp / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
+                plots.segmentation_panel(to_uint8_image(image), None, pred, source.class_names, source.palette,
+                                         tmp / "visualizations" / f"{image.stem}.png", source.ignore_label,
+                                         title=f"{image.stem}  uncertainty {unc:.3f}")
+                records.append({"image": image.stem, "uncertainty": unc})
+                bar.advance(task)
+        table = pd.DataFrame(records)
+        table.to_csv(tmp / "uncertainty.csv", index=False)
+    return table

@@ -1,0 +1,139 @@
+"""The activation store (float16 on disk, memory-mapped, at native resolution) and the pixel sampler.
+
+Nothing here ever builds the dense (images x features x H x W) tensor: the sampler upsamples only the
+pixels it is asked for, with the exact arithmetic of bilinear interpolation (align_corners=False).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probe.data.layout import LabeledImage
+from probe.extract import identity_hash
+from probe.progress import progress_bar
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "probe")) / "activations"
+
+
+def image_key(image: LabeledImage) -> str:
+    """The stem plus a hash of the preprocessed pixels, so a changed image never reads stale activations."""
+    digest = hashlib.sha256(np.ascontiguousarray(image.image, dtype=np.float32).tobytes()).hexdigest()[:12]
+    return f"{image.stem}-{digest}"
+
+
+class ActivationStore:
+    """Activations keyed by (backbone identity, image, feature name), one float16 .npy file each."""
+
+    def __init__(self, backbone, root: Path | None = None):
+        self.backbone = backbone
+        self.root = Path(root or default_cache_root()) / identity_hash(backbone.identity)
+
+    def path(self, key: str, name: str) -> Path:
+        return self.root / key / f"{name}.npy"
+
+    def fill(self, images: list[LabeledImage], batch_size: int = 4, progress: bool = True,
+             steps: list[int] | None = None) -> None:
+        """Run the backbone on every image whose activations are missing, one step at a time."""
+        keys = [image_key(im) for im in images]
+        todo = [(t, [i for i, k in enumerate(keys) if not all(self.path(k, n).exists() for n in self.backbone.names_for_step(t))])
+                for t in (steps if steps is not None else self.backbone.steps)]
+        todo = [(t, missing) for t, missing in todo if missing]
+        if not todo:
+            return
+        with progress_bar(progress) as bar:
+            task = bar.add_task("extracting activations", total=sum(len(m) for _, m in todo))
+            for t, missing in todo:
+                for start in range(0, len(missing), batch_size):
+                    chunk = missing[start:start + batch_size]
+                    batch = torch.from_numpy(np.stack([images[i].image for i in chunk]))
+                    acts = self.backbone(batch, [images[i].stem for i in chunk], steps=[t])
+                    for j, i in enumerate(chunk):
+                        for name, act in acts.items():
+                            self._write(keys[i], name, act[j].numpy())
+                    bar.advance(task, len(chunk))
+
+    def _write(self, key: str, name: str, activation: np.ndarray) -> None:
+        path = self.path(key, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, activation.astype(np.float16))
+        os.replace(tmp, path)
+
+    def read(self, image: LabeledImage, name: str) -> np.ndarray:
+        """(C, h, w) float16, memory-mapped."""
+        return np.load(self.path(image_key(image), name), mmap_mode="r")
+
+
+def bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each output index: the two source indices and their weights, as torch's bilinear upsampling
+    (align_corners=False) computes them in float32."""
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = (scale * (torch.arange(out_size, dtype=torch.float32) + 0.5) - 0.5).clamp(min=0)
+    i0 = src.long()
+    lam1 = (src - i0).clamp(0, 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    return i0, i1, 1 - lam1, lam1
+
+
+class PixelSampler:
+    """Features of chosen pixels: the named activations of a set of images, upsampled to `size` only at
+    those pixels and concatenated. `gather` equals full bilinear upsampling followed by indexing."""
+
+    def __init__(self, store: ActivationStore, images: list[LabeledImage], names: list[str], size: int):
+        self.names, self.size = list(names), size
+        # One (N_images, C, h, w) float16 tensor per name: the native activations, small next to upsampled ones.
+        self.maps = [torch.from_numpy(np.stack([np.asarray(store.read(im, n)) for im in images])) for n in self.names]
+        self.channels = [m.shape[1] for m in self.maps]
+        self.dim = sum(self.channels)
+        self.taps = {s: bilinear_taps(s, size) for m in self.maps for s in m.shape[-2:]}
+
+    def gather(self, image_index: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> torch.Tensor:
+        """(N, dim) float32 features of pixels (image_index[k], ys[k], xs[k])."""
+        img = torch.as_tensor(image_index, dtype=torch.long)
+        y = torch.as_tensor(ys, dtype=torch.long)
+        x = torch.as_tensor(xs, dtype=torch.long)
+        parts = []
+        for native in self.maps:
+            y0, y1, hy0, hy1 = (a[y] for a in self.taps[native.shape[-2]])
+            x0, x1, wx0, wx1 = (a[x] for a in self.taps[native.shape[-1]])
+
+            def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+                return native[img, :, yy, xx].float()  # (N, C)
+
+            top = at(y0, x0) * wx0[:, None] + at(y0, x1) * wx1[:, None]
+            bottom = at(y1, x0) * wx0[:, None] + at(y1, x1) * wx1[:, None]
+            parts.append(top * hy0[:, None] + bottom * hy1[:, None])
+        return torch.cat(parts, dim=1)
+
+    def image_features(self, index: int, rows: slice) -> torch.Tensor:
+        """(len(rows) * size, dim) features of a band of rows of one image, in row-major pixel order."""
+        ys, xs = np.meshgrid(np.arange(self.size)[rows], np.arange(self.size), indexing="ij")
+        return self.gather(np.full(ys.size, index), ys.ravel(), xs.ravel())
+
+
+class StorePixelSource:
+    """Training pixels for the ensemble: labelled pixels (ignore label dropped) read through a sampler."""
+
+    def __init__(self, sampler: PixelSampler, labels: list[np.ndarray], ignore_label: int):
+        image_index, ys, xs = [], [], []
+        kept = []
+        for i, lab in enumerate(labels):
+            y, x = np.nonzero(lab != ignore_label)
+            image_index.append(np.full(len(y), i))
+            ys.append(y)
+            xs.append(x)
+            kept.append(lab[y, x])
+        self.sampler = sampler
+        self.dim = sampler.dim
+        self.image_index, self.ys, self.xs = (np.concatenate(a) for a in (image_index, ys, xs))
+        self.labels = np.concatenate(kept).astype(np.int64)
+
+    def features(self, idx: np.ndarray) -> torch.Tensor:
+        return self.sampler.gather(self.image_index[idx], self.ys[idx], self.xs[idx])

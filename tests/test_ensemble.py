@@ -1,0 +1,229 @@
+"""The pixel-classifier ensemble: init, early stopping, voting, uncertainty, both training modes, save/load."""
+
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+import torch
+
+from probe.ensemble import (
+    ArrayPixelSource,
+    EarlyStopping,
+    PixelEnsemble,
+    StackedMLP,
+    hidden_sizes,
+    jensen_shannon,
+    majority_vote,
+    member_generators,
+    new_member,
+)
+from probe.errors import ProbeError
+
+
+def separable_problem(pixels: int, seed: int, num_classes: int = 4, dim: int = 12):
+    """Gaussian blobs, one per class, far apart: a linear probe gets them all right."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(100).normal(0.0, 3.0, (num_classes, dim))
+    labels = rng.integers(0, num_classes, pixels)
+    features = centers[labels] + rng.normal(0.0, 1.0, (pixels, dim))
+    return features.astype(np.float32), labels
+
+
+def noise_problem(pixels: int = 256):
+    """Random features and labels: batch losses go up and down, so members stop at different times."""
+    rng = np.random.default_rng(0)
+    return ArrayPixelSource(rng.normal(size=(pixels, 8)).astype(np.float32), rng.integers(0, 3, pixels))
+
+
+def test_init_statistics_and_no_global_rng_use():
+    global_state = torch.random.get_rng_state()
+    mlp = new_member(64, 10, member_generators(0, 0)[0])
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    linears = [mlp[0], mlp[3], mlp[6]]
+    weights = torch.cat([linear.weight.flatten() for linear in linears])
+    assert weights.std().item() == pytest.approx(0.02, rel=0.03)
+    assert abs(weights.mean().item()) < 1e-3
+    assert all(torch.all(linear.bias == 0) for linear in linears)
+    for norm in (mlp[2], mlp[5]):
+        assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+
+
+def test_members_get_different_reproducible_init():
+    first, again, other = (new_member(8, 3, member_generators(seed, m)[0]) for seed, m in ((0, 0), (0, 0), (0, 1)))
+    assert torch.equal(first[0].weight, again[0].weight)
+    assert not torch.equal(first[0].weight, other[0].weight)
+
+
+def test_hidden_sizes_switch_at_30_classes():
+    assert hidden_sizes(29) == (128, 32)
+    assert hidden_sizes(30) == (256, 128)
+    small, large = new_member(16, 29, torch.Generator()), new_member(16, 30, torch.Generator())
+    assert [small[i].out_features for i in (0, 3, 6)] == [128, 32, 29]
+    assert [large[i].out_features for i in (0, 3, 6)] == [256, 128, 30]
+
+
+def test_stacked_eval_forward_equals_member_modules():
+    mlps = [new_member(8, 5, member_generators(3, m)[0]) for m in range(3)]
+    generator = torch.Generator().manual_seed(1)
+    for mlp in mlps:  # non-trivial running statistics and affine parameters
+        for norm in (mlp[2], mlp[5]):
+            for tensor in (norm.running_mean, norm.weight, norm.bias):
+                tensor.data.normal_(0.0, 0.5, generator=generator)
+            norm.running_var.data.uniform_(0.5, 2.0, generator=generator)
+        mlp.eval()
+    stacked = StackedMLP.from_members(mlps).eval()
+    x = torch.randn(50, 8, generator=generator)
+    with torch.no_grad():
+        expected = torch.stack([mlp(x) for mlp in mlps])
+        torch.testing.assert_close(stacked(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_rule_on_given_losses():
+    stopper = EarlyStopping(members=2, patience=2, check_after_epoch=3)
+    for _ in range(5):  # epochs 0..3 are not checked, whatever the losses
+        assert not stopper.update(3, np.array([9.0, 9.0])).any()
+    sequence = [[1.0, 1.0], [1.0, 0.9], [0.5, 0.8], [0.6, 0.8], [0.6, 0.8], [0.6, 0.8]]
+    stops = [stopper.update(4, np.array(losses)).tolist() for losses in sequence]
+    # member 0: best 1.0, +1, reset at 0.5, +1, +2, +3 > 2 -> stops on the 6th batch
+    # member 1: improves on batches 1-3, then +1, +2, +3 > 2 -> stops on the 6th batch too
+    assert stops == [[False, False]] * 5 + [[True, True]]
+    stopper = EarlyStopping(members=2, patience=1, check_after_epoch=0)
+    stops = [stopper.update(1, np.array(losses)).tolist() for losses in ([1.0, 1.0], [2.0, 0.5], [2.0, 0.4])]
+    assert stops == [[False, False], [False, False], [True, False]]
+    assert stopper.stopped.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("patience", [50, 5])
+def test_fit_stops_at_the_predicted_iteration_when_loss_never_improves(batched, patience):
+    # Identical pixels and lr=0: every batch loss is exactly the same. Epochs 0..3 are unchecked
+    # (4 epochs of 4 steps), the first checked batch sets the best loss, and the count passes
+    # `patience` on the (patience + 1)-th batch after it.
+    source = ArrayPixelSource(np.ones((256, 8), np.float32), np.full(256, 1))
+    ensemble = PixelEnsemble(3, members=2, lr=0.0, patience=patience, batched=batched, progress=False).fit(source)
+    expected = 4 * 4 + 1 + (patience + 1)
+    assert ensemble.iterations_.tolist() == [expected, expected]
+    assert ensemble.epochs_.tolist() == [-(-expected // 4)] * 2
+
+
+def test_majority_vote_breaks_ties_toward_the_smallest_label():
+    member_labels = torch.tensor(
+        [  # pixel:  0  1  2  3
+            [2, 1, 3, 3],
+            [0, 1, 2, 3],
+            [2, 1, 1, 2],
+            [0, 3, 0, 2],
+        ]
+    )
+    # pixel 0: 0 and 2 tie -> 0; pixel 1: 1 wins; pixel 2: four-way tie -> 0; pixel 3: 2 and 3 tie -> 2
+    assert majority_vote(member_labels, 4).tolist() == [0, 1, 0, 2]
+
+
+def test_jensen_shannon_and_uncertainty_against_numpy():
+    logits = torch.randn(5, 200, 6, generator=torch.Generator().manual_seed(0)) * 3
+    probs = scipy.special.softmax(logits.double().numpy(), axis=-1)
+    expected = scipy.stats.entropy(probs.mean(0), axis=-1) - scipy.stats.entropy(probs, axis=-1).mean(0)
+    js = jensen_shannon(logits).numpy()
+    np.testing.assert_allclose(js, expected, atol=1e-5)
+    assert np.all(js > -1e-6)
+    assert PixelEnsemble.uncertainty(js) == pytest.approx(np.sort(expected)[-20:].mean(), abs=1e-5)
+    assert PixelEnsemble.uncertainty(np.array([0.1, 0.7, 0.3])) == pytest.approx(0.7)  # fewer than 10 pixels
+
+
+@pytest.mark.parametrize("max_epochs", [1, 5])
+def test_batched_and_unbatched_take_the_same_steps(max_epochs):
+    # 64 pixels and batch 64: every step of either mode sees the same batch (in another order).
+    features, labels = separable_problem(64, seed=1)
+    fitted = [
+        PixelEnsemble(4, members=3, max_epochs=max_epochs, batched=batched, progress=False).fit(
+            ArrayPixelSource(features, labels)
+        )
+        for batched in (True, False)
+    ]
+    batched, unbatched = (ensemble.model_.state_dict() for ensemble in fitted)
+    for key in batched:
+        torch.testing.assert_close(batched[key], unbatched[key], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fitted[0].last_loss_, fitted[1].last_loss_, rtol=1e-5)
+    assert fitted[0].iterations_.tolist() == fitted[1].iterations_.tolist() == [max_epochs] * 3
+    moved = (batched["0.weight"] - StackedMLP.from_members(
+        [new_member(12, 4, member_generators(0, m)[0]) for m in range(3)]
+    ).state_dict()["0.weight"]).abs().max()  # fmt: skip
+    assert moved > 1e-4  # training changed the weights, so the comparison above is not vacuous
+
+
+def test_batched_member_keeps_its_parameters_from_the_step_it_stopped():
+    # The shared batch sequence depends on the seed only, so member 0 of a 4-member run sees the same
+    # batches as a 1-member run; after it stops, the others' steps must not move it.
+    settings = dict(patience=5, check_after_epoch=0, max_epochs=40, progress=False)
+    team = PixelEnsemble(3, members=4, **settings).fit(noise_problem())
+    alone = PixelEnsemble(3, members=1, **settings).fit(noise_problem())
+    assert team.iterations_[0] == alone.iterations_[0] < team.iterations_.max()
+    for key, value in alone.model_.state_dict().items():
+        torch.testing.assert_close(team.model_.state_dict()[key][0], value[0])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_learns_a_separable_problem(batched):
+    train_features, train_labels = separable_problem(1024, seed=0)
+    test_features, test_labels = separable_problem(1000, seed=1)
+    ensemble = PixelEnsemble(4, members=3, max_epochs=5, batched=batched, progress=False)
+    ensemble.fit(ArrayPixelSource(train_features, train_labels))
+    predicted, js = ensemble.predict(test_features, chunk=300)
+    assert predicted.dtype == np.int64 and js.dtype == np.float32 and js.shape == (1000,)
+    assert (predicted == test_labels).mean() > 0.95
+    assert ensemble.score(test_features, test_labels, ignore_label=255) > 0.9
+
+
+def test_same_seed_same_predictions_other_seed_other_predictions():
+    features, labels = separable_problem(512, seed=0)
+    test_features = separable_problem(300, seed=2)[0]
+
+    def run(seed):
+        ensemble = PixelEnsemble(4, members=2, max_epochs=2, seed=seed, progress=False)
+        return ensemble.fit(ArrayPixelSource(features, labels)).predict(test_features)[1]
+
+    np.testing.assert_array_equal(run(0), run(0))
+    assert not np.array_equal(run(0), run(1))
+
+
+def test_save_load_round_trip(tmp_path):
+    features, labels = separable_problem(512, seed=0)
+    ensemble = PixelEnsemble(4, members=2, max_epochs=2, progress=False).fit(ArrayPixelSource(features, labels))
+    folder = tmp_path / "ensemble"
+    manifest = {"classes": ["a", "b", "c", "d"], "blocks": [5, 6], "checkpoint_sha256": "abc"}
+    ensemble.save(folder, manifest)
+    assert sorted(path.name for path in folder.iterdir()) == ["manifest.json", "weights.pt"]
+    loaded, loaded_manifest = PixelEnsemble.load(folder)
+    assert loaded_manifest == manifest
+    assert loaded.iterations_.tolist() == ensemble.iterations_.tolist() == [16, 16]
+    assert (loaded.dim_, loaded.members, loaded.max_epochs) == (12, 2, 2)
+    test_features = separable_problem(300, seed=2)[0]
+    for before, after in zip(ensemble.predict(test_features), loaded.predict(test_features)):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(ProbeError, match="manifest.json"):
+        PixelEnsemble.load(tmp_path / "nowhere")
+    features, labels = separable_problem(128, seed=0)
+    folder = tmp_path / "ensemble"
+    PixelEnsemble(4, members=1, max_epochs=1, progress=False).fit(ArrayPixelSource(features, labels)).save(folder, {})
+    (folder / "weights.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ProbeError, match="weights.pt"):
+        PixelEnsemble.load(folder)
+    (folder / "manifest.json").write_text("{ truncated")
+    with pytest.raises(ProbeError, match="manifest.json"):
+        PixelEnsemble.load(folder)
+
+
+def test_user_errors():
+    features, labels = separable_problem(128, seed=0)
+    with pytest.raises(ProbeError, match="outside"):
+        PixelEnsemble(3, progress=False).fit(ArrayPixelSource(features, labels))  # labels go up to 3
+    with pytest.raises(ProbeError, match="batch_size"):
+        PixelEnsemble(4, progress=False).fit(ArrayPixelSource(features[:10], labels[:10]))
+    with pytest.raises(ProbeError, match="not trained"):
+        PixelEnsemble(4).predict(features)
+    ensemble = PixelEnsemble(4, members=1, max_epochs=1, progress=False).fit(ArrayPixelSource(features, labels))
+    with pytest.raises(ProbeError, match=r"\(N, 12\)"):
+        ensemble.predict(features[:, :5])
