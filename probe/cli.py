@@ -143,6 +143,81 @@ def segment(
 
 @app.command()
 @user_errors
+def grid(
+    dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
+    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    backbone: str = Backbone,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Decoder blocks (default all)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Steps (default 0,50,100,200,...,900 scaled to the model's T)."),
+    train_number: int = typer.Option(20, "--train-number", help="Labelled training images per probe."),
+    test_number: int = typer.Option(20, "--test-number", help="Held-out images that score each probe."),
+    members: int = typer.Option(1, "--members", help="MLPs per probe."),
+    size_threshold: Optional[float] = typer.Option(None, "--size-threshold", help="Mean-area fraction below which a class is small (default: the median)."),
+    seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
+    out: Path = typer.Option(Path("runs/grid"), "--out", help="Output folder."),
+    quiet: bool = Quiet,
+):
+    """mIoU of an MLP probe for every (decoder block, step): heatmaps for all, small and large classes and the
+    per-step line plot (the paper's Fig. 2 and 3).
+
+    Examples: probe grid   |   probe grid --backbone random --out runs/grid_random   |
+    probe grid --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --steps 50,250,500,750
+    """
+    from probe.extract import parse_indices
+    from probe.grid import GridOptions, run_grid
+    from probe.sources import open_source
+
+    source = open_source(dataset, data_root, data, checkpoint, model_flags)
+    flags = source.load_model("cpu").flags
+    options = GridOptions(
+        backbone=backbone,
+        blocks=parse_indices(blocks, flags.decoder_blocks, "blocks", []) if blocks else None,
+        steps=parse_indices(steps, flags.diffusion_steps, "steps", []) if steps else None,
+        train_number=train_number, test_number=test_number, members=members, size_threshold=size_threshold,
+        device=device,
+    )
+    table = run_grid(source, options, seed, out, cache, not quiet)
+    best = table[table.group == "all"].sort_values("miou").iloc[-1]
+    typer.echo(f"best cell: block {int(best.block)} at t={int(best.step)}, mIoU {best.miou:.2f}%  -> {out}")
+
+
+@app.command()
+@user_errors
+def kmeans(
+    dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
+    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    backbone: str = Backbone,
+    blocks: str = typer.Option("6,8,10,12", "--blocks", help="Decoder blocks (rows of the figure)."),
+    steps: str = typer.Option("50,200,400,600,800", "--steps", help="Steps (columns of the figure)."),
+    k: int = typer.Option(5, "--k", help="Clusters."),
+    images: Optional[str] = typer.Option(None, "--images", help="Comma-separated image files (default: the test split)."),
+    n_images: int = typer.Option(2, "--n-images", help="How many test images when --images is not given."),
+    fit_on: str = typer.Option("image", "--fit-on", help="image (centroids per image) or all (shared centroids)."),
+    seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
+    out: Path = typer.Option(Path("runs/kmeans"), "--out", help="Output folder."),
+    quiet: bool = Quiet,
+):
+    """faiss k-means over the pixel features of each (block, step): kmeans.png and clusters.npz (the paper's Fig. 4).
+
+    Examples: probe kmeans --blocks 6,8,10,12   |   probe kmeans --images a.png,b.png --fit-on all --k 6
+    """
+    from probe.clusters import run_kmeans
+    from probe.data.layout import load_images
+    from probe.extract import parse_indices
+    from probe.sources import open_source
+
+    source = open_source(dataset, data_root, data, checkpoint, model_flags)
+    flags = source.load_model("cpu").flags
+    chosen = (load_images([p for p in images.split(",") if p], flags.image_size) if images
+              else source.split("test", flags.image_size, n_images))
+    run_kmeans(source, chosen, parse_indices(blocks, flags.decoder_blocks, "blocks", []),
+               parse_indices(steps, flags.diffusion_steps, "steps", []), k, seed, fit_on, out, cache, backbone,
+               device, not quiet)
+    typer.echo(f"clustered {len(chosen)} images into {k} clusters per block and step -> {out}/kmeans.png")
+
+
+@app.command()
+@user_errors
 def predict(
     ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble folder written by probe segment (OUT/ensemble)."),
     images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),

@@ -1,5 +1,6 @@
 """k-means over pixel features (faiss), and relabelling clusters so maps from different blocks/steps agree."""
 
+from pathlib import Path
 from typing import Literal, Sequence
 
 import faiss
@@ -7,7 +8,12 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import kmeans_plusplus
 
+from probe import plots
 from probe.errors import ProbeError
+from probe.outputs import output_dir
+from probe.progress import progress_bar
+from probe.sources import make_backbone, to_uint8_image
+from probe.store import ActivationStore, PixelSampler
 
 
 def _check_features(features: np.ndarray, k: int, what: str = "features") -> np.ndarray:
@@ -117,3 +123,36 @@ def match_labels(reference: np.ndarray, labels: np.ndarray, k: int) -> np.ndarra
     renaming = np.empty(k, dtype=np.int64)
     renaming[label_ids] = reference_ids
     return renaming[labels]
+
+
+def run_kmeans(source, images: list, blocks: list[int] | None, steps: list[int], k: int, seed: int,
+               fit_on: str, out: Path, cache: Path | None = None, backbone_kind: str = "ddpm", device: str = "cpu",
+               progress: bool = True) -> dict[tuple[str, int, int], np.ndarray]:
+    """k-means over the upsampled pixel features of each (block, step) (the paper's Fig. 4).
+
+    Writes `out/kmeans.png` (per image, a blocks x steps grid of cluster maps whose ids are matched to the
+    first cell's by the Hungarian method) and `out/clusters.npz` with keys `<stem>/block<b>_t<t>`.
+    """
+    backbone = make_backbone(source, backbone_kind, blocks, steps, seed, device=device)
+    store = ActivationStore(backbone, cache)
+    store.fill(images, progress=progress)
+    size = images[0].image.shape[-1]
+    maps: dict[tuple[str, int, int], np.ndarray] = {}
+    with output_dir(out) as tmp:
+        with progress_bar(progress) as bar:
+            cells = [(b, t) for b in backbone.blocks for t in backbone.steps]
+            task = bar.add_task("k-means per block and step", total=len(cells))
+            for b, t in cells:
+                sampler = PixelSampler(store, images, [backbone.name(t, b)], size)
+                features = [sampler.image_features(i, slice(None)).numpy() for i in range(len(images))]
+                for image, labels in zip(images, fit_kmeans(features, k, seed, fit_on)):
+                    maps[(image.stem, b, t)] = labels.reshape(size, size)
+                bar.advance(task)
+        for image in images:
+            reference = maps[(image.stem, *cells[0])]
+            for b, t in cells[1:]:
+                maps[(image.stem, b, t)] = match_labels(reference, maps[(image.stem, b, t)], k)
+        np.savez_compressed(tmp / "clusters.npz", **{f"{s}/block{b}_t{t}": m.astype(np.uint8) for (s, b, t), m in maps.items()})
+        plots.kmeans_figure({im.stem: to_uint8_image(im) for im in images}, maps, backbone.blocks, backbone.steps,
+                            tmp / "kmeans.png", k)
+    return maps

@@ -122,6 +122,9 @@ class UNetBackbone:
     def names_for_step(self, step: int) -> list[str]:
         return [feature_name(step, b) for b in self.blocks]
 
+    def name(self, step: int, block: int) -> str:
+        return feature_name(step, block)
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, stems: list[str], steps: list[int] | None = None) -> dict[str, torch.Tensor]:
         """{name: (B, C, h, w) float32 on the CPU} for images (B, 3, H, W) in [-1, 1]."""
@@ -148,6 +151,7 @@ class PixelBackbone:
 
     names = ["rgb3x3"]
     steps = [0]
+    blocks = [-1]  # one pseudo-cell for per-(block, step) analyses
 
     @property
     def identity(self) -> dict:
@@ -155,6 +159,9 @@ class PixelBackbone:
 
     def names_for_step(self, step: int) -> list[str]:
         return self.names
+
+    def name(self, step: int, block: int) -> str:
+        return self.names[0]
 
     def __call__(self, images: torch.Tensor, stems: list[str], steps: list[int] | None = None) -> dict[str, torch.Tensor]:
         b, c, h, w = images.shape

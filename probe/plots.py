@@ -174,7 +174,7 @@ def grid_lines(table: pd.DataFrame, path: str | Path, group: str = "all", title:
 @_styled
 def segmentation_panel(
     image: np.ndarray,
-    gt: np.ndarray,
+    gt: np.ndarray | None,
     pred: np.ndarray,
     class_names: Sequence[str],
     palette: np.ndarray,
@@ -182,21 +182,24 @@ def segmentation_panel(
     ignore_label: int = 255,
     title: str | None = None,
 ) -> Figure:
-    """image | ground truth | prediction, with a legend of the classes present in either label map."""
+    """image | ground truth | prediction (image | prediction when gt is None), with a legend of the classes
+    present in the label maps."""
     _check_image(image, "image")
-    if gt.shape != image.shape[:2] or pred.shape != image.shape[:2]:
+    labelled = [pred] if gt is None else [gt, pred]
+    if any(m.shape != image.shape[:2] for m in labelled):
         raise ProbeError(
-            f"image is {image.shape[:2]}, gt {gt.shape}, pred {pred.shape}: pass label maps of the image's size"
+            f"image is {image.shape[:2]}, label maps {[m.shape for m in labelled]}: pass label maps of the image's size"
         )
     _check_classes(class_names, palette)
-    present = [int(c) for c in np.union1d(np.unique(gt), np.unique(pred)) if c != ignore_label]
-    maps = [colorize(gt, palette, ignore_label), colorize(pred, palette, ignore_label)]
+    present = [int(c) for c in np.unique(np.concatenate([m.ravel() for m in labelled])) if c != ignore_label]
+    maps = [colorize(m, palette, ignore_label) for m in labelled]
+    names = ["image", "prediction"] if gt is None else ["image", "ground truth", "prediction"]
     width_in, panel_in = 7.6, 2.4
     columns, legend_in = (
         _legend_layout([class_names[c] for c in present], width_in, _STYLE["legend.fontsize"]) if present else (1, 0.0)
     )
     fig = Figure(figsize=(width_in, panel_in + 0.55 + (0.3 if title else 0) + legend_in), layout="constrained")
-    for ax, picture, name in zip(fig.subplots(1, 3), [image, *maps], ["image", "ground truth", "prediction"]):
+    for ax, picture, name in zip(fig.subplots(1, len(names)), [image, *maps], names):
         _show(ax, picture)
         ax.set_title(name)
     if title:

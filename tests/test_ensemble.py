@@ -20,6 +20,15 @@ from probe.ensemble import (
 from probe.errors import ProbeError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These tiny networks run fastest on one thread, and the machine's cores are shared; restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def separable_problem(pixels: int, seed: int, num_classes: int = 4, dim: int = 12):
     """Gaussian blobs, one per class, far apart: a linear probe gets them all right."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,38 @@
+"""Shared test data: the authors' fixture model and a tiny labelled domain made by the project's own generator."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixture_model() -> tuple[Path, Path]:
+    """(checkpoint, flags JSON) of the fixture's random-weight 32x32 ADM (9 decoder blocks)."""
+    return FIXTURES / "adm_tiny32.pt", FIXTURES / "adm_tiny32.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_domain(tmp_path_factory) -> Path:
+    """A 32x32 face-parts dataset in the authors' layout: 4 train and 3 test images, 10 classes."""
+    from probe.data.default_domain import write_default_domain
+
+    return write_default_domain(tmp_path_factory.mktemp("data") / "faces", size=32, pool=0, train=4, test=3,
+                                seed=0, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own activation cache, so no test reads another's stored features."""
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
+
+
+def read_metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def label_maps(folder: Path) -> dict[str, np.ndarray]:
+    return {p.stem: np.load(p) for p in sorted(folder.glob("*.npy"))}

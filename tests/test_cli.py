@@ -1,0 +1,142 @@
+"""End-to-end: the `probe` commands on the fixture model and a tiny generated domain."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import FIXTURES, label_maps, read_metrics
+from probe.cli import app
+from probe.metrics import SegmentationScore
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def model_args(fixture_model):
+    checkpoint, flags = fixture_model
+    return ["--checkpoint", checkpoint, "--model-flags", flags]
+
+
+def test_features_command_reproduces_fixture(tmp_path, fixture_model):
+    meta = json.loads((FIXTURES / "adm_tiny32.json").read_text())
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(FIXTURES / meta["image"], images)
+    out = tmp_path / "feats"
+    result = run("features", "--images", images, *model_args(fixture_model), "--steps", "0,50,150,250,500,999",
+                 "--blocks", "all", "--seed", "0", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    exported = np.load(out / "adm_tiny32.npz")
+    reference = np.load(FIXTURES / meta["activations"])
+    names = [n for n in reference.files if n != "noise"]
+    assert sorted(exported.files) == sorted(names)
+    for name in names:
+        assert exported[name].shape == reference[name].shape[1:]
+        assert np.abs(exported[name] - reference[name][0]).max() <= 1e-4 * np.abs(reference[name]).mean(), name
+
+
+def segment(tmp_path, tiny_domain, fixture_model, out_name, *extra):
+    out = tmp_path / out_name
+    result = run("segment", "--data", tiny_domain, *model_args(fixture_model), "--train-number", 4,
+                 "--test-number", 3, "--members", 2, "--blocks", "2,3,6", "--steps", "50,250", "--out", out, "--quiet", *extra)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_segment_outputs_are_consistent_and_reproducible(tmp_path, tiny_domain, fixture_model):
+    out = segment(tmp_path, tiny_domain, fixture_model, "seg")
+    metrics = read_metrics(out)
+    predictions = label_maps(out / "predictions")
+    truths = label_maps(tiny_domain / "real" / "test")
+    assert sorted(predictions) == ["000", "001", "002"]
+    score = SegmentationScore(10, 255)
+    for stem, pred in predictions.items():
+        assert pred.shape == (32, 32) and pred.max() < 10
+        score.update(pred, truths[stem])
+    assert metrics["miou"] == pytest.approx(100 * score.miou)
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert per_class["iou"].mean() == pytest.approx(metrics["miou"])
+    assert list(per_class["class"]) == (tiny_domain / "classes.txt").read_text().split()
+    assert metrics["features"]["dim"] == 2 * (64 + 64 + 32)  # blocks 2, 3, 6 of the fixture at two steps
+    assert sorted(p.name for p in (out / "visualizations").iterdir()) == ["000.png", "001.png", "002.png"]
+    again = segment(tmp_path, tiny_domain, fixture_model, "seg_again")
+    assert read_metrics(again)["miou"] == metrics["miou"]
+    for stem, pred in label_maps(again / "predictions").items():
+        assert np.array_equal(pred, predictions[stem])
+
+    predicted = tmp_path / "predicted"
+    result = run("predict", "--ensemble", out / "ensemble", "--images", tiny_domain / "real" / "test",
+                 "--out", predicted, "--quiet")
+    assert result.exit_code == 0, result.output
+    for stem, pred in label_maps(predicted / "predictions").items():
+        assert np.array_equal(pred, predictions[stem])
+    assert len(pd.read_csv(predicted / "uncertainty.csv")) == 3
+
+
+def test_segment_seeds_report_mean_and_std(tmp_path, tiny_domain, fixture_model):
+    out = segment(tmp_path, tiny_domain, fixture_model, "seeds", "--seeds", "0,1", "--backbone", "pixels")
+    summary = read_metrics(out)
+    per_seed = [read_metrics(out / f"seed_{s}")["miou"] for s in (0, 1)]
+    assert summary["miou_per_seed"] == per_seed
+    assert summary["miou"] == pytest.approx(np.mean(per_seed))
+    assert summary["miou_std"] == pytest.approx(np.std(per_seed))
+    assert read_metrics(out / "seed_0")["features"]["dim"] == 27
+
+
+def test_grid_tables_and_figures(tmp_path, tiny_domain, fixture_model):
+    out = tmp_path / "grid"
+    result = run("grid", "--data", tiny_domain, *model_args(fixture_model), "--blocks", "0,4,8", "--steps", "50,900",
+                 "--train-number", 4, "--test-number", 3, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "grid.csv")
+    per_class = pd.read_csv(out / "grid_per_class.csv")
+    groups = pd.read_csv(out / "class_groups.csv")
+    assert set(table.group) == {"all", "small", "large"} and len(table) == 3 * 2 * 3
+    assert sorted(groups["group"].value_counts().tolist()) == [5, 5]  # split at the median of 10 areas
+    small = set(groups[groups.group == "small"]["class"])
+    assert small >= {"eyes", "nose", "eyebrows"}
+    cell = per_class[(per_class.block == 4) & (per_class.step == 50)]
+    row = table[(table.block == 4) & (table.step == 50)].set_index("group")["miou"]
+    assert row["all"] == pytest.approx(cell["iou"].mean())
+    assert row["small"] == pytest.approx(cell[cell["class"].isin(small)]["iou"].mean())
+    for name in ("grid_all.png", "grid_small.png", "grid_large.png", "grid_lines.png"):
+        assert Image.open(out / name).size[0] > 300
+
+
+def test_kmeans_maps(tmp_path, tiny_domain, fixture_model):
+    out = tmp_path / "km"
+    result = run("kmeans", "--data", tiny_domain, *model_args(fixture_model), "--blocks", "3,6", "--steps", "50,800",
+                 "--n-images", 2, "--k", 5, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    clusters = np.load(out / "clusters.npz")
+    assert sorted(clusters.files) == sorted(f"{s}/block{b}_t{t}" for s in ("000", "001") for b in (3, 6) for t in (50, 800))
+    for name in clusters.files:
+        labels = clusters[name]
+        assert labels.shape == (32, 32) and set(np.unique(labels)) <= set(range(5)) and len(np.unique(labels)) >= 2
+    assert Image.open(out / "kmeans.png").size[0] > 300
+
+
+def test_default_blocks_keep_relative_depth():
+    from probe.sources import default_blocks, default_steps
+
+    assert default_blocks(18) == [5, 6, 7, 8, 12]
+    assert default_blocks(9) == [2, 3, 4, 6]
+    assert default_steps(1000) == [50, 150, 250] and default_steps(4000) == [200, 600, 1000]
+
+
+def test_small_annotations_dropped():
+    from probe.segment import drop_small_annotations, min_annotation_pixels
+
+    labels = np.zeros((256, 256), dtype=np.int64)
+    labels[:4, :4] = 3  # 16 pixels of class 3: below the authors' 20 at 256x256
+    labels[10:15, 10:15] = 2  # 25 pixels: kept
+    kept = drop_small_annotations(labels, 255, min_annotation_pixels(256))
+    assert (kept[:4, :4] == 255).all() and (kept[10:15, 10:15] == 2).all() and min_annotation_pixels(32) == 1

@@ -1,0 +1,119 @@
+"""The activation store and the pixel sampler: reuse, float16 storage, and sparse upsampling equal to dense."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from probe.data.layout import LabeledImage
+from probe.extract import NoisePolicy, PixelBackbone, UNetBackbone
+from probe.models import load_model
+from probe.store import ActivationStore, PixelSampler, StorePixelSource, bilinear_taps
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+META = json.loads((FIXTURES / "adm_tiny32.json").read_text())
+
+
+def images(n: int, seed: int = 0) -> list[LabeledImage]:
+    rng = np.random.default_rng(seed)
+    return [LabeledImage(f"img{i}", rng.uniform(-1, 1, (3, 32, 32)).astype(np.float32),
+                         rng.integers(0, 4, (32, 32))) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    model = load_model(FIXTURES / META["checkpoint"], META["flags"])
+    return UNetBackbone(model, [0, 2, 5, 8], [50, 250], NoisePolicy("shared", 1, 0))
+
+
+@pytest.mark.parametrize("in_size,out_size", [(1, 32), (2, 32), (4, 32), (8, 32), (16, 32), (32, 32), (64, 32),
+                                              (8, 256), (32, 256), (128, 256), (5, 17), (7, 32)])
+def test_sampler_equals_dense_upsampling(in_size, out_size):
+    """gather() equals F.interpolate(bilinear, align_corners=False) then indexing, to float32 rounding.
+
+    Bit equality is not asserted: torch's own kernel differs by 1-2 ulp between its scalar and vectorised paths
+    (the same call on a batch of 1 and of 3 gives different last bits)."""
+    native = torch.randn(3, 6, in_size, in_size, generator=torch.Generator().manual_seed(in_size)).half()
+    sampler = PixelSampler.__new__(PixelSampler)
+    sampler.maps, sampler.size = [native], out_size
+    sampler.taps = {in_size: bilinear_taps(in_size, out_size)}
+    dense = F.interpolate(native.float(), size=(out_size, out_size), mode="bilinear", align_corners=False)
+    rng = np.random.default_rng(0)
+    idx, ys, xs = rng.integers(0, 3, 500), rng.integers(0, out_size, 500), rng.integers(0, out_size, 500)
+    expected = dense[idx, :, ys, xs]
+    got = sampler.gather(idx, ys, xs)
+    assert got.shape == (500, 6)
+    assert torch.allclose(got, expected, rtol=0, atol=4e-6 * float(native.abs().max()))
+
+
+def test_store_writes_float16_and_reuses(tmp_path, backbone):
+    store = ActivationStore(backbone, tmp_path)
+    imgs = images(3)
+    store.fill(imgs, batch_size=2, progress=False)
+    files = sorted(store.root.rglob("*.npy"))
+    assert len(files) == 3 * 4 * 2
+    stored = store.read(imgs[1], "t250_block5")
+    direct = backbone(torch.from_numpy(imgs[1].image[None]), [imgs[1].stem])["t250_block5"][0].numpy()
+    assert stored.dtype == np.float16 and stored.shape == direct.shape
+    # float16 of the activation (batching changes float32 last bits, so allow one float16 step)
+    assert np.all(np.abs(stored.astype(np.float32) - direct) <= np.abs(direct) * 2 ** -10 + 1e-4)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    store.fill(imgs, batch_size=2, progress=False)  # everything cached: nothing rewritten
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    changed = LabeledImage(imgs[0].stem, imgs[0].image * 0.5, imgs[0].labels)  # same name, new pixels: new entry
+    store.fill([changed], progress=False)
+    assert len(list(store.root.rglob("*.npy"))) == 4 * 4 * 2
+
+
+def test_store_key_depends_on_seed_and_noise(tmp_path, backbone):
+    other = UNetBackbone(backbone.model, backbone.blocks, backbone.steps, NoisePolicy("shared", 1, 1))
+    per_image = UNetBackbone(backbone.model, backbone.blocks, backbone.steps, NoisePolicy("per-image", 1, 0))
+    roots = {ActivationStore(b, tmp_path).root for b in (backbone, other, per_image)}
+    assert len(roots) == 3
+
+
+def test_noise_policies():
+    stems = ["a", "b"]
+    shared = NoisePolicy("shared", 1, 0).noises(stems, (3, 4, 4))
+    assert len(shared) == 1 and torch.equal(shared[0][0], shared[0][1])
+    per_image = NoisePolicy.parse("per-image", 0).noises(stems, (3, 4, 4))[0]
+    assert not torch.equal(per_image[0], per_image[1])
+    assert torch.equal(per_image[1], NoisePolicy.parse("per-image", 0).noises(["b"], (3, 4, 4))[0][0])
+    mean4 = NoisePolicy.parse("mean-of-4", 0).noises(stems, (3, 4, 4))
+    assert len(mean4) == 4 and torch.equal(mean4[0], shared[0]) and not torch.equal(mean4[1], mean4[0])
+
+
+def test_mean_of_k_averages_activations(backbone):
+    from probe.extract import capture
+
+    image = torch.from_numpy(images(1)[0].image[None])
+    k2 = UNetBackbone(backbone.model, [5], [250], NoisePolicy.parse("mean-of-2", 0))(image, ["x"])["t250_block5"]
+    k1 = UNetBackbone(backbone.model, [5], [250], NoisePolicy.parse("mean-of-1", 0))(image, ["x"])["t250_block5"]
+    shared = UNetBackbone(backbone.model, [5], [250], NoisePolicy.parse("shared", 0))(image, ["x"])["t250_block5"]
+    assert torch.equal(k1, shared)
+    singles = []
+    t = torch.tensor([250])
+    for noise in NoisePolicy.parse("mean-of-2", 0).noises(["x"], (3, 32, 32)):
+        with torch.no_grad(), capture({5: backbone.model.unet.output_blocks[5]}, False) as captured:
+            backbone.model.unet(backbone.diffusion.q_sample(image, t, noise), t)
+        singles.append(captured[5])
+    assert not torch.equal(singles[0], singles[1])
+    assert torch.allclose(k2, (singles[0] + singles[1]) / 2, atol=1e-6)
+
+
+def test_pixel_source_drops_ignore_and_reads_features(tmp_path):
+    imgs = images(2)
+    imgs[0].labels[:5] = 255
+    store = ActivationStore(PixelBackbone(), tmp_path)
+    store.fill(imgs, progress=False)
+    source = StorePixelSource(PixelSampler(store, imgs, ["rgb3x3"], 32), [im.labels for im in imgs], 255)
+    assert len(source.labels) == 2 * 32 * 32 - 5 * 32 and (source.labels != 255).all()
+    k = 40  # first kept pixel of image 0 is (5, 0); pixel k of it is (6, 8)
+    feats = source.features(np.array([k]))[0].numpy()
+    y, x = source.ys[k], source.xs[k]
+    window = np.pad(imgs[0].image, ((0, 0), (1, 1), (1, 1)))[:, y:y + 3, x:x + 3].reshape(-1)
+    assert (y, x) == (6, 8)
+    assert np.allclose(feats, window.astype(np.float16).astype(np.float32))
