@@ -127,7 +127,7 @@ class StackedMLP(nn.Sequential):
             StackedLinear(members, dim, h1), nn.ReLU(), StackedBatchNorm(members, h1),
             StackedLinear(members, h1, h2), nn.ReLU(), StackedBatchNorm(members, h2),
             StackedLinear(members, h2, num_classes),
-        )  # fmt: skip
+        )
 
     @classmethod
     def from_members(cls, mlps: list[nn.Sequential]) -> StackedMLP:
@@ -187,7 +187,7 @@ def _batches(source: PixelSource, order: np.ndarray, batch_size: int, device: st
     for start in range(0, len(order), gather):
         idx = order[start : start + gather]
         features = source.features(idx).to(device)
-        labels = torch.from_numpy(source.labels[idx]).to(device)
+        labels = torch.from_numpy(source.labels[idx]).to(device, torch.long)
         yield from zip(features.split(batch_size), labels.split(batch_size))
 
 
@@ -256,13 +256,13 @@ class PixelEnsemble:
                 "remove ignore-label pixels and check num_classes"
             )
         mlps = [new_member(source.dim, self.num_classes, member_generators(self.seed, m)[0]).to(self.device)
-                for m in range(self.members)]  # fmt: skip
+                for m in range(self.members)]
         self.dim_ = source.dim
         self.iterations_ = np.zeros(self.members, dtype=np.int64)
         self.epochs_ = np.zeros(self.members, dtype=np.int64)
         self.last_loss_ = np.full(self.members, np.nan)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())  # fmt: skip
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())
         with Progress(*columns, disable=not self.progress) as progress:
             if self.batched:
                 self.model_ = self._fit_batched(source, StackedMLP.from_members(mlps), progress)
@@ -295,7 +295,7 @@ class PixelEnsemble:
                 snapshot[key][rows] = value[rows]
 
         stopper = self._train(source, np.random.default_rng(self.seed), step, np.arange(self.members), freeze,
-                              progress, "members")  # fmt: skip
+                              progress, "members")
         rows = torch.from_numpy(stopper.stopped).to(self.device)
         with torch.no_grad():
             for key, value in model.state_dict().items():

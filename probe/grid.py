@@ -56,7 +56,6 @@ class GridOptions:
     test_number: int = 20
     members: int = 1
     size_threshold: float | None = None
-    batch_size: int = 4
     device: str = "cpu"
 
 
@@ -79,7 +78,7 @@ def run_grid(source: Source, options: GridOptions, seed: int, out: Path, cache: 
             cells = [(t, b) for t in backbone.steps for b in backbone.blocks]
             task = bar.add_task("probing block x step", total=len(cells))
             for t in backbone.steps:
-                store.fill(train + test, options.batch_size, progress=False, steps=[t])
+                store.fill(train + test, progress=False, steps=[t])
                 for b in backbone.blocks:
                     fitted = fit_and_predict(store, [backbone.name(t, b)], train, test, source.num_classes,
                                              source.ignore_label, options.members, seed, device=options.device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class Fitted:
     predictions: list[np.ndarray]
     uncertainties: list[float]
     score: SegmentationScore
+    training_pixels: int
+    seconds: dict[str, float]
 
 
 def fit_and_predict(store: ActivationStore, names: list[str], train: list[LabeledImage], test: list[LabeledImage],
@@ -53,25 +56,29 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
     source = StorePixelSource(PixelSampler(store, train, names, size), labels, ignore_label)
     if len(source.labels) == 0:
         raise ProbeError("the training label maps hold no labelled pixel (all ignore label): check the label maps")
+    started = time.perf_counter()
     ensemble = PixelEnsemble(num_classes, members=members, seed=seed, batched=batched, device=device,
                              progress=progress).fit(source)
-    sampler = PixelSampler(store, test, names, size)
+    training_pixels = len(source.labels)
+    del source  # the training images' activations leave memory before the test images' arrive
+    trained = time.perf_counter()
     score = SegmentationScore(num_classes, ignore_label)
     predictions, uncertainties = [], []
-    for index, image in enumerate(test):
-        pred, uncertainty = predict_image(ensemble, sampler, index)
+    for image in test:
+        pred, uncertainty = predict_image(ensemble, PixelSampler(store, [image], names, size))
         predictions.append(pred)
         uncertainties.append(uncertainty)
         score.update(pred, image.labels)
-    return Fitted(ensemble, predictions, uncertainties, score)
+    seconds = {"training": trained - started, "prediction": time.perf_counter() - trained}
+    return Fitted(ensemble, predictions, uncertainties, score, training_pixels, seconds)
 
 
-def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, index: int, band_pixels: int = 16384) -> tuple[np.ndarray, float]:
-    """(H, W) labels and the uncertainty of one image, predicted in bands of rows (about `band_pixels` pixels)
-    so that memory does not grow with H x W x features."""
+def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 16384) -> tuple[np.ndarray, float]:
+    """(H, W) labels and the uncertainty of the image of a one-image sampler, predicted in bands of rows
+    (about `band_pixels` pixels) so that memory does not grow with H x W x features."""
     size = sampler.size
     rows = max(1, band_pixels // size)
-    parts = [ensemble.predict(sampler.image_features(index, slice(r, r + rows))) for r in range(0, size, rows)]
+    parts = [ensemble.predict(sampler.image_features(0, slice(r, r + rows))) for r in range(0, size, rows)]
     pred = np.concatenate([p for p, _ in parts]).reshape(size, size)
     return pred, PixelEnsemble.uncertainty(np.concatenate([j for _, j in parts]))
 
@@ -87,7 +94,6 @@ class SegmentOptions:
     batched: bool = True
     noise: str = "shared"
     input_activations: bool = False
-    batch_size: int = 4
     device: str = "cpu"
 
 
@@ -100,7 +106,9 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
     train = source.split("train", resolution, options.train_number)
     test = source.split("test", resolution, options.test_number)
     store = ActivationStore(backbone, cache)
-    store.fill(train + test, options.batch_size, progress)
+    started = time.perf_counter()
+    store.fill(train + test, progress=progress)
+    extraction = time.perf_counter() - started
     fitted = fit_and_predict(store, backbone.names, train, test, source.num_classes, source.ignore_label,
                              options.members, seed, options.batched, options.device, progress)
     iou = dict(zip(fitted.score.class_ids, fitted.score.iou))
@@ -109,6 +117,9 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
         "miou": 100 * fitted.score.miou,
         "per_class": per_class,
         "uncertainty": float(np.mean(fitted.uncertainties)),
+        "seconds": {"extraction": extraction, **fitted.seconds},
+        "training_pixels": fitted.training_pixels,
+        "ensemble_iterations": fitted.ensemble.iterations_.tolist(),
         "dataset": source.name,
         "seed": seed,
         "features": {"names": backbone.names, "dim": int(sum(store.read(train[0], n).shape[0] for n in backbone.names)),
@@ -180,16 +191,15 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
     if wrong:
         raise ProbeError(f"image {wrong[0]} is not {size}x{size} after loading: check --images")
     store = ActivationStore(backbone, cache)
-    store.fill(images, 4, progress)
-    sampler = PixelSampler(store, images, manifest["feature_names"], size)
+    store.fill(images, progress=progress)
     records = []
     with output_dir(out) as tmp:
         (tmp / "predictions").mkdir()
         (tmp / "visualizations").mkdir()
         with progress_bar(progress) as bar:
             task = bar.add_task("segmenting", total=len(images))
-            for index, image in enumerate(images):
-                pred, unc = predict_image(ensemble, sampler, index)
+            for image in images:
+                pred, unc = predict_image(ensemble, PixelSampler(store, [image], manifest["feature_names"], size))
                 np.save(tmp / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
                 plots.segmentation_panel(to_uint8_image(image), None, pred, source.class_names, source.palette,
                                          tmp / "visualizations" / f"{image.stem}.png", source.ignore_label,

@@ -38,9 +38,14 @@ class ActivationStore:
     def path(self, key: str, name: str) -> Path:
         return self.root / key / f"{name}.npy"
 
-    def fill(self, images: list[LabeledImage], batch_size: int = 4, progress: bool = True,
+    def fill(self, images: list[LabeledImage], batch_size: int | None = None, progress: bool = True,
              steps: list[int] | None = None) -> None:
-        """Run the backbone on every image whose activations are missing, one step at a time."""
+        """Run the backbone on every image whose activations are missing, one step at a time.
+
+        The default batch holds about 16k pixels per forward: 16 images at 32x32, 1 at 256x256."""
+        if not images:
+            return
+        batch_size = batch_size or max(1, 16384 // images[0].image.shape[-1] ** 2)
         keys = [image_key(im) for im in images]
         todo = [(t, [i for i, k in enumerate(keys) if not all(self.path(k, n).exists() for n in self.backbone.names_for_step(t))])
                 for t in (steps if steps is not None else self.backbone.steps)]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
@@ -22,6 +23,15 @@ def tiny_domain(tmp_path_factory) -> Path:
 
     return write_default_domain(tmp_path_factory.mktemp("data") / "faces", size=32, pool=0, train=4, test=3,
                                 seed=0, progress=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The tests' networks are tiny: one thread is fastest and keeps CI's two cores from contending."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

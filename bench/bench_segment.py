@@ -1,0 +1,91 @@
+"""Benchmark `probe segment`: peak RSS, time split (extraction, training, prediction), training pixels per second.
+
+    python bench/bench_segment.py default            # the embedded default domain and model
+    python bench/bench_segment.py paper --train 20   # the paper's 256x256 ADM layout at num_channels 64,
+                                                     # blocks {5,6,7,8,12}, steps {50,150,250}, generated images
+
+Each run starts from an empty activation cache, so extraction is included. Prints one JSON line; nothing is
+asserted. The dense approach of the authors' code would hold train x D x 256 x 256 float32 features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PAPER_FLAGS = ("--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --dropout 0.1 "
+               "--image_size 256 --learn_sigma True --noise_schedule linear --num_channels 64 --num_head_channels 64 "
+               "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True")
+
+
+def write_paper_shape(folder: Path, train: int, test: int) -> tuple[Path, Path]:
+    """A 256x256 face-parts dataset (the project's generator) and a random-weight checkpoint of the paper's layout."""
+    from probe.data.default_domain import CLASSES, image_rng, render
+    from probe.models import UNet
+    from probe.models.flags import ModelFlags, parse_flags
+
+    for split, count in (("train", train), ("test", test)):
+        (folder / "data" / split).mkdir(parents=True)
+        for i in range(count):
+            image, labels = render(image_rng(0, split, i), 256)
+            Image.fromarray(image).save(folder / "data" / split / f"{i:03d}.png")
+            np.save(folder / "data" / split / f"{i:03d}.npy", labels)
+    (folder / "data" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    torch.manual_seed(0)
+    checkpoint = folder / "adm256_c64.pt"
+    torch.save(UNet(ModelFlags(**parse_flags(PAPER_FLAGS))).state_dict(), checkpoint)
+    return folder / "data", checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("shape", choices=["default", "paper"])
+    parser.add_argument("--train", type=int, default=20)
+    parser.add_argument("--test", type=int, default=20)
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--sequential", action="store_true", help="members one by one instead of batched")
+    args = parser.parse_args()
+
+    from probe.segment import SegmentOptions, segment_once
+    from probe.sources import open_source
+
+    work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
+    os.environ["PROBE_CACHE"] = str(work / "cache")
+    if args.shape == "paper":
+        data, checkpoint = write_paper_shape(work, args.train, args.test)
+        source = open_source(data=data, checkpoint=checkpoint, model_flags=PAPER_FLAGS)
+    else:
+        source = open_source()
+    options = SegmentOptions(train_number=args.train, test_number=args.test, members=args.members,
+                             batched=not args.sequential)
+    started = time.perf_counter()
+    (work / "out").mkdir()
+    metrics = segment_once(source, options, seed=0, out=work / "out", cache=None, progress=sys.stderr.isatty())
+    total = time.perf_counter() - started
+    dim = metrics["features"]["dim"]
+    size = source.load_model("cpu").flags.image_size
+    print(json.dumps({
+        "shape": args.shape, "train": args.train, "test": args.test, "members": args.members,
+        "batched": not args.sequential, "feature_dim": dim, "image_size": size,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
+        "dense_features_gb": round(args.train * dim * size * size * 4 / 1e9, 2),
+        "seconds": {k: round(v, 1) for k, v in metrics["seconds"].items()}, "total_seconds": round(total, 1),
+        "training_pixels": metrics["training_pixels"],
+        "iterations_per_member": metrics["ensemble_iterations"],
+        "batch_pixels_per_second": round(max(metrics["ensemble_iterations"]) * 64 / metrics["seconds"]["training"]),
+        "miou": round(metrics["miou"], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
