@@ -148,7 +148,7 @@ def grid(
     checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
     backbone: str = Backbone,
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Decoder blocks (default all)."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Steps (default 0,50,100,200,...,900 scaled to the model's T)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Steps (default 0,50,100,200,300,400,600,800,999, scaled to the model's T)."),
     train_number: int = typer.Option(20, "--train-number", help="Labelled training images per probe."),
     test_number: int = typer.Option(20, "--test-number", help="Held-out images that score each probe."),
     members: int = typer.Option(1, "--members", help="MLPs per probe."),

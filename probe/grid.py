@@ -19,12 +19,12 @@ from probe.segment import fit_and_predict
 from probe.sources import Source, make_backbone
 from probe.store import ActivationStore
 
-GRID_STEPS = (0, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900)
+GRID_STEPS = (0, 50, 100, 200, 300, 400, 600, 800, 999)
 
 
 def default_grid_steps(diffusion_steps: int) -> list[int]:
-    """A spread over [0, T): 0, 50, 100 and every 100 up to 900 for T = 1000, scaled for other T."""
-    return sorted({round(t * diffusion_steps / 1000) for t in GRID_STEPS})
+    """A spread over [0, T): 0, 50, 100, 200, 300, 400, 600, 800, 999 for T = 1000, scaled for other T."""
+    return sorted({min(diffusion_steps - 1, round(t * diffusion_steps / 1000)) for t in GRID_STEPS})
 
 
 def class_areas(images: list[LabeledImage], num_classes: int, ignore_label: int) -> np.ndarray:

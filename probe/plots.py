@@ -339,7 +339,8 @@ def seed_bars(table: pd.DataFrame, path: str | Path, title: str | None = None) -
     if table.empty:
         raise ProbeError("seed_bars got an empty table: pass one row per (backbone, seed)")
     backbones = list(pd.unique(table["backbone"]))
-    stats = table.groupby("backbone", sort=False)["miou"].agg(["mean", "std"]).fillna({"std": 0.0})
+    grouped = table.groupby("backbone", sort=False)["miou"]
+    stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=0)})  # population std, as metrics.mean_std
     fig = Figure(figsize=(1.4 + 1.0 * len(backbones), 3.0), layout="constrained")
     ax = fig.add_subplot()
     positions = np.arange(len(backbones))

@@ -181,7 +181,7 @@ def test_seed_bars_mean_std_and_points(tmp_path):
     means = table.groupby("backbone", sort=False)["miou"].mean()
     np.testing.assert_allclose([p.get_height() for p in bars], means.to_numpy())
     spans = [seg[1][1] - seg[0][1] for seg in bars.errorbar.lines[2][0].get_segments()]
-    std = table.groupby("backbone", sort=False)["miou"].std().fillna(0)
+    std = table.groupby("backbone", sort=False)["miou"].std(ddof=0)  # population std, as metrics.mean_std
     np.testing.assert_allclose(spans, 2 * std.to_numpy())
     assert [t.get_text() for t in ax.get_xticklabels()] == ["ddpm", "random", "pixels"]
     points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)])

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Few-shot segmentation on the default with three feature backbones, 3 seeds each (mean ± std, as the paper).
+set -euo pipefail
+results=analysis/results/backbones
+for backbone in ddpm random pixels; do
+  probe segment --backbone "$backbone" --seeds 0,1,2 --out "$results/$backbone" --quiet
+done
+python - <<'PY'
+import pandas as pd
+from probe import plots
+table = pd.concat(pd.read_csv(f"analysis/results/backbones/{b}/seeds.csv") for b in ("ddpm", "random", "pixels"))
+table.to_csv("analysis/results/backbones/seeds.csv", index=False)
+print(table.groupby("backbone", sort=False)["miou"].agg(["mean", "std"]).round(2))
+plots.seed_bars(table, "figures/backbones.png", title="Few-shot segmentation on the default domain (3 seeds)")
+PY
