@@ -82,8 +82,10 @@ class Diffusion:
         return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
-        """The timestep values the UNet sees for step indices t (respacing map, optional rescale to 1000)."""
-        mapped = torch.from_numpy(self.timestep_map).to(t.device)[t]
-        if self.rescale_timesteps:
-            return mapped.float() * (1000.0 / self.original_steps)
-        return mapped
+        """The timestep values the UNet sees for step indices t, as the authors' extractor passes them:
+        `diffusion._scale_timesteps(t)` called on the bare UNet. Without respacing that is t, times
+        1000 / T with rescale_timesteps; with respacing guided-diffusion leaves mapping and scaling to a model
+        wrapper the extractor does not use, so the UNet sees the respaced index t itself."""
+        if self.rescale_timesteps and len(self.timestep_map) == self.original_steps:
+            return t.float() * (1000.0 / self.original_steps)
+        return t

@@ -156,3 +156,26 @@ def test_inferred_flags_of_fixture():
     assert flags.attention_resolutions == "16,8"
     with pytest.raises(ProbeError, match="--image_size cannot be inferred"):
         resolve_flags({}, state)
+
+
+def test_diffusion_schedules_and_timesteps():
+    from probe.diffusion import Diffusion, space_timesteps
+
+    linear = Diffusion(ModelFlags(diffusion_steps=1000))
+    betas = np.linspace(1e-4, 0.02, 1000)
+    assert np.allclose(linear.alphas_cumprod, np.cumprod(1 - betas), rtol=1e-12)
+    x0 = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([50, 999])
+    expected = (np.sqrt(np.cumprod(1 - betas))[[50, 999]].astype(np.float32)[:, None, None, None] * x0.numpy()
+                + np.sqrt(1 - np.cumprod(1 - betas))[[50, 999]].astype(np.float32)[:, None, None, None] * noise.numpy())
+    assert np.array_equal(linear.q_sample(x0, t, noise).numpy(), expected)
+    cosine = Diffusion(ModelFlags(noise_schedule="cosine", diffusion_steps=4000, rescale_timesteps=True))
+    abar = np.cos((np.arange(1, 4001) / 4000 + 0.008) / 1.008 * np.pi / 2) ** 2 / np.cos(0.008 / 1.008 * np.pi / 2) ** 2
+    assert np.allclose(cosine.alphas_cumprod[:3000], abar[:3000], rtol=1e-9)  # beyond, betas are clipped at 0.999
+    assert torch.equal(cosine.model_timesteps(torch.tensor([0, 2000])), torch.tensor([0.0, 500.0]))
+    assert space_timesteps(1000, "ddim10") == list(range(0, 1000, 100))
+    assert space_timesteps(300, "10,15,20")[:3] == [0, 11, 22]
+    respaced = Diffusion(ModelFlags(timestep_respacing="ddim10"))
+    assert np.allclose(respaced.alphas_cumprod, linear.alphas_cumprod[::100], rtol=1e-12)
+    assert torch.equal(respaced.model_timesteps(torch.tensor([3])), torch.tensor([3]))
