@@ -56,6 +56,13 @@ Noise = typer.Option("shared", "--noise", help="shared (one seeded noise for all
 Quiet = typer.Option(False, "--quiet", help="No progress bars.")
 
 
+def _indices(text: Optional[str], upper: int, what: str) -> Optional[list[int]]:
+    """Parsed --blocks/--steps, or None for the command's default."""
+    from probe.extract import parse_indices
+
+    return parse_indices(text, upper, what) if text else None
+
+
 def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
     if text is None:
         return None
@@ -92,8 +99,8 @@ def features(
     from probe.models import load_model
 
     model = load_model(checkpoint, model_flags, device)
-    backbone = UNetBackbone(model, parse_indices(blocks, model.flags.decoder_blocks, "blocks", []),
-                            parse_indices(steps, model.flags.diffusion_steps, "steps", []),
+    backbone = UNetBackbone(model, parse_indices(blocks, model.flags.decoder_blocks, "blocks"),
+                            parse_indices(steps, model.flags.diffusion_steps, "steps"),
                             NoisePolicy.parse(noise, seed), input_activations)
     written = export_features(backbone, load_images(images, model.flags.image_size), out, dtype, batch_size, not quiet)
     console.print(f"wrote {len(written)} files with {len(backbone.names)} arrays each to {out}")
@@ -123,7 +130,6 @@ def segment(
     Examples: probe segment   |   probe segment --seeds 0,1,2 --backbone random   |
     probe segment --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --out runs/horse
     """
-    from probe.extract import parse_indices
     from probe.segment import SegmentOptions, run_segment
     from probe.sources import open_source
 
@@ -131,8 +137,7 @@ def segment(
     flags = source.load_model("cpu").flags
     options = SegmentOptions(
         backbone=backbone,
-        blocks=parse_indices(blocks, flags.decoder_blocks, "blocks", []) if blocks else None,
-        steps=parse_indices(steps, flags.diffusion_steps, "steps", []) if steps else None,
+        blocks=_indices(blocks, flags.decoder_blocks, "blocks"), steps=_indices(steps, flags.diffusion_steps, "steps"),
         train_number=train_number, test_number=test_number, members=members, batched=not sequential,
         noise=noise, input_activations=input_activations, device=device,
     )
@@ -163,7 +168,6 @@ def grid(
     Examples: probe grid   |   probe grid --backbone random --out runs/grid_random   |
     probe grid --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --steps 50,250,500,750
     """
-    from probe.extract import parse_indices
     from probe.grid import GridOptions, run_grid
     from probe.sources import open_source
 
@@ -171,8 +175,7 @@ def grid(
     flags = source.load_model("cpu").flags
     options = GridOptions(
         backbone=backbone,
-        blocks=parse_indices(blocks, flags.decoder_blocks, "blocks", []) if blocks else None,
-        steps=parse_indices(steps, flags.diffusion_steps, "steps", []) if steps else None,
+        blocks=_indices(blocks, flags.decoder_blocks, "blocks"), steps=_indices(steps, flags.diffusion_steps, "steps"),
         train_number=train_number, test_number=test_number, members=members, size_threshold=size_threshold,
         device=device,
     )
@@ -210,8 +213,8 @@ def kmeans(
     flags = source.load_model("cpu").flags
     chosen = (load_images([p for p in images.split(",") if p], flags.image_size) if images
               else source.split("test", flags.image_size, n_images))
-    run_kmeans(source, chosen, parse_indices(blocks, flags.decoder_blocks, "blocks", []),
-               parse_indices(steps, flags.diffusion_steps, "steps", []), k, seed, fit_on, out, cache, backbone,
+    run_kmeans(source, chosen, parse_indices(blocks, flags.decoder_blocks, "blocks"),
+               parse_indices(steps, flags.diffusion_steps, "steps"), k, seed, fit_on, out, cache, backbone,
                device, not quiet)
     typer.echo(f"clustered {len(chosen)} images into {k} clusters per block and step -> {out}/kmeans.png")
 

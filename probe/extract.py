@@ -30,10 +30,8 @@ def feature_name(step: int, block: int) -> str:
     return f"t{step}_block{block}"
 
 
-def parse_indices(text: str | None, upper: int, what: str, default: list[int]) -> list[int]:
+def parse_indices(text: str, upper: int, what: str) -> list[int]:
     """'all', '5,6,7' or '0-17' to a sorted list of ints in [0, upper); errors name the bad value."""
-    if text is None or text == "":
-        return list(default)
     if text.strip().lower() == "all":
         return list(range(upper))
     values: set[int] = set()
