@@ -110,6 +110,7 @@ class UNetBackbone:
                 raise ProbeError(f"block {b} is out of range: this model has decoder blocks 0..{upper - 1}")
         self.blocks, self.steps, self.noise, self.input_activations = list(blocks), list(steps), noise, input_activations
         self.names = [feature_name(t, b) for t in self.steps for b in self.blocks]
+        self.image_size = model.flags.image_size
 
     @property
     def identity(self) -> dict:
@@ -150,6 +151,9 @@ class PixelBackbone:
     names = ["rgb3x3"]
     steps = [0]
     blocks = [-1]  # one pseudo-cell for per-(block, step) analyses
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size  # the size the images are loaded at (the model's, for a fair control)
 
     @property
     def identity(self) -> dict:

@@ -102,7 +102,7 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
     """One complete fit and evaluation with one seed; writes every output into `out` and returns the metrics."""
     backbone = make_backbone(source, options.backbone, options.blocks, options.steps, seed, options.noise,
                              options.input_activations, options.device)
-    resolution = backbone.model.flags.image_size if hasattr(backbone, "model") else default_resolution(source)
+    resolution = backbone.image_size
     train = source.split("train", resolution, options.train_number)
     test = source.split("test", resolution, options.test_number)
     store = ActivationStore(backbone, cache)
@@ -140,18 +140,11 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
     fitted.ensemble.save(out / "ensemble", {
         "class_names": source.class_names, "palette": np.asarray(source.palette).tolist(),
         "ignore_label": source.ignore_label, "resolution": resolution, "backbone": options.backbone,
-        "feature_names": backbone.names, "blocks": getattr(backbone, "blocks", None),
-        "steps": getattr(backbone, "steps", None), "noise": options.noise, "seed": seed,
-        "input_activations": options.input_activations, "checkpoint": str(source.checkpoint),
-        "model_flags": backbone.model.flags.to_dict() if hasattr(backbone, "model") else None,
-        "checkpoint_hash": backbone.model.checkpoint_hash if hasattr(backbone, "model") else None,
+        "feature_names": backbone.names, "blocks": backbone.blocks, "steps": backbone.steps, "noise": options.noise,
+        "seed": seed, "input_activations": options.input_activations, "checkpoint": str(source.checkpoint),
+        "model_flags": source.load_model("cpu").flags.to_dict(), "identity": backbone.identity,
     })
     return metrics
-
-
-def default_resolution(source: Source) -> int:
-    """The image size of the source's model (used by the pixels control, which has no model of its own)."""
-    return source.load_model("cpu").flags.image_size
 
 
 def run_segment(source: Source, options: SegmentOptions, seeds: list[int], out: Path, cache: Path | None = None,
@@ -183,9 +176,9 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
                     manifest["model_flags"], np.asarray(manifest["palette"], dtype=np.uint8))
     backbone = make_backbone(source, manifest["backbone"], manifest["blocks"], manifest["steps"], manifest["seed"],
                              manifest["noise"], manifest["input_activations"], device)
-    if hasattr(backbone, "model") and manifest["backbone"] == "ddpm" and backbone.model.checkpoint_hash != manifest["checkpoint_hash"]:
-        raise ProbeError(f"checkpoint {manifest['checkpoint']} has changed since the ensemble in {ensemble_dir} was "
-                         "trained (hash differs): retrain with probe segment")
+    if backbone.identity != manifest["identity"]:
+        raise ProbeError(f"the features of {ensemble_dir} cannot be rebuilt: checkpoint {manifest['checkpoint']} "
+                         "or its flags changed since the ensemble was trained; retrain with probe segment")
     size = manifest["resolution"]
     wrong = [im.stem for im in images if im.image.shape[-1] != size]
     if wrong:

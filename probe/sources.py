@@ -101,9 +101,9 @@ def make_backbone(source: Source, kind: str, blocks: list[int] | None, steps: li
     or each pixel's 3x3 RGB neighbourhood ('pixels'). blocks/steps None take `default_blocks`/`default_steps`."""
     if kind not in BACKBONES:
         raise ProbeError(f"--backbone {kind!r}: use one of {', '.join(BACKBONES)}")
-    if kind == "pixels":
-        return PixelBackbone()
     model = source.load_model(device)
+    if kind == "pixels":
+        return PixelBackbone(model.flags.image_size)
     if kind == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

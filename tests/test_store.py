@@ -107,7 +107,7 @@ def test_mean_of_k_averages_activations(backbone):
 def test_pixel_source_drops_ignore_and_reads_features(tmp_path):
     imgs = images(2)
     imgs[0].labels[:5] = 255
-    store = ActivationStore(PixelBackbone(), tmp_path)
+    store = ActivationStore(PixelBackbone(32), tmp_path)
     store.fill(imgs, progress=False)
     source = StorePixelSource(PixelSampler(store, imgs, ["rgb3x3"], 32), [im.labels for im in imgs], 255)
     assert len(source.labels) == 2 * 32 * 32 - 5 * 32 and (source.labels != 255).all()
