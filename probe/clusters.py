@@ -143,7 +143,7 @@ def run_kmeans(source, images: list, blocks: list[int] | None, steps: list[int],
             cells = [(b, t) for b in backbone.blocks for t in backbone.steps]
             task = bar.add_task("k-means per block and step", total=len(cells))
             for b, t in cells:
-                sampler = PixelSampler(store, images, [backbone.name(t, b)], size)
+                sampler = PixelSampler.from_store(store, images, [backbone.name(t, b)], size)
                 features = [sampler.image_features(i, slice(None)).numpy() for i in range(len(images))]
                 for image, labels in zip(images, fit_kmeans(features, k, seed, fit_on)):
                     maps[(image.stem, b, t)] = labels.reshape(size, size)

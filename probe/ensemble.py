@@ -89,7 +89,13 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in) shared by all members, or (M, B, in) -> (M, B, out)."""
+        """(B, in) shared by all members, or (M, B, in) -> (M, B, out).
+
+        Shared input goes through one (B, in) x (in, M * out) product, so it is never copied per member."""
+        if x.ndim == 2:
+            members, fan_in, fan_out = self.weight.shape
+            flat = x @ self.weight.permute(1, 0, 2).reshape(fan_in, members * fan_out)
+            return flat.view(len(x), members, fan_out).transpose(0, 1) + self.bias[:, None]
         return torch.matmul(x, self.weight) + self.bias[:, None]
 
 

@@ -53,7 +53,7 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
     size = train[0].image.shape[-1]
     min_pixels = min_annotation_pixels(size)
     labels = [drop_small_annotations(im.labels, ignore_label, min_pixels) for im in train]
-    source = StorePixelSource(PixelSampler(store, train, names, size), labels, ignore_label)
+    source = StorePixelSource(PixelSampler.from_store(store, train, names, size), labels, ignore_label)
     if len(source.labels) == 0:
         raise ProbeError("the training label maps hold no labelled pixel (all ignore label): check the label maps")
     started = time.perf_counter()
@@ -65,7 +65,7 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
     score = SegmentationScore(num_classes, ignore_label)
     predictions, uncertainties = [], []
     for image in test:
-        pred, uncertainty = predict_image(ensemble, PixelSampler(store, [image], names, size))
+        pred, uncertainty = predict_image(ensemble, PixelSampler.from_store(store, [image], names, size))
         predictions.append(pred)
         uncertainties.append(uncertainty)
         score.update(pred, image.labels)
@@ -73,7 +73,7 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
     return Fitted(ensemble, predictions, uncertainties, score, training_pixels, seconds)
 
 
-def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 16384) -> tuple[np.ndarray, float]:
+def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 8192) -> tuple[np.ndarray, float]:
     """(H, W) labels and the uncertainty of the image of a one-image sampler, predicted in bands of rows
     (about `band_pixels` pixels) so that memory does not grow with H x W x features."""
     size = sampler.size
@@ -142,7 +142,7 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
         "ignore_label": source.ignore_label, "resolution": resolution, "backbone": options.backbone,
         "feature_names": backbone.names, "blocks": backbone.blocks, "steps": backbone.steps, "noise": options.noise,
         "seed": seed, "input_activations": options.input_activations, "checkpoint": str(source.checkpoint),
-        "model_flags": source.load_model("cpu").flags.to_dict(), "identity": backbone.identity,
+        "model_flags": source.model_flags, "identity": backbone.identity,
     })
     return metrics
 
@@ -192,7 +192,7 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
         with progress_bar(progress) as bar:
             task = bar.add_task("segmenting", total=len(images))
             for image in images:
-                pred, unc = predict_image(ensemble, PixelSampler(store, [image], manifest["feature_names"], size))
+                pred, unc = predict_image(ensemble, PixelSampler.from_store(store, [image], manifest["feature_names"], size))
                 np.save(tmp / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
                 plots.segmentation_panel(to_uint8_image(image), None, pred, source.class_names, source.palette,
                                          tmp / "visualizations" / f"{image.stem}.png", source.ignore_label,

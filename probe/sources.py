@@ -46,14 +46,16 @@ class Source:
     checkpoint: Path
     model_flags: str | Path | dict
     palette: np.ndarray
-    info: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict, repr=False)  # loaded once per device
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def load_model(self, device: str) -> LoadedModel:
-        return load_model(self.checkpoint, self.model_flags, device)
+        if device not in self.models:
+            self.models[device] = load_model(self.checkpoint, self.model_flags, device)
+        return self.models[device]
 
     def split(self, split: str, resolution: int, limit: int | None) -> list[LabeledImage]:
         return load_labeled_split(self.root, split, resolution, self.num_classes, self.ignore_label, limit)

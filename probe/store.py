@@ -91,31 +91,37 @@ class PixelSampler:
     """Features of chosen pixels: the named activations of a set of images, upsampled to `size` only at
     those pixels and concatenated. `gather` equals full bilinear upsampling followed by indexing."""
 
-    def __init__(self, store: ActivationStore, images: list[LabeledImage], names: list[str], size: int):
-        self.names, self.size = list(names), size
-        # One (N_images, C, h, w) float16 tensor per name: the native activations, small next to upsampled ones.
-        self.maps = [torch.from_numpy(np.stack([np.asarray(store.read(im, n)) for im in images])) for n in self.names]
-        self.channels = [m.shape[1] for m in self.maps]
+    def __init__(self, maps: list[torch.Tensor], size: int):
+        """`maps`: one (N_images, C, h, w) tensor per feature, at native resolution."""
+        self.maps, self.size = maps, size
+        self.channels = [m.shape[1] for m in maps]
         self.dim = sum(self.channels)
-        self.taps = {s: bilinear_taps(s, size) for m in self.maps for s in m.shape[-2:]}
+        self.taps = {s: bilinear_taps(s, size) for m in maps for s in m.shape[-2:]}
+
+    @classmethod
+    def from_store(cls, store: ActivationStore, images: list[LabeledImage], names: list[str], size: int) -> PixelSampler:
+        """The named activations of `images`, read from the store (float16, small next to upsampled ones)."""
+        return cls([torch.from_numpy(np.stack([np.asarray(store.read(im, n)) for im in images])) for n in names], size)
 
     def gather(self, image_index: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> torch.Tensor:
         """(N, dim) float32 features of pixels (image_index[k], ys[k], xs[k])."""
         img = torch.as_tensor(image_index, dtype=torch.long)
         y = torch.as_tensor(ys, dtype=torch.long)
         x = torch.as_tensor(xs, dtype=torch.long)
-        parts = []
-        for native in self.maps:
-            y0, y1, hy0, hy1 = (a[y] for a in self.taps[native.shape[-2]])
-            x0, x1, wx0, wx1 = (a[x] for a in self.taps[native.shape[-1]])
+        features = torch.empty(len(img), self.dim)
+        start = 0
+        for native, channels in zip(self.maps, self.channels):
+            y0, y1, hy0, hy1 = (a[y, None] for a in self.taps[native.shape[-2]])
+            x0, x1, wx0, wx1 = (a[x, None] for a in self.taps[native.shape[-1]])
 
             def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-                return native[img, :, yy, xx].float()  # (N, C)
+                return native[img, :, yy[:, 0], xx[:, 0]].float()  # (N, C)
 
-            top = at(y0, x0) * wx0[:, None] + at(y0, x1) * wx1[:, None]
-            bottom = at(y1, x0) * wx0[:, None] + at(y1, x1) * wx1[:, None]
-            parts.append(top * hy0[:, None] + bottom * hy1[:, None])
-        return torch.cat(parts, dim=1)
+            top = at(y0, x0) * wx0 + at(y0, x1) * wx1
+            bottom = at(y1, x0) * wx0 + at(y1, x1) * wx1
+            torch.add(top * hy0, bottom * hy1, out=features[:, start:start + channels])
+            start += channels
+        return features
 
     def image_features(self, index: int, rows: slice) -> torch.Tensor:
         """(len(rows) * size, dim) features of a band of rows of one image, in row-major pixel order."""

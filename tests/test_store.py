@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from probe.data.layout import LabeledImage
 from probe.extract import NoisePolicy, PixelBackbone, UNetBackbone
 from probe.models import load_model
-from probe.store import ActivationStore, PixelSampler, StorePixelSource, bilinear_taps
+from probe.store import ActivationStore, PixelSampler, StorePixelSource
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 META = json.loads((FIXTURES / "adm_tiny32.json").read_text())
@@ -37,9 +37,7 @@ def test_sampler_equals_dense_upsampling(in_size, out_size):
     Bit equality is not asserted: torch's own kernel differs by 1-2 ulp between its scalar and vectorised paths
     (the same call on a batch of 1 and of 3 gives different last bits)."""
     native = torch.randn(3, 6, in_size, in_size, generator=torch.Generator().manual_seed(in_size)).half()
-    sampler = PixelSampler.__new__(PixelSampler)
-    sampler.maps, sampler.size = [native], out_size
-    sampler.taps = {in_size: bilinear_taps(in_size, out_size)}
+    sampler = PixelSampler([native], out_size)
     dense = F.interpolate(native.float(), size=(out_size, out_size), mode="bilinear", align_corners=False)
     rng = np.random.default_rng(0)
     idx, ys, xs = rng.integers(0, 3, 500), rng.integers(0, out_size, 500), rng.integers(0, out_size, 500)
@@ -109,7 +107,7 @@ def test_pixel_source_drops_ignore_and_reads_features(tmp_path):
     imgs[0].labels[:5] = 255
     store = ActivationStore(PixelBackbone(32), tmp_path)
     store.fill(imgs, progress=False)
-    source = StorePixelSource(PixelSampler(store, imgs, ["rgb3x3"], 32), [im.labels for im in imgs], 255)
+    source = StorePixelSource(PixelSampler.from_store(store, imgs, ["rgb3x3"], 32), [im.labels for im in imgs], 255)
     assert len(source.labels) == 2 * 32 * 32 - 5 * 32 and (source.labels != 255).all()
     k = 40  # first kept pixel of image 0 is (5, 0); pixel k of it is (6, 8)
     feats = source.features(np.array([k]))[0].numpy()

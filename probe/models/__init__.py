@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -71,6 +72,12 @@ def check_keys(unet: UNet, state: dict[str, torch.Tensor], source: str) -> None:
         raise ProbeError(f"{source} does not fit the model flags ({'; '.join(problems)}): check --model-flags against the checkpoint")
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_fp16_off(device_type: str) -> None:
+    """Say once per process that use_fp16 has no effect off the GPU."""
+    log.warning("use_fp16 is set but the device is %s: computing in float32", device_type)
+
+
 def load_model(checkpoint: Path | None, flags: str | Path | dict | None = None, device: str = "cpu",
                state: dict[str, torch.Tensor] | None = None) -> LoadedModel:
     """Build the UNet from the user's flags (completed from the checkpoint's shapes) and load it strictly.
@@ -94,6 +101,6 @@ def load_model(checkpoint: Path | None, flags: str | Path | dict | None = None, 
         if dev.type == "cuda":
             unet.convert_to_fp16()
         else:
-            log.warning("use_fp16 is set but the device is %s: computing in float32", dev.type)
+            _warn_fp16_off(dev.type)
     digest = file_hash(Path(checkpoint)) if checkpoint is not None else "none"
     return LoadedModel(unet, resolved, digest, dev)
