@@ -142,7 +142,7 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
         "ignore_label": source.ignore_label, "resolution": resolution, "backbone": options.backbone,
         "feature_names": backbone.names, "blocks": backbone.blocks, "steps": backbone.steps, "noise": options.noise,
         "seed": seed, "input_activations": options.input_activations, "checkpoint": str(source.checkpoint),
-        "model_flags": source.model_flags, "identity": backbone.identity,
+        "model_flags": source.load_model(options.device).flags.to_dict(), "identity": backbone.identity,
     })
     return metrics
 

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import FIXTURES, label_maps, read_metrics
+import probe
 from probe.cli import app
 from probe.metrics import SegmentationScore
 
@@ -79,6 +81,18 @@ def test_segment_outputs_are_consistent_and_reproducible(tmp_path, tiny_domain, 
     for stem, pred in label_maps(predicted / "predictions").items():
         assert np.array_equal(pred, predictions[stem])
     assert len(pd.read_csv(predicted / "uncertainty.csv")) == 3
+
+
+def test_segment_default_runs_on_the_shipped_model(tmp_path):
+    out = tmp_path / "default"
+    result = run("segment", "--train-number", 2, "--test-number", 2, "--members", 2, "--seeds", "0,1",
+                 "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "seed_0" / "ensemble" / "manifest.json").read_text())
+    shipped = json.loads((Path(probe.__file__).parent / "weights" / "default_ddpm.json").read_text())["flags"]
+    assert {k: manifest["model_flags"][k] for k in shipped} == shipped
+    assert manifest["blocks"] == [5, 6, 7, 8, 12] and manifest["steps"] == [50, 150, 250]
+    assert read_metrics(out)["miou_per_seed"] == [read_metrics(out / f"seed_{s}")["miou"] for s in (0, 1)]
 
 
 def test_segment_seeds_report_mean_and_std(tmp_path, tiny_domain, fixture_model):
