@@ -10,6 +10,6 @@ import pandas as pd
 from probe import plots
 table = pd.concat(pd.read_csv(f"analysis/results/backbones/{b}/seeds.csv") for b in ("ddpm", "random", "pixels"))
 table.to_csv("analysis/results/backbones/seeds.csv", index=False)
-print(table.groupby("backbone", sort=False)["miou"].agg(["mean", "std"]).round(2))
+print(table.groupby("backbone", sort=False)["miou"].agg(mean="mean", std=lambda m: m.std(ddof=0)).round(2))  # population std
 plots.seed_bars(table, "figures/backbones.png", title="Few-shot segmentation on the default domain (3 seeds)")
 PY

@@ -137,7 +137,8 @@ class UNetBackbone:
             sums: dict[int, torch.Tensor] = {}
             for noise in noises:
                 with capture(modules, self.input_activations) as captured:
-                    self.model.unet(self.diffusion.q_sample(x0, tt, noise), self.diffusion.model_timesteps(tt))
+                    self.model.unet(self.diffusion.q_sample(x0, tt, noise), self.diffusion.model_timesteps(tt),
+                                    last_block=max(self.blocks))
                 for b, act in captured.items():
                     sums[b] = act.float() if b not in sums else sums[b] + act.float()
             for b in self.blocks:

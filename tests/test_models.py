@@ -47,6 +47,26 @@ def test_fixture_parity_every_step_and_block():
         assert np.abs(act.numpy() - ref).max() <= 1e-4 * np.abs(ref).mean(), name
 
 
+def test_decoder_stops_after_last_requested_block():
+    """Extraction runs the decoder only up to the deepest requested block, with the same activations."""
+    from probe.data.layout import load_images
+    from probe.extract import NoisePolicy, UNetBackbone
+
+    model = load_model(FIXTURES / META["checkpoint"], META["flags"])
+    reference = np.load(FIXTURES / META["activations"])
+    image = load_images(FIXTURES / META["image"], 32)[0]
+    backbone = UNetBackbone(model, [2, 5], [50], NoisePolicy("shared", 1, META["noise_seed"]))
+    ran = []
+    handles = [block.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+               for i, block in enumerate(model.unet.output_blocks)]
+    acts = backbone(torch.from_numpy(image.image[None]), [image.stem])
+    for handle in handles:
+        handle.remove()
+    assert ran == [0, 1, 2, 3, 4, 5]
+    for name in ("t50_block2", "t50_block5"):
+        assert np.abs(acts[name].numpy() - reference[name]).max() <= 1e-4 * np.abs(reference[name]).mean(), name
+
+
 def test_hooks_removed_after_extraction():
     from probe.extract import NoisePolicy, UNetBackbone
 

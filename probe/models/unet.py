@@ -206,7 +206,10 @@ class UNet(nn.Module):
                     module.half()
         self.dtype = torch.float16
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None,
+                last_block: int | None = None) -> torch.Tensor:
+        """The predicted noise (and variance channels). With `last_block`, the decoder stops after
+        output_blocks[last_block] and returns that block's output: feature extraction needs nothing beyond it."""
         emb = self.time_embed(timestep_embedding(timesteps, self.flags.num_channels))
         if self.flags.class_cond:
             if y is None:
@@ -218,6 +221,8 @@ class UNet(nn.Module):
             h = block(h, emb)
             skips.append(h)
         h = self.middle_block(h, emb)
-        for block in self.output_blocks:
+        for index, block in enumerate(self.output_blocks):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if index == last_block:
+                return h
         return self.out(h.type(x.dtype))
