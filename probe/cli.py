@@ -158,7 +158,7 @@ def grid(
     test_number: int = typer.Option(20, "--test-number", help="Held-out images that score each probe."),
     members: int = typer.Option(1, "--members", help="MLPs per probe."),
     size_threshold: Optional[float] = typer.Option(None, "--size-threshold", help="Mean-area fraction below which a class is small (default: the median)."),
-    seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
+    noise: str = Noise, seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/grid"), "--out", help="Output folder."),
     quiet: bool = Quiet,
 ):
@@ -177,7 +177,7 @@ def grid(
         backbone=backbone,
         blocks=_indices(blocks, flags.decoder_blocks, "blocks"), steps=_indices(steps, flags.diffusion_steps, "steps"),
         train_number=train_number, test_number=test_number, members=members, size_threshold=size_threshold,
-        device=device,
+        noise=noise, device=device,
     )
     table = run_grid(source, options, seed, out, cache, not quiet)
     best = table[table.group == "all"].sort_values("miou").iloc[-1]

@@ -81,22 +81,23 @@ def new_member(dim: int, num_classes: int, generator: torch.Generator) -> nn.Seq
 
 
 class StackedLinear(nn.Module):
-    """M independent Linear layers: weight (M, in, out), bias (M, out)."""
+    """M independent Linear layers: weight (in, M, out), bias (M, out).
+
+    The member axis sits in the middle so that a shared (B, in) input needs one (B, in) x (in, M * out)
+    product on a view of the weight: neither the input nor the weight is ever copied per member or per step."""
 
     def __init__(self, members: int, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(members, in_features, out_features))
+        self.weight = nn.Parameter(torch.zeros(in_features, members, out_features))
         self.bias = nn.Parameter(torch.zeros(members, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in) shared by all members, or (M, B, in) -> (M, B, out).
-
-        Shared input goes through one (B, in) x (in, M * out) product, so it is never copied per member."""
+        """(B, in) shared by all members, or (M, B, in) -> (M, B, out)."""
+        fan_in, members, fan_out = self.weight.shape
         if x.ndim == 2:
-            members, fan_in, fan_out = self.weight.shape
-            flat = x @ self.weight.permute(1, 0, 2).reshape(fan_in, members * fan_out)
+            flat = x @ self.weight.view(fan_in, members * fan_out)
             return flat.view(len(x), members, fan_out).transpose(0, 1) + self.bias[:, None]
-        return torch.matmul(x, self.weight) + self.bias[:, None]
+        return torch.matmul(x, self.weight.transpose(0, 1)) + self.bias[:, None]
 
 
 class StackedBatchNorm(nn.Module):
@@ -142,10 +143,15 @@ class StackedMLP(nn.Sequential):
         stacked = cls(len(mlps), first[0].in_features, first[-1].out_features).to(first[0].weight.device)
         states = [mlp.state_dict() for mlp in mlps]
         with torch.no_grad():
-            for key, target in stacked.state_dict().items():
+            for key, target in stacked.member_state().items():
                 value = torch.stack([state[key] for state in states])
                 target.copy_(value.transpose(1, 2) if value.ndim == 3 else value)  # Linear (out, in) -> (in, out)
         return stacked
+
+    def member_state(self) -> dict[str, torch.Tensor]:
+        """The state dict as views with the member axis first: entry [m] is member m's tensor."""
+        weights = {f"{name}.weight" for name, module in self.named_modules() if isinstance(module, StackedLinear)}
+        return {key: value.movedim(1, 0) if key in weights else value for key, value in self.state_dict().items()}
 
 
 def majority_vote(member_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -293,18 +299,18 @@ class PixelEnsemble:
             optimizer.step()
             return losses.detach().cpu().numpy().astype(np.float64)
 
-        snapshot = {key: value.clone() for key, value in model.state_dict().items()}
+        snapshot = {key: value.clone() for key, value in model.member_state().items()}
 
         def freeze(stopped: np.ndarray) -> None:
             rows = torch.from_numpy(stopped).to(self.device)
-            for key, value in model.state_dict().items():
+            for key, value in model.member_state().items():
                 snapshot[key][rows] = value[rows]
 
         stopper = self._train(source, np.random.default_rng(self.seed), step, np.arange(self.members), freeze,
                               progress, "members")
         rows = torch.from_numpy(stopper.stopped).to(self.device)
         with torch.no_grad():
-            for key, value in model.state_dict().items():
+            for key, value in model.member_state().items():
                 value[rows] = snapshot[key][rows]  # undo the Adam steps taken after a member stopped
         return model
 

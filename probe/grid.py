@@ -56,6 +56,7 @@ class GridOptions:
     test_number: int = 20
     members: int = 1
     size_threshold: float | None = None
+    noise: str = "shared"
     device: str = "cpu"
 
 
@@ -66,7 +67,7 @@ def run_grid(source: Source, options: GridOptions, seed: int, out: Path, cache: 
     model_flags = source.load_model(options.device).flags
     blocks = options.blocks if options.blocks is not None else list(range(model_flags.decoder_blocks))
     steps = options.steps if options.steps is not None else default_grid_steps(model_flags.diffusion_steps)
-    backbone = make_backbone(source, options.backbone, blocks, steps, seed, device=options.device)
+    backbone = make_backbone(source, options.backbone, blocks, steps, seed, options.noise, device=options.device)
     train = source.split("train", model_flags.image_size, options.train_number)
     test = source.split("test", model_flags.image_size, options.test_number)
     areas = class_areas(train + test, source.num_classes, source.ignore_label)

@@ -124,6 +124,14 @@ def test_grid_tables_and_figures(tmp_path, tiny_domain, fixture_model):
     for name in ("grid_all.png", "grid_small.png", "grid_large.png", "grid_lines.png"):
         assert Image.open(out / name).size[0] > 300
 
+    fresh_noise = tmp_path / "grid_per_image"
+    result = run("grid", "--data", tiny_domain, *model_args(fixture_model), "--blocks", "8", "--steps", "900",
+                 "--noise", "per-image", "--train-number", 4, "--test-number", 3, "--out", fresh_noise, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((fresh_noise / "grid.json").read_text())["features"]["noise"] == "per-image"
+    shared = per_class[(per_class.block == 8) & (per_class.step == 900)]["iou"].to_numpy()
+    assert not np.allclose(pd.read_csv(fresh_noise / "grid_per_class.csv")["iou"].to_numpy(), shared)
+
 
 def test_kmeans_maps(tmp_path, tiny_domain, fixture_model):
     out = tmp_path / "km"

@@ -158,8 +158,8 @@ def test_batched_member_keeps_its_parameters_from_the_step_it_stopped():
     team = PixelEnsemble(3, members=4, **settings).fit(noise_problem())
     alone = PixelEnsemble(3, members=1, **settings).fit(noise_problem())
     assert team.iterations_[0] == alone.iterations_[0] < team.iterations_.max()
-    for key, value in alone.model_.state_dict().items():
-        torch.testing.assert_close(team.model_.state_dict()[key][0], value[0])
+    for key, value in alone.model_.member_state().items():
+        torch.testing.assert_close(team.model_.member_state()[key][0], value[0])
 
 
 def test_both_modes_learn_a_separable_problem_equally_well():
