@@ -60,32 +60,33 @@ def main() -> None:
     from probe.segment import SegmentOptions, segment_once
     from probe.sources import open_source
 
-    work = Path(tempfile.mkdtemp(prefix="probe-bench-"))
-    os.environ["PROBE_CACHE"] = str(work / "cache")
-    if args.shape == "paper":
-        data, checkpoint = write_paper_shape(work, args.train, args.test)
-        source = open_source(data=data, checkpoint=checkpoint, model_flags=PAPER_FLAGS)
-    else:
-        source = open_source()
-    options = SegmentOptions(train_number=args.train, test_number=args.test, members=args.members,
-                             batched=not args.sequential)
-    started = time.perf_counter()
-    (work / "out").mkdir()
-    metrics = segment_once(source, options, seed=0, out=work / "out", cache=None, progress=sys.stderr.isatty())
-    total = time.perf_counter() - started
-    dim = metrics["features"]["dim"]
-    size = source.load_model("cpu").flags.image_size
-    print(json.dumps({
-        "shape": args.shape, "train": args.train, "test": args.test, "members": args.members,
-        "batched": not args.sequential, "feature_dim": dim, "image_size": size,
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
-        "dense_features_gb": round(args.train * dim * size * size * 4 / 1e9, 2),
-        "seconds": {k: round(v, 1) for k, v in metrics["seconds"].items()}, "total_seconds": round(total, 1),
-        "training_pixels": metrics["training_pixels"],
-        "iterations_per_member": metrics["ensemble_iterations"],
-        "training_pixels_per_second": round(sum(metrics["ensemble_iterations"]) * 64 / metrics["seconds"]["training"]),
-        "miou": round(metrics["miou"], 2),
-    }))
+    with tempfile.TemporaryDirectory(prefix="probe-bench-") as folder:  # cache and outputs removed at the end
+        work = Path(folder)
+        os.environ["PROBE_CACHE"] = str(work / "cache")
+        if args.shape == "paper":
+            data, checkpoint = write_paper_shape(work, args.train, args.test)
+            source = open_source(data=data, checkpoint=checkpoint, model_flags=PAPER_FLAGS)
+        else:
+            source = open_source()
+        options = SegmentOptions(train_number=args.train, test_number=args.test, members=args.members,
+                                 batched=not args.sequential)
+        started = time.perf_counter()
+        (work / "out").mkdir()
+        metrics = segment_once(source, options, seed=0, out=work / "out", cache=None, progress=sys.stderr.isatty())
+        total = time.perf_counter() - started
+        dim = metrics["features"]["dim"]
+        size = source.load_model("cpu").flags.image_size
+        print(json.dumps({
+            "shape": args.shape, "train": args.train, "test": args.test, "members": args.members,
+            "batched": not args.sequential, "feature_dim": dim, "image_size": size,
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
+            "dense_features_gb": round(args.train * dim * size * size * 4 / 1e9, 2),
+            "seconds": {k: round(v, 1) for k, v in metrics["seconds"].items()}, "total_seconds": round(total, 1),
+            "training_pixels": metrics["training_pixels"],
+            "iterations_per_member": metrics["ensemble_iterations"],
+            "training_pixels_per_second": round(sum(metrics["ensemble_iterations"]) * 64 / metrics["seconds"]["training"]),
+            "miou": round(metrics["miou"], 2),
+        }))
 
 
 if __name__ == "__main__":
