@@ -1,17 +1,16 @@
 """The ADM UNet, its flags and checkpoint loading: parity with the authors' extractor and loud failures."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import FIXTURES
 from probe.errors import ProbeError
 from probe.models import UNet, load_model
 from probe.models.flags import ModelFlags, infer_flags, parse_flags, resolve_flags
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 META = json.loads((FIXTURES / "adm_tiny32.json").read_text())
 
 # Small versions of the architectures users load: the paper's 256x256 ADM layout (at 32 px and 32 channels so

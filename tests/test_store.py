@@ -1,19 +1,18 @@
 """The activation store and the pixel sampler: reuse, float16 storage, and sparse upsampling equal to dense."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import FIXTURES
 from probe.data.layout import LabeledImage
 from probe.extract import NoisePolicy, PixelBackbone, UNetBackbone
 from probe.models import load_model
 from probe.store import ActivationStore, PixelSampler, StorePixelSource
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 META = json.loads((FIXTURES / "adm_tiny32.json").read_text())
 
 
