@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Few-shot segmentation on the default with three feature backbones, 3 seeds each (mean ± std, as the paper),
-# and the trained DDPM once more with the ensemble's members trained one by one (--sequential) instead of batched.
+# and the trained DDPM twice more: with the first layer's products in float32 (the default, auto, takes bfloat16
+# on CPUs that multiply it natively) and with the members trained one by one (--sequential) instead of batched.
 set -euo pipefail
 results=analysis/results/backbones
 for backbone in ddpm random pixels; do
   probe segment --backbone "$backbone" --seeds 0,1,2 --out "$results/$backbone" --quiet
 done
+probe segment --precision float32 --seeds 0,1,2 --out "$results/ddpm_float32" --quiet
 probe segment --sequential --seeds 0,1,2 --out "$results/ddpm_sequential" --quiet
 python - <<'PY'
 import pandas as pd
 from probe import plots
-runs = {"ddpm": "ddpm", "random": "random", "pixels": "pixels", "ddpm_sequential": "ddpm, members one by one"}
+runs = {"ddpm": "ddpm", "random": "random", "pixels": "pixels", "ddpm_float32": "ddpm, float32 products",
+        "ddpm_sequential": "ddpm, members one by one"}
 table = pd.concat(pd.read_csv(f"analysis/results/backbones/{run}/seeds.csv").assign(backbone=label)
                   for run, label in runs.items())
 table.to_csv("analysis/results/backbones/seeds.csv", index=False)

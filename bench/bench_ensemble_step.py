@@ -27,19 +27,20 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=1000, help="batch-64 steps to time (one epoch)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--precision", default="float32", help="float32, bfloat16 or auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
     features = rng.standard_normal((args.steps * 64, args.dim), dtype=np.float32)
     labels = rng.integers(args.classes, size=args.steps * 64)
-    ensemble = PixelEnsemble(args.classes, members=args.members, max_epochs=1, progress=False)
+    ensemble = PixelEnsemble(args.classes, members=args.members, max_epochs=1, progress=False, precision=args.precision)
     started = time.perf_counter()
     ensemble.fit(ArrayPixelSource(features, labels))
     seconds = (time.perf_counter() - started) / args.steps
     hidden = ensemble.model_[0].weight.shape[2]
     first_layer_flop = 2 * 2 * 64 * args.dim * args.members * hidden  # forward and weight-gradient products
-    print(json.dumps({"dim": args.dim, "members": args.members, "threads": args.threads,
+    print(json.dumps({"dim": args.dim, "members": args.members, "threads": args.threads, "precision": ensemble.precision,
                       "ms_per_step": round(1000 * seconds, 2),
                       "first_layer_gflop_per_second": round(first_layer_flop / seconds / 1e9, 1)}))
 

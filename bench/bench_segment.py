@@ -55,9 +55,13 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=20)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--sequential", action="store_true", help="members one by one instead of batched")
+    parser.add_argument("--precision", default="auto", help="the ensemble's first-layer products: auto, float32, bfloat16")
     args = parser.parse_args()
 
+    from probe.ensemble import flush_subnormals
     from probe.segment import SegmentOptions, segment_once
+
+    flush_subnormals()  # as the probe command does
     from probe.sources import open_source
 
     with tempfile.TemporaryDirectory(prefix="probe-bench-") as folder:  # cache and outputs removed at the end
@@ -69,7 +73,7 @@ def main() -> None:
         else:
             source = open_source()
         options = SegmentOptions(train_number=args.train, test_number=args.test, members=args.members,
-                                 batched=not args.sequential)
+                                 batched=not args.sequential, precision=args.precision)
         started = time.perf_counter()
         (work / "out").mkdir()
         metrics = segment_once(source, options, seed=0, out=work / "out", cache=None, progress=sys.stderr.isatty())
@@ -78,7 +82,7 @@ def main() -> None:
         size = source.load_model("cpu").flags.image_size
         print(json.dumps({
             "shape": args.shape, "train": args.train, "test": args.test, "members": args.members,
-            "batched": not args.sequential, "feature_dim": dim, "image_size": size,
+            "batched": not args.sequential, "precision": metrics["precision"], "feature_dim": dim, "image_size": size,
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
             "dense_features_gb": round(args.train * dim * size * size * 4 / 1e9, 2),
             "seconds": {k: round(v, 1) for k, v in metrics["seconds"].items()}, "total_seconds": round(total, 1),

@@ -116,6 +116,7 @@ def segment(
     test_number: int = typer.Option(20, "--test-number", help="Test images (the first N by name)."),
     members: int = typer.Option(10, "--members", help="MLPs in the ensemble."),
     sequential: bool = typer.Option(False, "--sequential", help="Train members one by one as the authors (default: batched, same algorithm)."),
+    precision: str = typer.Option("auto", "--precision", help="Products of the ensemble's first layer: float32, bfloat16 (batched only; float32 master weights) or auto (bfloat16 where the hardware multiplies it natively)."),
     seed: int = Seed,
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat the whole fit per seed (e.g. 0,1,2) and report mean ± std."),
     noise: str = Noise,
@@ -139,7 +140,7 @@ def segment(
         backbone=backbone,
         blocks=_indices(blocks, flags.decoder_blocks, "blocks"), steps=_indices(steps, flags.diffusion_steps, "steps"),
         train_number=train_number, test_number=test_number, members=members, batched=not sequential,
-        noise=noise, input_activations=input_activations, device=device,
+        noise=noise, input_activations=input_activations, device=device, precision=precision,
     )
     result = run_segment(source, options, _ints(seeds, "seeds") or [seed], out, cache, not quiet)
     spread = f" ± {result['miou_std']:.2f} over seeds {result['seeds']}" if "miou_std" in result else ""
@@ -313,4 +314,7 @@ def ddpm_sample(
 
 
 def main() -> None:
+    from probe.ensemble import flush_subnormals
+
+    flush_subnormals()
     app()

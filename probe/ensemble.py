@@ -25,6 +25,7 @@ from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
 
 INIT_STD = 0.02
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GATHER_BATCHES = 16  # batches whose features are fetched from the source in one call
 
 
@@ -55,6 +56,29 @@ class ArrayPixelSource:
         return self._features[torch.as_tensor(idx)].float()
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """"auto" -> bfloat16 where the device multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, CUDA
+    GPUs that support it), float32 elsewhere; "float32" and "bfloat16" are returned as they are."""
+    if precision in PRECISIONS:
+        return precision
+    if precision != "auto":
+        raise ProbeError(f"precision {precision!r}: use auto, float32 or bfloat16")
+    if str(device).startswith("cuda"):
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        native = bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return "bfloat16" if native else "float32"
+
+
+def flush_subnormals() -> None:
+    """Treat subnormal floats (below 1.2e-38) as zero on the CPU, for the whole process. Call it before torch
+    starts its worker threads, which copy the setting when they are created. Adam's moment estimates of weights
+    whose gradient vanishes (a feature channel that is 0 everywhere) decay through the subnormal range, where a
+    CPU computes far more slowly; the `probe` command calls this at start."""
+    torch.set_flush_denormal(True)
+
+
 def hidden_sizes(num_classes: int) -> tuple[int, int]:
     """DatasetGAN's hidden widths: (128, 32) below 30 classes, (256, 128) from 30 on."""
     return (128, 32) if num_classes < 30 else (256, 128)
@@ -81,27 +105,32 @@ def new_member(dim: int, num_classes: int, generator: torch.Generator) -> nn.Seq
 
 
 class StackedLinear(nn.Module):
-    """M independent Linear layers: weight (in, M, out), bias (M, out).
+    """M independent Linear layers: weight (in, M, out), bias (M, out); activations are (B, M, features).
 
     The member axis sits in the middle so that a shared (B, in) input needs one (B, in) x (in, M * out)
-    product on a view of the weight: neither the input nor the weight is ever copied per member or per step."""
+    product on a view of the weight: the input is never copied per member. With `products` bfloat16 that
+    product (and so its weight gradient) runs on bfloat16 copies of input and weight, accumulating in
+    float32; the parameters stay float32."""
 
     def __init__(self, members: int, in_features: int, out_features: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(in_features, members, out_features))
         self.bias = nn.Parameter(torch.zeros(members, out_features))
+        self.products = torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in) shared by all members, or (M, B, in) -> (M, B, out)."""
+        """(B, in) shared by all members, or (B, M, in) one per member -> (B, M, out)."""
         fan_in, members, fan_out = self.weight.shape
         if x.ndim == 2:
-            flat = x @ self.weight.view(fan_in, members * fan_out)
-            return flat.view(len(x), members, fan_out).transpose(0, 1) + self.bias[:, None]
-        return torch.matmul(x, self.weight.transpose(0, 1)) + self.bias[:, None]
+            flat = x.to(self.products) @ self.weight.view(fan_in, members * fan_out).to(self.products)
+            flat = flat + self.bias.view(-1)  # float32 bias: also the cast back from bfloat16, in one pass
+            return flat.view(len(x), members, fan_out)
+        return torch.bmm(x.transpose(0, 1), self.weight.transpose(0, 1)).transpose(0, 1) + self.bias
 
 
 class StackedBatchNorm(nn.Module):
-    """M independent nn.BatchNorm1d layers over (M, B, F), with the same statistics and updates."""
+    """M independent nn.BatchNorm1d layers over (B, M, F): one torch batch norm over the M x F columns, so
+    the statistics, the running-statistics updates and the gradients are torch's own."""
 
     def __init__(self, members: int, features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
@@ -112,35 +141,35 @@ class StackedBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(members, features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            mean = x.mean(1)
-            var = x.var(1, correction=0)
-            with torch.no_grad():
-                batch = x.shape[1]
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * batch / (batch - 1), self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        scale = self.weight * torch.rsqrt(var + self.eps)
-        return (x - mean[:, None]) * scale[:, None] + self.bias[:, None]
+        columns = F.batch_norm(x.reshape(len(x), -1), self.running_mean.view(-1), self.running_var.view(-1),
+                               self.weight.view(-1), self.bias.view(-1), self.training, self.momentum, self.eps)
+        return columns.view(x.shape)
 
 
 class StackedMLP(nn.Sequential):
-    """M member MLPs as one network; its state_dict keys match a member's nn.Sequential."""
+    """M member MLPs as one network; its state_dict keys match a member's nn.Sequential.
 
-    def __init__(self, members: int, dim: int, num_classes: int) -> None:
+    `precision` bfloat16 computes the first layer's products (nearly all of the network's arithmetic) in
+    bfloat16; everything else, and every parameter, stays float32."""
+
+    def __init__(self, members: int, dim: int, num_classes: int, precision: str = "float32") -> None:
         h1, h2 = hidden_sizes(num_classes)
         super().__init__(
             StackedLinear(members, dim, h1), nn.ReLU(), StackedBatchNorm(members, h1),
             StackedLinear(members, h1, h2), nn.ReLU(), StackedBatchNorm(members, h2),
             StackedLinear(members, h2, num_classes),
         )
+        self[0].products = PRECISIONS[precision]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, dim) features -> (M, B, classes) logits of every member."""
+        return super().forward(x).transpose(0, 1)
 
     @classmethod
-    def from_members(cls, mlps: list[nn.Sequential]) -> StackedMLP:
+    def from_members(cls, mlps: list[nn.Sequential], precision: str = "float32") -> StackedMLP:
         """Stack member MLPs built by `new_member` (parameters and running statistics)."""
         first = mlps[0]
-        stacked = cls(len(mlps), first[0].in_features, first[-1].out_features).to(first[0].weight.device)
+        stacked = cls(len(mlps), first[0].in_features, first[-1].out_features, precision).to(first[0].weight.device)
         states = [mlp.state_dict() for mlp in mlps]
         with torch.no_grad():
             for key, target in stacked.member_state().items():
@@ -236,7 +265,11 @@ class PixelEnsemble:
         seed: int = 0,
         device: str = "cpu",
         progress: bool = True,
+        precision: str = "float32",
     ) -> None:
+        products = resolve_precision(precision, device)
+        if not batched and precision == "bfloat16":
+            raise ProbeError("precision bfloat16 needs the batched ensemble: drop --sequential or use float32")
         self.num_classes = num_classes
         self.members = members
         self.batch_size = batch_size
@@ -248,9 +281,10 @@ class PixelEnsemble:
         self.seed = seed
         self.device = device
         self.progress = progress
+        self.precision = products if batched else "float32"  # the sequential reference is float32
 
     def _training_parameters(self) -> dict:
-        keys = ("batch_size", "lr", "patience", "check_after_epoch", "max_epochs", "batched", "seed")
+        keys = ("batch_size", "lr", "patience", "check_after_epoch", "max_epochs", "batched", "seed", "precision")
         return {key: getattr(self, key) for key in keys}
 
     def fit(self, source: PixelSource) -> PixelEnsemble:
@@ -277,7 +311,7 @@ class PixelEnsemble:
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
         with Progress(*columns, disable=not self.progress) as progress:
             if self.batched:
-                self.model_ = self._fit_batched(source, StackedMLP.from_members(mlps), progress)
+                self.model_ = self._fit_batched(source, StackedMLP.from_members(mlps, self.precision), progress)
             else:
                 for m, mlp in enumerate(mlps):
                     self._fit_member(source, mlp, m, progress)
@@ -293,8 +327,8 @@ class PixelEnsemble:
         def step(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
             optimizer.zero_grad()
             logits = model(x)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(self.members), reduction="none")
-            losses = losses.view(self.members, -1).mean(1)
+            losses = F.cross_entropy(logits.permute(1, 2, 0), y[:, None].expand(-1, self.members), reduction="none")
+            losses = losses.mean(0)  # (B, M) -> each member's batch loss
             losses.sum().backward()
             optimizer.step()
             return losses.detach().cpu().numpy().astype(np.float64)
@@ -435,7 +469,7 @@ class PixelEnsemble:
             ) from None
         try:
             state = torch.load(weights_path, map_location=device, weights_only=True)
-            model = StackedMLP(ensemble.members, config["dim"], ensemble.num_classes).to(device)
+            model = StackedMLP(ensemble.members, config["dim"], ensemble.num_classes, ensemble.precision).to(device)
             model.load_state_dict(state)
         except Exception as error:  # torch.load raises many types for a damaged file
             raise ProbeError(f"{weights_path}: missing or damaged ({error}); run the training again") from None

@@ -48,7 +48,7 @@ class Fitted:
 
 def fit_and_predict(store: ActivationStore, names: list[str], train: list[LabeledImage], test: list[LabeledImage],
                     num_classes: int, ignore_label: int, members: int, seed: int, batched: bool = True,
-                    device: str = "cpu", progress: bool = True) -> Fitted:
+                    device: str = "cpu", progress: bool = True, precision: str = "float32") -> Fitted:
     """Train an ensemble on the named features of the train images, predict and score the test images."""
     size = train[0].image.shape[-1]
     min_pixels = min_annotation_pixels(size)
@@ -58,7 +58,7 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
         raise ProbeError("the training label maps hold no labelled pixel (all ignore label): check the label maps")
     started = time.perf_counter()
     ensemble = PixelEnsemble(num_classes, members=members, seed=seed, batched=batched, device=device,
-                             progress=progress).fit(source)
+                             progress=progress, precision=precision).fit(source)
     training_pixels = len(source.labels)
     del source  # the training images' activations leave memory before the test images' arrive
     trained = time.perf_counter()
@@ -95,6 +95,7 @@ class SegmentOptions:
     noise: str = "shared"
     input_activations: bool = False
     device: str = "cpu"
+    precision: str = "auto"
 
 
 def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None,
@@ -110,7 +111,7 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
     store.fill(train + test, progress=progress)
     extraction = time.perf_counter() - started
     fitted = fit_and_predict(store, backbone.names, train, test, source.num_classes, source.ignore_label,
-                             options.members, seed, options.batched, options.device, progress)
+                             options.members, seed, options.batched, options.device, progress, options.precision)
     iou = dict(zip(fitted.score.class_ids, fitted.score.iou))
     per_class = {source.class_names[c]: 100 * v for c, v in iou.items()}
     metrics = {
@@ -120,6 +121,7 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
         "seconds": {"extraction": extraction, **fitted.seconds},
         "training_pixels": fitted.training_pixels,
         "ensemble_iterations": fitted.ensemble.iterations_.tolist(),
+        "precision": fitted.ensemble.precision,
         "dataset": source.name,
         "seed": seed,
         "features": {"names": backbone.names, "dim": int(sum(store.read(train[0], n).shape[0] for n in backbone.names)),

@@ -10,12 +10,14 @@ from probe.ensemble import (
     ArrayPixelSource,
     EarlyStopping,
     PixelEnsemble,
+    StackedLinear,
     StackedMLP,
     hidden_sizes,
     jensen_shannon,
     majority_vote,
     member_generators,
     new_member,
+    resolve_precision,
 )
 from probe.errors import ProbeError
 
@@ -189,9 +191,11 @@ def test_same_seed_same_predictions_other_seed_other_predictions():
     assert not np.array_equal(run(0), run(1))
 
 
-def test_save_load_round_trip(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_save_load_round_trip(tmp_path, precision):
     features, labels = separable_problem(512, seed=0)
-    ensemble = PixelEnsemble(4, members=2, max_epochs=2, progress=False).fit(ArrayPixelSource(features, labels))
+    ensemble = PixelEnsemble(4, members=2, max_epochs=2, progress=False, precision=precision)
+    ensemble.fit(ArrayPixelSource(features, labels))
     folder = tmp_path / "ensemble"
     manifest = {"classes": ["a", "b", "c", "d"], "blocks": [5, 6], "checkpoint_sha256": "abc"}
     ensemble.save(folder, manifest)
@@ -200,6 +204,7 @@ def test_save_load_round_trip(tmp_path):
     assert loaded_manifest == manifest
     assert loaded.iterations_.tolist() == ensemble.iterations_.tolist() == [16, 16]
     assert (loaded.dim_, loaded.members, loaded.max_epochs) == (12, 2, 2)
+    assert loaded.precision == precision and loaded.model_[0].products == getattr(torch, precision)
     test_features = separable_problem(300, seed=2)[0]
     for before, after in zip(ensemble.predict(test_features), loaded.predict(test_features)):
         np.testing.assert_array_equal(before, after)
@@ -230,3 +235,52 @@ def test_user_errors():
     ensemble = PixelEnsemble(4, members=1, max_epochs=1, progress=False).fit(ArrayPixelSource(features, labels))
     with pytest.raises(ProbeError, match=r"\(N, 12\)"):
         ensemble.predict(features[:, :5])
+
+
+def test_bfloat16_products_round_the_factors_and_keep_float32_parameters():
+    generator = torch.Generator().manual_seed(0)
+    layer = StackedLinear(3, 40, 6)
+    layer.weight.data.normal_(0.0, 1.0, generator=generator)
+    layer.bias.data.normal_(0.0, 1.0, generator=generator)
+    x = torch.randn(20, 40, generator=generator)
+    exact = layer(x)
+    layer.products = torch.bfloat16
+    out = layer(x)
+    products = torch.einsum("bi,imo->bmo", x.bfloat16().float(), layer.weight.bfloat16().float())
+    assert out.dtype == torch.float32 and out.shape == (20, 3, 6)
+    error = (out - layer.bias - products).abs()
+    assert torch.all(error <= products.abs() * 2 ** -8 + 1e-5)  # float32 sums of rounded factors, rounded once
+    assert 1e-3 < (out - exact).abs().max().item() < 0.5
+    out.sum().backward()
+    assert layer.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(layer.weight.grad, x.bfloat16().float().sum(0)[:, None, None].expand(40, 3, 6),
+                               rtol=2 ** -8, atol=0.0)
+
+
+def test_bfloat16_training_predicts_as_float32():
+    features, labels = separable_problem(2048, seed=0, num_classes=6, dim=64)
+    test_features, test_labels = separable_problem(1000, seed=2, num_classes=6, dim=64)
+    predictions = {}
+    for precision in ("float32", "bfloat16"):
+        ensemble = PixelEnsemble(6, members=3, max_epochs=2, progress=False, precision=precision)
+        ensemble.fit(ArrayPixelSource(features, labels))
+        assert all(p.dtype == torch.float32 for p in ensemble.model_.parameters())
+        assert ensemble.model_[0].products == getattr(torch, precision)
+        predictions[precision] = ensemble.predict(test_features)[0]
+    assert (predictions["float32"] == test_labels).mean() > 0.95
+    assert (predictions["bfloat16"] == predictions["float32"]).mean() > 0.99
+
+
+def test_precision_choice(monkeypatch):
+    assert resolve_precision("float32", "cpu") == "float32"
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    assert resolve_precision("auto", "cpu") == "float32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True, "amx_bf16": False})
+    assert resolve_precision("auto", "cpu") == "bfloat16"
+    assert PixelEnsemble(4, precision="auto").precision == "bfloat16"
+    assert PixelEnsemble(4, precision="auto", batched=False).precision == "float32"
+    with pytest.raises(ProbeError, match="precision 'half'"):
+        resolve_precision("half", "cpu")
+    with pytest.raises(ProbeError, match="batched"):
+        PixelEnsemble(4, precision="bfloat16", batched=False)

@@ -46,6 +46,21 @@ def test_sampler_equals_dense_upsampling(in_size, out_size):
     assert torch.allclose(got, expected, rtol=0, atol=4e-6 * float(native.abs().max()))
 
 
+@pytest.mark.parametrize("rows", [slice(0, 256), slice(40, 72), slice(250, 256)])
+def test_image_features_equal_gather_bit_for_bit(rows):
+    """The row-band path used for prediction reads the same numbers as the per-pixel path used in training."""
+    generator = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, channels, size, size + 3, generator=generator).half()  # non-square on purpose
+            for channels, size in ((5, 1), (4, 8), (3, 32), (6, 128), (2, 256))]
+    sampler = PixelSampler(maps, 256)
+    ys, xs = np.meshgrid(np.arange(256)[rows], np.arange(256), indexing="ij")
+    expected = sampler.gather(np.full(ys.size, 1), ys.ravel(), xs.ravel())
+    got = sampler.image_features(1, rows)
+    assert got.shape == (ys.size, 20)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, sampler.image_features(0, rows))
+
+
 def test_store_writes_float16_and_reuses(tmp_path, backbone):
     store = ActivationStore(backbone, tmp_path)
     imgs = images(3)
