@@ -131,9 +131,11 @@ def segment(
     Examples: probe segment   |   probe segment --seeds 0,1,2 --backbone random   |
     probe segment --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --out runs/horse
     """
+    from probe.ensemble import resolve_precision
     from probe.segment import SegmentOptions, run_segment
     from probe.sources import open_source
 
+    resolve_precision(precision, device)  # a wrong name fails now, not after extraction
     source = open_source(dataset, data_root, data, checkpoint, model_flags)
     flags = source.load_model("cpu").flags
     options = SegmentOptions(

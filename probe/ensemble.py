@@ -3,7 +3,8 @@
 Each member is Linear-ReLU-BatchNorm-Linear-ReLU-BatchNorm-Linear, trained with Adam on batches of
 pixels under the authors' early-stopping rule. Members can be trained one after another with torch's
 own modules (`batched=False`, the reference) or all at once as one stacked network (`batched=True`),
-which is the same algorithm, gathers each batch of features once and is several times faster.
+which is the same algorithm, gathers each batch of features once and is several times faster. The stacked
+network can multiply its first layer in bfloat16 (`precision`), keeping float32 weights and optimiser state.
 """
 
 from __future__ import annotations

@@ -104,3 +104,10 @@ def test_unknown_dataset_and_missing_root(tmp_path):
     assert result.returncode == 2 and "zebra7" in result.stderr and "horse_21" in result.stderr
     result = probe("grid", "--dataset", "horse21", "--data-root", tmp_path, "--checkpoint", "x.pt", "--out", tmp_path / "o")
     assert result.returncode == 2 and str(tmp_path / "horse_21") in result.stderr.replace("\n", "")
+
+
+def test_segment_bad_precision(tmp_path):
+    result = probe("segment", "--precision", "half", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "precision 'half'" in result.stderr and "float32" in result.stderr
+    assert not (tmp_path / "o").exists()
