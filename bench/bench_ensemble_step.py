@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from probe.ensemble import ArrayPixelSource, PixelEnsemble
+from probe.ensemble import ArrayPixelSource, PixelEnsemble, flush_subnormals
 
 
 def main() -> None:
@@ -27,8 +27,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=1000, help="batch-64 steps to time (one epoch)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--precision", default="float32", help="float32, bfloat16 or auto")
+    parser.add_argument("--precision", default="auto", help="the first layer's products: auto, float32 or bfloat16")
     args = parser.parse_args()
+    flush_subnormals()  # as the probe command does
     torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
