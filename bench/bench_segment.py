@@ -60,9 +60,9 @@ def main() -> None:
 
     from probe.ensemble import flush_subnormals
     from probe.segment import SegmentOptions, segment_once
+    from probe.sources import open_source
 
     flush_subnormals()  # as the probe command does
-    from probe.sources import open_source
 
     with tempfile.TemporaryDirectory(prefix="probe-bench-") as folder:  # cache and outputs removed at the end
         work = Path(folder)

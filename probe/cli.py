@@ -135,7 +135,7 @@ def segment(
     from probe.segment import SegmentOptions, run_segment
     from probe.sources import open_source
 
-    resolve_precision(precision, device)  # a wrong name fails now, not after extraction
+    resolve_precision(precision, device, not sequential)  # a wrong choice fails now, not after extraction
     source = open_source(dataset, data_root, data, checkpoint, model_flags)
     flags = source.load_model("cpu").flags
     options = SegmentOptions(

@@ -57,13 +57,18 @@ class ArrayPixelSource:
         return self._features[torch.as_tensor(idx)].float()
 
 
-def resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str, batched: bool = True) -> str:
     """"auto" -> bfloat16 where the device multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, CUDA
-    GPUs that support it), float32 elsewhere; "float32" and "bfloat16" are returned as they are."""
+    GPUs that support it), float32 elsewhere; "float32" and "bfloat16" are returned as they are. The sequential
+    ensemble (`batched` False), the reference with torch's own modules, is always float32."""
+    if precision not in (*PRECISIONS, "auto"):
+        raise ProbeError(f"precision {precision!r}: use auto, float32 or bfloat16")
+    if not batched:
+        if precision == "bfloat16":
+            raise ProbeError("precision bfloat16 needs the batched ensemble: drop --sequential or use float32")
+        return "float32"
     if precision in PRECISIONS:
         return precision
-    if precision != "auto":
-        raise ProbeError(f"precision {precision!r}: use auto, float32 or bfloat16")
     if str(device).startswith("cuda"):
         native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     else:
@@ -268,9 +273,6 @@ class PixelEnsemble:
         progress: bool = True,
         precision: str = "float32",
     ) -> None:
-        products = resolve_precision(precision, device)
-        if not batched and precision == "bfloat16":
-            raise ProbeError("precision bfloat16 needs the batched ensemble: drop --sequential or use float32")
         self.num_classes = num_classes
         self.members = members
         self.batch_size = batch_size
@@ -282,7 +284,7 @@ class PixelEnsemble:
         self.seed = seed
         self.device = device
         self.progress = progress
-        self.precision = products if batched else "float32"  # the sequential reference is float32
+        self.precision = resolve_precision(precision, device, batched)
 
     def _training_parameters(self) -> dict:
         keys = ("batch_size", "lr", "patience", "check_after_epoch", "max_epochs", "batched", "seed", "precision")

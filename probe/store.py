@@ -135,10 +135,10 @@ class PixelSampler:
         start = 0
         for native, channels in zip(self.maps, self.channels):
             y0, y1, hy0, hy1 = (a[ys] for a in self.taps[native.shape[1]])
-            x0, x1, wx0, wx1 = (a[:, None] for a in self.taps[native.shape[2]])
+            x0, x1, wx0, wx1 = self.taps[native.shape[2]]
             sources, position = torch.unique(torch.cat([y0, y1]), return_inverse=True)
             lines = native[index, sources].float()  # (S, w, C)
-            across = lines[:, x0[:, 0]] * wx0 + lines[:, x1[:, 0]] * wx1  # (S, size, C)
+            across = lines[:, x0] * wx0[:, None] + lines[:, x1] * wx1[:, None]  # (S, size, C)
             top, bottom = across[position[: len(ys)]], across[position[len(ys):]]
             torch.add(top * hy0[:, None, None], bottom * hy1[:, None, None], out=features[..., start:start + channels])
             start += channels

@@ -111,3 +111,6 @@ def test_segment_bad_precision(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "precision 'half'" in result.stderr and "float32" in result.stderr
     assert not (tmp_path / "o").exists()
+    result = probe("segment", "--sequential", "--precision", "bfloat16", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--sequential" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -280,6 +280,7 @@ def test_precision_choice(monkeypatch):
     assert resolve_precision("auto", "cpu") == "bfloat16"
     assert PixelEnsemble(4, precision="auto").precision == "bfloat16"
     assert PixelEnsemble(4, precision="auto", batched=False).precision == "float32"
+    assert resolve_precision("auto", "cpu", batched=False) == "float32"
     with pytest.raises(ProbeError, match="precision 'half'"):
         resolve_precision("half", "cpu")
     with pytest.raises(ProbeError, match="batched"):
