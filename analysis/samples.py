@@ -14,8 +14,7 @@ train = sorted((default_domain_dir() / "real" / "train").glob("*.png"))[:16]
 images = [np.asarray(Image.open(p).convert("RGB")) for p in train]
 labels = [np.load(p.with_suffix(".npy")) for p in train]
 weights, flags = default_model_files()
-Path("analysis/results").mkdir(parents=True, exist_ok=True)
-samples = sample_checkpoint(weights, flags, n=16, seed=0, steps=50, out=Path("analysis/results/samples.png"))
+samples = sample_checkpoint(weights, flags, n=16, seed=0, steps=50, out=Path("analysis/results/samples"), overwrite=True)
 plots.samples_figure(images, list(samples), "figures/samples.png", class_names=CLASSES, palette=PALETTE,
                      label_maps=labels)
 print("wrote figures/samples.png")

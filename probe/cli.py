@@ -21,35 +21,81 @@ app = typer.Typer(
 )
 ddpm_app = typer.Typer(help="Train and sample the guided-diffusion-compatible DDPMs the toolkit probes.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: write the embedded default domain.", no_args_is_help=True)
+cache_app = typer.Typer(help="The cache: activations per backbone and the default domain ($PROBE_CACHE, "
+                                 "default ~/.cache/probe).", no_args_is_help=True)
 app.add_typer(ddpm_app, name="ddpm")
 app.add_typer(data_app, name="data")
+app.add_typer(cache_app, name="cache")
 console = Console(stderr=True)
 
 
-def user_errors(command):
-    """Print a ProbeError as one line on stderr and exit 2, without a traceback."""
+@app.callback()
+def startup(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    """Runs before every command, whichever way probe was started (the `probe` script or `python -m probe`)."""
+    from probe.ensemble import flush_subnormals
+
+    if version:
+        from probe import __version__
+
+        typer.echo(f"probe {__version__}")
+        raise typer.Exit()
+    logging.basicConfig(level=logging.INFO, format="probe: %(message)s", stream=sys.stderr)
+    flush_subnormals()
+
+
+def user_errors(command=None, *, resumable: bool = False):
+    """Print a ProbeError as one line on stderr and exit 2, without a traceback; on Ctrl-C say in one line what
+    was kept and exit 130. `resumable`: the command writes --out as it goes and resumes with --resume."""
+    if command is None:
+        return functools.partial(user_errors, resumable=resumable)
+
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        logging.basicConfig(level=logging.WARNING, format="probe: %(message)s")
         try:
             return command(*args, **kwargs)
         except ProbeError as error:
             console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            console.print(f"[bold yellow]interrupted:[/] {_interrupt_note(kwargs.get('out'), resumable)}",
+                          highlight=False, soft_wrap=True)
+            sys.exit(130)
     return wrapper
+
+
+def _interrupt_note(out: Path | None, resumable: bool) -> str:
+    """What an interrupted command kept: --out untouched (or its checkpoints) and the activations it cached."""
+    from probe.store import ActivationStore
+
+    notes = []
+    if out is not None:
+        notes.append(f"{out} keeps the checkpoints saved so far; rerun with --resume to continue" if resumable
+                     else f"nothing was written to {out}")
+    if ActivationStore.written:
+        notes.append(f"the {ActivationStore.written} activation files extracted so far stay in the cache and a rerun "
+                     "reuses them")
+    return "; ".join(notes) or "nothing was kept"
+
+
+def _check_out(out: Path, overwrite: bool, *inputs: Optional[Path]) -> None:
+    """Refuse a bad --out before anything is loaded (probe.outputs.check_out)."""
+    from probe.outputs import check_out
+
+    check_out(out, overwrite=overwrite, inputs=inputs)
 
 
 # Options shared by the commands that read a dataset and a model.
 Dataset = typer.Option(None, "--dataset", help="A paper dataset: bedroom28, ffhq34, cat15, horse21, celeba19, ade_bedroom30.")
 DataRoot = typer.Option(None, "--data-root", help="Folder holding the paper datasets (<data-root>/horse_21/real/train ...).")
-Data = typer.Option(None, "--data", help="Any dataset folder in the authors' layout (train/ and test/ with .npy label maps).")
+Data = typer.Option(None, "--data", help="Any dataset folder in the authors' layout (train/ and test/ with .npy label maps). Without --checkpoint the embedded default DDPM is used (images resized to 32x32).")
 Checkpoint = typer.Option(None, "--checkpoint", help="guided-diffusion checkpoint (.pt state dict).")
 ModelFlagsOpt = typer.Option(None, "--model-flags", help="guided-diffusion flags string or JSON file; flags left out are inferred from the checkpoint.")
 Blocks = typer.Option(None, "--blocks", help="Decoder blocks (output_blocks indices): e.g. 5,6,7,8,12, 0-17 or all.")
 Steps = typer.Option(None, "--steps", help="Diffusion steps t, e.g. 50,150,250.")
 Seed = typer.Option(0, "--seed", help="Seed of every random choice (noise, initialisation, shuffles).")
 Device = typer.Option("cpu", "--device", help="cpu or cuda.")
-Out = typer.Option(..., "--out", help="Output folder (replaced atomically when the command succeeds).")
+Out = typer.Option(..., "--out", help="Output folder: new or empty, or a previous result with --overwrite.")
+Overwrite = typer.Option(False, "--overwrite", help="Replace --out when it holds a previous result of probe (never a folder of other files).")
 Cache = typer.Option(None, "--cache", help="Activation store folder (default $PROBE_CACHE/activations, ~/.cache/probe).")
 Backbone = typer.Option("ddpm", "--backbone", help="ddpm (trained UNet), random (same UNet, random weights) or pixels (3x3 RGB).")
 Noise = typer.Option("shared", "--noise", help="shared (one seeded noise for all images and steps, as the authors), per-image, or mean-of-K.")
@@ -72,6 +118,14 @@ def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
         raise ProbeError(f"--{what} {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
 
+def _syntax(*pairs: tuple[Optional[str], str]) -> None:
+    """Check the syntax of --blocks / --steps values before anything is loaded."""
+    from probe.extract import check_index_syntax
+
+    for text, what in pairs:
+        check_index_syntax(text, what)
+
+
 @app.command()
 @user_errors
 def features(
@@ -86,7 +140,7 @@ def features(
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per UNet forward."),
     device: str = Device,
-    out: Path = Out,
+    out: Path = Out, overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
     """Export decoder activations: OUT/<stem>.npz with t{t}_block{b} arrays (C, h, w) at native resolution.
@@ -98,11 +152,14 @@ def features(
     from probe.extract import NoisePolicy, UNetBackbone, export_features, parse_indices
     from probe.models import load_model
 
+    _check_out(out, overwrite, images, checkpoint)
+    _syntax((steps, "steps"), (blocks, "blocks"))
     model = load_model(checkpoint, model_flags, device)
     backbone = UNetBackbone(model, parse_indices(blocks, model.flags.decoder_blocks, "blocks"),
                             parse_indices(steps, model.flags.diffusion_steps, "steps"),
                             NoisePolicy.parse(noise, seed), input_activations)
-    written = export_features(backbone, load_images(images, model.flags.image_size), out, dtype, batch_size, not quiet)
+    written = export_features(backbone, load_images(images, model.flags.image_size), out, dtype, batch_size,
+                              not quiet, overwrite=overwrite, inputs=[images, checkpoint])
     console.print(f"wrote {len(written)} files with {len(backbone.names)} arrays each to {out}")
 
 
@@ -112,8 +169,8 @@ def segment(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
     checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
     backbone: str = Backbone, blocks: Optional[str] = Blocks, steps: Optional[str] = Steps,
-    train_number: int = typer.Option(20, "--train-number", help="Labelled training images."),
-    test_number: int = typer.Option(20, "--test-number", help="Test images (the first N by name)."),
+    train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images (default: up to 20)."),
+    test_number: Optional[int] = typer.Option(None, "--test-number", help="Test images, the first N by name (default: up to 20)."),
     members: int = typer.Option(10, "--members", help="MLPs in the ensemble."),
     sequential: bool = typer.Option(False, "--sequential", help="Train members one by one as the authors (default: batched, same algorithm)."),
     precision: str = typer.Option("auto", "--precision", help="Products of the ensemble's first layer: float32, bfloat16 (batched only; float32 master weights) or auto (bfloat16 where the hardware multiplies it natively)."),
@@ -122,20 +179,25 @@ def segment(
     noise: str = Noise,
     input_activations: bool = typer.Option(False, "--input-activations", help="Use each block's input instead of its output."),
     device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = typer.Option(Path("runs/segment"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/segment"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
+    overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
     """Few-shot segmentation: UNet features from blocks {5,6,7,8,12} at t {50,150,250}, an ensemble of 10 MLPs,
     majority vote, mIoU (%) as the authors compute it.
 
     Examples: probe segment   |   probe segment --seeds 0,1,2 --backbone random   |
+    probe segment --data my_dataset/ --out runs/mine (the embedded default model)   |
     probe segment --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --out runs/horse
     """
     from probe.ensemble import resolve_precision
     from probe.segment import SegmentOptions, run_segment
     from probe.sources import open_source
 
+    _check_out(out, overwrite, data, data_root, checkpoint, cache)
     resolve_precision(precision, device, not sequential)  # a wrong choice fails now, not after extraction
+    _syntax((blocks, "blocks"), (steps, "steps"))
+    seed_list = _ints(seeds, "seeds") or [seed]
     source = open_source(dataset, data_root, data, checkpoint, model_flags)
     flags = source.load_model("cpu").flags
     options = SegmentOptions(
@@ -144,7 +206,7 @@ def segment(
         train_number=train_number, test_number=test_number, members=members, batched=not sequential,
         noise=noise, input_activations=input_activations, device=device, precision=precision,
     )
-    result = run_segment(source, options, _ints(seeds, "seeds") or [seed], out, cache, not quiet)
+    result = run_segment(source, options, seed_list, out, cache, not quiet, overwrite=overwrite)
     spread = f" ± {result['miou_std']:.2f} over seeds {result['seeds']}" if "miou_std" in result else ""
     typer.echo(f"mIoU {result['miou']:.2f}%{spread}  ({source.name}, backbone {backbone})  -> {out}")
 
@@ -157,12 +219,13 @@ def grid(
     backbone: str = Backbone,
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Decoder blocks (default all)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Steps (default 0,50,100,200,300,400,600,800,999, scaled to the model's T)."),
-    train_number: int = typer.Option(20, "--train-number", help="Labelled training images per probe."),
-    test_number: int = typer.Option(20, "--test-number", help="Held-out images that score each probe."),
+    train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images per probe (default: up to 20)."),
+    test_number: Optional[int] = typer.Option(None, "--test-number", help="Held-out images that score each probe (default: up to 20)."),
     members: int = typer.Option(1, "--members", help="MLPs per probe."),
     size_threshold: Optional[float] = typer.Option(None, "--size-threshold", help="Mean-area fraction below which a class is small (default: the median)."),
     noise: str = Noise, seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = typer.Option(Path("runs/grid"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/grid"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
+    overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
     """mIoU of an MLP probe for every (decoder block, step): heatmaps for all, small and large classes and the
@@ -174,6 +237,8 @@ def grid(
     from probe.grid import GridOptions, run_grid
     from probe.sources import open_source
 
+    _check_out(out, overwrite, data, data_root, checkpoint, cache)
+    _syntax((blocks, "blocks"), (steps, "steps"))
     source = open_source(dataset, data_root, data, checkpoint, model_flags)
     flags = source.load_model("cpu").flags
     options = GridOptions(
@@ -182,7 +247,7 @@ def grid(
         train_number=train_number, test_number=test_number, members=members, size_threshold=size_threshold,
         noise=noise, device=device,
     )
-    table = run_grid(source, options, seed, out, cache, not quiet)
+    table = run_grid(source, options, seed, out, cache, not quiet, overwrite=overwrite)
     best = table[table.group == "all"].sort_values("miou").iloc[-1]
     typer.echo(f"best cell: block {int(best.block)} at t={int(best.step)}, mIoU {best.miou:.2f}%  -> {out}")
 
@@ -200,7 +265,8 @@ def kmeans(
     n_images: int = typer.Option(2, "--n-images", help="How many test images when --images is not given."),
     fit_on: str = typer.Option("image", "--fit-on", help="image (centroids per image) or all (shared centroids)."),
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = typer.Option(Path("runs/kmeans"), "--out", help="Output folder."),
+    out: Path = typer.Option(Path("runs/kmeans"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
+    overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
     """faiss k-means over the pixel features of each (block, step): kmeans.png and clusters.npz (the paper's Fig. 4).
@@ -212,13 +278,16 @@ def kmeans(
     from probe.extract import parse_indices
     from probe.sources import open_source
 
+    image_files = [Path(p) for p in images.split(",") if p] if images else []
+    _check_out(out, overwrite, data, data_root, checkpoint, cache, *image_files)
+    _syntax((blocks, "blocks"), (steps, "steps"))
     source = open_source(dataset, data_root, data, checkpoint, model_flags)
     flags = source.load_model("cpu").flags
-    chosen = (load_images([p for p in images.split(",") if p], flags.image_size) if images
+    chosen = (load_images(image_files, flags.image_size) if image_files
               else source.split("test", flags.image_size, n_images))
     run_kmeans(source, chosen, parse_indices(blocks, flags.decoder_blocks, "blocks"),
                parse_indices(steps, flags.diffusion_steps, "steps"), k, seed, fit_on, out, cache, backbone,
-               device, not quiet)
+               device, not quiet, overwrite=overwrite, inputs=image_files)
     typer.echo(f"clustered {len(chosen)} images into {k} clusters per block and step -> {out}/kmeans.png")
 
 
@@ -228,7 +297,7 @@ def predict(
     ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble folder written by probe segment (OUT/ensemble)."),
     images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),
     device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = Out, quiet: bool = Quiet,
+    out: Path = Out, overwrite: bool = Overwrite, quiet: bool = Quiet,
 ):
     """Segment new images with a saved ensemble: OUT/predictions/<stem>.npy, visualizations, uncertainty.csv.
 
@@ -239,18 +308,20 @@ def predict(
     from probe.data.layout import load_images
     from probe.segment import run_predict
 
+    _check_out(out, overwrite, ensemble, images, cache)
     manifest = ensemble / "manifest.json"
     if not manifest.is_file():
         raise ProbeError(f"{manifest} not found: pass --ensemble with the ensemble/ folder that probe segment wrote")
     resolution = json.loads(manifest.read_text())["resolution"]
-    table = run_predict(ensemble, load_images(images, resolution), out, cache, device, not quiet)
+    table = run_predict(ensemble, load_images(images, resolution), out, cache, device, not quiet,
+                        overwrite=overwrite, inputs=[images])
     typer.echo(f"segmented {len(table)} images, mean uncertainty {table['uncertainty'].mean():.4f} -> {out}")
 
 
 @data_app.command("default")
 @user_errors
 def data_default(
-    out: Path = Out,
+    out: Path = Out, overwrite: bool = Overwrite,
     size: int = typer.Option(32, "--size", help="Image size."),
     pool: int = typer.Option(5000, "--pool", help="Unlabelled images for DDPM training."),
     seed: int = Seed, quiet: bool = Quiet,
@@ -261,16 +332,16 @@ def data_default(
     """
     from probe.data.default_domain import write_default_domain
 
-    write_default_domain(out, size=size, pool=pool, seed=seed, progress=not quiet)
+    write_default_domain(out, size=size, pool=pool, seed=seed, progress=not quiet, overwrite=overwrite)
     typer.echo(f"wrote the default domain to {out}")
 
 
 @ddpm_app.command("train")
-@user_errors
+@user_errors(resumable=True)
 def ddpm_train(
     images: Path = typer.Option(..., "--images", help="Folder of training images at the model's size."),
     model_flags: str = typer.Option(..., "--model-flags", help="guided-diffusion flags string or JSON file."),
-    out: Path = typer.Option(..., "--out", help="Run folder: checkpoint.pt, ema.pt, samples_*.png, loss.csv."),
+    out: Path = typer.Option(..., "--out", help="Run folder (new, or this command's earlier run with --resume): checkpoint.pt, ema.pt, samples_*.png, loss.csv."),
     steps: int = typer.Option(20000, "--steps", help="Total training steps."),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(2e-4, "--lr"),
@@ -300,23 +371,77 @@ def ddpm_sample(
     n: int = typer.Option(32, "--n", help="Number of samples."),
     sampling_steps: int = typer.Option(50, "--sampling-steps", help="DDIM steps."),
     seed: int = Seed, device: str = Device,
-    out: Path = typer.Option(Path("samples.png"), "--out", help="PNG contact sheet."),
+    out: Path = typer.Option(Path("runs/samples"), "--out", help="Output folder: samples.png (a contact sheet) and samples.npy (uint8 N x H x W x 3)."),
+    overwrite: bool = Overwrite,
 ):
-    """Draw DDIM samples from a checkpoint into a PNG grid.
+    """Draw DDIM samples from a checkpoint: a PNG contact sheet and the images as an array.
 
-    Example: probe ddpm sample --n 32 --out samples.png
+    Example: probe ddpm sample --n 32 --out runs/samples
     """
     from probe.sources import default_model_files
     from probe.train import sample_checkpoint
 
+    _check_out(out, overwrite, checkpoint)
     if checkpoint is None:
         checkpoint, model_flags = default_model_files()
-    sample_checkpoint(checkpoint, model_flags, n, seed, sampling_steps, out, device)
-    typer.echo(f"wrote {n} samples to {out}")
+    sample_checkpoint(checkpoint, model_flags, n, seed, sampling_steps, out, device, overwrite=overwrite)
+    typer.echo(f"wrote {n} samples to {out}/samples.png")
+
+
+@cache_app.command("info")
+@user_errors
+def cache_info():
+    """What the cache holds: one row per backbone identity (activations) and per default-domain folder.
+
+    Example: probe cache info
+    """
+    from rich.table import Table
+
+    from probe.cache import cache_entries, cache_root
+
+    entries = cache_entries()
+    table = Table(title=f"{cache_root()}")
+    for column in ("kind", "name", "backbone", "images", "files", "size", "last used"):
+        table.add_column(column, justify="right" if column in ("images", "files", "size") else "left")
+    for row in entries.itertuples():
+        table.add_row(row.kind, row.name, row.backbone, str(row.images), str(row.files), _size(row.bytes),
+                      _age(row.last_used))
+    Console().print(table)
+    typer.echo(f"{len(entries)} entries, {_size(entries['bytes'].sum())} in all")
+
+
+@cache_app.command("clear")
+@user_errors
+def cache_clear(
+    older_than: Optional[float] = typer.Option(None, "--older-than", help="Only entries unused for more than DAYS days."),
+):
+    """Delete cached activations and default-domain folders (all, or those unused for --older-than days), and
+    files left by killed runs. Everything deleted is recomputed when needed.
+
+    Examples: probe cache clear   |   probe cache clear --older-than 30
+    """
+    from probe.cache import clear_cache
+
+    if older_than is not None and older_than < 0:
+        raise ProbeError(f"--older-than {older_than}: give a number of days >= 0")
+    removed = clear_cache(older_than_days=older_than)
+    typer.echo(f"removed {len(removed)} entries, {_size(removed['bytes'].sum())}")
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return ""
+
+
+def _age(timestamp: float) -> str:
+    import time
+
+    days = (time.time() - timestamp) / 86400
+    return f"{days:.1f} days ago" if days >= 1 else f"{days * 24:.1f} hours ago"
 
 
 def main() -> None:
-    from probe.ensemble import flush_subnormals
-
-    flush_subnormals()
-    app()
+    app(prog_name="probe")

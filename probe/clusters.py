@@ -127,18 +127,20 @@ def match_labels(reference: np.ndarray, labels: np.ndarray, k: int) -> np.ndarra
 
 def run_kmeans(source, images: list, blocks: list[int] | None, steps: list[int], k: int, seed: int,
                fit_on: str, out: Path, cache: Path | None = None, backbone_kind: str = "ddpm", device: str = "cpu",
-               progress: bool = True) -> dict[tuple[str, int, int], np.ndarray]:
+               progress: bool = True, overwrite: bool = False, inputs: Sequence[Path] = ()
+               ) -> dict[tuple[str, int, int], np.ndarray]:
     """k-means over the upsampled pixel features of each (block, step) (the paper's Fig. 4).
 
     Writes `out/kmeans.png` (per image, a blocks x steps grid of cluster maps whose ids are matched to the
     first cell's by the Hungarian method) and `out/clusters.npz` with keys `<stem>/block<b>_t<t>`.
+    `inputs`: image files given by the user (an output folder must not hold them).
     """
     backbone = make_backbone(source, backbone_kind, blocks, steps, seed, device=device)
     store = ActivationStore(backbone, cache)
-    store.fill(images, progress=progress)
     size = images[0].image.shape[-1]
     maps: dict[tuple[str, int, int], np.ndarray] = {}
-    with output_dir(out) as tmp:
+    with output_dir(out, command="kmeans", overwrite=overwrite, inputs=[*source.inputs, *inputs, cache]) as tmp:
+        store.fill(images, progress=progress)
         with progress_bar(progress) as bar:
             cells = [(b, t) for b in backbone.blocks for t in backbone.steps]
             task = bar.add_task("k-means per block and step", total=len(cells))

@@ -10,8 +10,6 @@ network can multiply its first layer in bfloat16 (`precision`), keeping float32 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +22,7 @@ from torch import nn
 
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
+from probe.outputs import atomic_write
 
 INIT_STD = 0.02
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -83,6 +82,14 @@ def flush_subnormals() -> None:
     whose gradient vanishes (a feature channel that is 0 everywhere) decay through the subnormal range, where a
     CPU computes far more slowly; the `probe` command calls this at start."""
     torch.set_flush_denormal(True)
+
+
+def runtime_info(device: str) -> dict:
+    """What the arithmetic ran on, for metrics files: device, torch threads, whether this process flushes
+    subnormals (measured: a subnormal times one is zero when it does), torch's version."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    return {"device": str(device), "threads": torch.get_num_threads(),
+            "subnormals_flushed": bool((tiny * torch.ones(1)).item() == 0.0), "torch": torch.__version__}
 
 
 def hidden_sizes(num_classes: int) -> tuple[int, int]:
@@ -236,18 +243,6 @@ def _batches(source: PixelSource, order: np.ndarray, batch_size: int, device: st
         features = source.features(idx).to(device)
         labels = torch.from_numpy(source.labels[idx]).to(device, torch.long)
         yield from zip(features.split(batch_size), labels.split(batch_size))
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run `write` on a temporary file beside `path`, then rename it to `path`."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class PixelEnsemble:
@@ -454,8 +449,8 @@ class PixelEnsemble:
             },
         }
         state = {key: value.detach().cpu().clone() for key, value in self.model_.state_dict().items()}
-        _atomic_write(folder / "weights.pt", lambda path: torch.save(state, path))
-        _atomic_write(folder / "manifest.json", lambda path: path.write_text(json.dumps(record, indent=2)))
+        atomic_write(folder / "weights.pt", lambda path: torch.save(state, path))
+        atomic_write(folder / "manifest.json", lambda path: path.write_text(json.dumps(record, indent=2)))
 
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> tuple[PixelEnsemble, dict]:

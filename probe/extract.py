@@ -30,10 +30,10 @@ def feature_name(step: int, block: int) -> str:
     return f"t{step}_block{block}"
 
 
-def parse_indices(text: str, upper: int, what: str) -> list[int]:
-    """'all', '5,6,7' or '0-17' to a sorted list of ints in [0, upper); errors name the bad value."""
+def _index_values(text: str, what: str) -> set[int] | None:
+    """The integers of 'all' (None), '5,6,7' or '0-17'; an error names the bad part."""
     if text.strip().lower() == "all":
-        return list(range(upper))
+        return None
     values: set[int] = set()
     for part in text.split(","):
         part = part.strip()
@@ -42,6 +42,20 @@ def parse_indices(text: str, upper: int, what: str) -> list[int]:
             raise ProbeError(f"--{what} {text!r}: {part!r} is not a number; write e.g. 5,6,7 or 0-17 or all")
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
         values.update(range(low, high + 1))
+    return values
+
+
+def check_index_syntax(text: str | None, what: str) -> None:
+    """Fail on a malformed --blocks / --steps before anything is loaded (the range is checked later)."""
+    if text:
+        _index_values(text, what)
+
+
+def parse_indices(text: str, upper: int, what: str) -> list[int]:
+    """'all', '5,6,7' or '0-17' to a sorted list of ints in [0, upper); errors name the bad value."""
+    values = _index_values(text, what)
+    if values is None:
+        return list(range(upper))
     bad = [v for v in sorted(values) if v >= upper]
     if bad:
         raise ProbeError(f"--{what} {bad[0]} is out of range: this model has {what} 0..{upper - 1}")
@@ -177,13 +191,13 @@ def identity_hash(identity: dict) -> str:
 
 
 def export_features(backbone: UNetBackbone, images: list, out, dtype: str = "float32", batch_size: int = 4,
-                    progress: bool = True) -> list:
+                    progress: bool = True, overwrite: bool = False, inputs: list = ()) -> list:
     """Write `out/<stem>.npz` per image holding `t{t}_block{b}` arrays (C, h, w) at native resolution:
-    the documented export format. Returns the written paths."""
+    the documented export format. Returns the written paths. `inputs`: the files read (never inside `out`)."""
     if dtype not in ("float32", "float16"):
         raise ProbeError(f"--dtype {dtype!r}: use float32 or float16")
     written = []
-    with output_dir(out) as tmp, progress_bar(progress) as bar:
+    with output_dir(out, command="features", overwrite=overwrite, inputs=inputs) as tmp, progress_bar(progress) as bar:
         task = bar.add_task("extracting features", total=len(images))
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]

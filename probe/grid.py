@@ -15,7 +15,7 @@ from probe.data.layout import LabeledImage
 from probe.errors import ProbeError
 from probe.outputs import output_dir, write_json
 from probe.progress import progress_bar
-from probe.segment import fit_and_predict
+from probe.segment import SPLIT_NUMBER, fit_and_predict
 from probe.sources import Source, make_backbone
 from probe.store import ActivationStore
 
@@ -52,8 +52,8 @@ class GridOptions:
     backbone: str = "ddpm"
     blocks: list[int] | None = None
     steps: list[int] | None = None
-    train_number: int = 20
-    test_number: int = 20
+    train_number: int | None = None  # None: up to SPLIT_NUMBER
+    test_number: int | None = None
     members: int = 1
     size_threshold: float | None = None
     noise: str = "shared"
@@ -61,20 +61,20 @@ class GridOptions:
 
 
 def run_grid(source: Source, options: GridOptions, seed: int, out: Path, cache: Path | None = None,
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
     """Fit one probe per (block, step), step by step through the store; write tables and figures to `out`."""
     started = time.time()
     model_flags = source.load_model(options.device).flags
     blocks = options.blocks if options.blocks is not None else list(range(model_flags.decoder_blocks))
     steps = options.steps if options.steps is not None else default_grid_steps(model_flags.diffusion_steps)
     backbone = make_backbone(source, options.backbone, blocks, steps, seed, options.noise, device=options.device)
-    train = source.split("train", model_flags.image_size, options.train_number)
-    test = source.split("test", model_flags.image_size, options.test_number)
+    train = source.split("train", model_flags.image_size, options.train_number, SPLIT_NUMBER)
+    test = source.split("test", model_flags.image_size, options.test_number, SPLIT_NUMBER)
     areas = class_areas(train + test, source.num_classes, source.ignore_label)
     groups, cut = size_groups(areas, options.size_threshold)
     store = ActivationStore(backbone, cache)
     rows = []
-    with output_dir(out) as tmp:
+    with output_dir(out, command="grid", overwrite=overwrite, inputs=[*source.inputs, cache]) as tmp:
         with progress_bar(progress) as bar:
             cells = [(t, b) for t in backbone.steps for b in backbone.blocks]
             task = bar.add_task("probing block x step", total=len(cells))

@@ -8,7 +8,6 @@ Tables are tidy pandas DataFrames.
 
 import functools
 import math
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from probe.errors import ProbeError
+from probe.outputs import atomic_write
 
 DPI = 150
 _STYLE = {
@@ -47,13 +47,7 @@ def _save(fig: Figure, path: str | Path) -> Figure:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ProbeError(f"{path}: figures are written as PNG, give the file a .png suffix")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        fig.savefig(partial, dpi=DPI, format="png")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    atomic_write(path, lambda partial: fig.savefig(partial, dpi=DPI, format="png"))
     return fig
 
 

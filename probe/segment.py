@@ -11,7 +11,7 @@ import pandas as pd
 
 from probe import plots
 from probe.data.layout import LabeledImage
-from probe.ensemble import PixelEnsemble
+from probe.ensemble import PixelEnsemble, runtime_info
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore, mean_std
 from probe.outputs import output_dir, write_json
@@ -19,6 +19,7 @@ from probe.progress import progress_bar
 from probe.sources import Source, make_backbone, to_uint8_image
 from probe.store import ActivationStore, PixelSampler, StorePixelSource
 
+SPLIT_NUMBER = 20  # images per split when --train-number / --test-number are not given (fewer if the split is smaller)
 PAPER_MIN_PIXELS = 20  # the authors drop a class from an image's training labels below 20 pixels at 256x256
 
 
@@ -88,8 +89,8 @@ class SegmentOptions:
     backbone: str = "ddpm"
     blocks: list[int] | None = None
     steps: list[int] | None = None
-    train_number: int = 20
-    test_number: int = 20
+    train_number: int | None = None  # None: up to SPLIT_NUMBER
+    test_number: int | None = None
     members: int = 10
     batched: bool = True
     noise: str = "shared"
@@ -104,8 +105,8 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
     backbone = make_backbone(source, options.backbone, options.blocks, options.steps, seed, options.noise,
                              options.input_activations, options.device)
     resolution = backbone.image_size
-    train = source.split("train", resolution, options.train_number)
-    test = source.split("test", resolution, options.test_number)
+    train = source.split("train", resolution, options.train_number, SPLIT_NUMBER)
+    test = source.split("test", resolution, options.test_number, SPLIT_NUMBER)
     store = ActivationStore(backbone, cache)
     started = time.perf_counter()
     store.fill(train + test, progress=progress)
@@ -122,6 +123,7 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
         "training_pixels": fitted.training_pixels,
         "ensemble_iterations": fitted.ensemble.iterations_.tolist(),
         "precision": fitted.ensemble.precision,
+        "runtime": runtime_info(options.device),
         "dataset": source.name,
         "seed": seed,
         "features": {"names": backbone.names, "dim": int(sum(store.read(train[0], n).shape[0] for n in backbone.names)),
@@ -150,10 +152,10 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
 
 
 def run_segment(source: Source, options: SegmentOptions, seeds: list[int], out: Path, cache: Path | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, overwrite: bool = False) -> dict:
     """Fit and evaluate once per seed. One seed writes its outputs at the top of `out`; several seeds write
     `seed_<s>/` folders plus a summary metrics.json with mean and std of mIoU, as the paper reports."""
-    with output_dir(out) as tmp:
+    with output_dir(out, command="segment", overwrite=overwrite, inputs=[*source.inputs, cache]) as tmp:
         if len(seeds) == 1:
             return segment_once(source, options, seeds[0], tmp, cache, progress)
         runs = []
@@ -171,8 +173,9 @@ def run_segment(source: Source, options: SegmentOptions, seeds: list[int], out: 
 
 
 def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache: Path | None, device: str,
-                progress: bool) -> pd.DataFrame:
-    """Segment new images with a saved ensemble; writes predictions/, visualizations/ and uncertainty.csv."""
+                progress: bool, overwrite: bool = False, inputs: list[Path] = ()) -> pd.DataFrame:
+    """Segment new images with a saved ensemble; writes predictions/, visualizations/ and uncertainty.csv.
+    `inputs`: the files the images came from (an output folder must not hold them)."""
     ensemble, manifest = PixelEnsemble.load(ensemble_dir)
     source = Source("saved", Path("."), manifest["class_names"], manifest["ignore_label"], Path(manifest["checkpoint"]),
                     manifest["model_flags"], np.asarray(manifest["palette"], dtype=np.uint8))
@@ -186,9 +189,9 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
     if wrong:
         raise ProbeError(f"image {wrong[0]} is not {size}x{size} after loading: check --images")
     store = ActivationStore(backbone, cache)
-    store.fill(images, progress=progress)
     records = []
-    with output_dir(out) as tmp:
+    with output_dir(out, command="predict", overwrite=overwrite, inputs=[ensemble_dir, *inputs, cache]) as tmp:
+        store.fill(images, progress=progress)
         (tmp / "predictions").mkdir()
         (tmp / "visualizations").mkdir()
         with progress_bar(progress) as bar:

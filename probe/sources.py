@@ -7,6 +7,7 @@ the same data, the same model and the same features.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,8 +22,11 @@ from probe.errors import ProbeError
 from probe.extract import NoisePolicy, PixelBackbone, UNetBackbone
 from probe.models import LoadedModel, load_model
 
+log = logging.getLogger("probe")
+
 DEFAULT_WEIGHTS = "default_ddpm.pt"
 DEFAULT_FLAGS = "default_ddpm.json"
+DEFAULT_IMAGE_SIZE = 32  # the shipped default DDPM's image size (default_ddpm.json)
 BACKBONES = ("ddpm", "random", "pixels")
 
 
@@ -57,8 +61,14 @@ class Source:
             self.models[device] = load_model(self.checkpoint, self.model_flags, device)
         return self.models[device]
 
-    def split(self, split: str, resolution: int, limit: int | None) -> list[LabeledImage]:
-        return load_labeled_split(self.root, split, resolution, self.num_classes, self.ignore_label, limit)
+    @property
+    def inputs(self) -> list[Path]:
+        """The files and folders this source reads (an output folder must not hold them)."""
+        return [self.root, self.checkpoint]
+
+    def split(self, split: str, resolution: int, limit: int | None, at_most: int | None = None) -> list[LabeledImage]:
+        """The first `limit` images of a split (an error when it holds fewer), else up to `at_most`, else all."""
+        return load_labeled_split(self.root, split, resolution, self.num_classes, self.ignore_label, limit, at_most)
 
 
 def _palette(n: int, given=None) -> np.ndarray:
@@ -87,7 +97,9 @@ def open_source(dataset: str | None = None, data_root: Path | None = None, data:
         if not root.is_dir():
             raise ProbeError(f"--data {root} is not a folder: pass a dataset folder with train/ and test/ (or real/train, real/test)")
         if checkpoint is None:
-            raise ProbeError("--data needs --checkpoint (and --model-flags unless they can be inferred)")
+            checkpoint, model_flags = default_model_files()
+            log.info(f"--data without --checkpoint: using the embedded default DDPM, which sees images resized to "
+                     f"{DEFAULT_IMAGE_SIZE}x{DEFAULT_IMAGE_SIZE}; pass --checkpoint for your own model")
         classes = read_class_names(root, infer_num_classes(root))
         palette_file = root / "palette.json"
         given = json.loads(palette_file.read_text()) if palette_file.is_file() else None

@@ -7,19 +7,19 @@ pixels it is asked for, with the exact arithmetic of bilinear interpolation (ali
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from probe.cache import IDENTITY_FILE, activations_root
 from probe.data.layout import LabeledImage
 from probe.extract import identity_hash
+from probe.outputs import atomic_write, write_json
 from probe.progress import progress_bar
 
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("PROBE_CACHE", Path.home() / ".cache" / "probe")) / "activations"
+log = logging.getLogger("probe")
 
 
 def image_key(image: LabeledImage) -> str:
@@ -28,12 +28,36 @@ def image_key(image: LabeledImage) -> str:
     return f"{image.stem}-{digest}"
 
 
+def readable(path: Path) -> bool:
+    """Whether a stored activation file is whole: a (C, h, w) float16 array whose data fills the file. A missing
+    file is False; a damaged one (a killed writer of an older version, a full disk, a bad sector) is False with a
+    one-line warning, and is deleted so that it is recomputed."""
+    try:
+        array = np.load(path, mmap_mode="r")
+        if array.ndim == 3 and array.dtype == np.float16:
+            return True
+        reason = f"a {array.dtype} array of shape {array.shape}"
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    log.warning(f"cache file {path} is damaged ({reason}); recomputing it")
+    path.unlink(missing_ok=True)
+    return False
+
+
 class ActivationStore:
-    """Activations keyed by (backbone identity, image, feature name), one float16 .npy file each."""
+    """Activations keyed by (backbone identity, image, feature name), one float16 .npy file each.
+
+    Safe for concurrent writers: each writes its own temporary file and renames it into place, so two processes
+    extracting the same image and step into one folder both leave a whole file. `written` counts the files this
+    process wrote (reported when a run is interrupted)."""
+
+    written = 0
 
     def __init__(self, backbone, root: Path | None = None):
         self.backbone = backbone
-        self.root = Path(root or default_cache_root()) / identity_hash(backbone.identity)
+        self.root = Path(root or activations_root()) / identity_hash(backbone.identity)
 
     def path(self, key: str, name: str) -> Path:
         return self.root / key / f"{name}.npy"
@@ -47,11 +71,13 @@ class ActivationStore:
             return
         batch_size = batch_size or max(1, 16384 // images[0].image.shape[-1] ** 2)
         keys = [image_key(im) for im in images]
-        todo = [(t, [i for i, k in enumerate(keys) if not all(self.path(k, n).exists() for n in self.backbone.names_for_step(t))])
+        todo = [(t, [i for i, k in enumerate(keys) if not all([readable(self.path(k, n)) for n in self.backbone.names_for_step(t)])])
                 for t in (steps if steps is not None else self.backbone.steps)]
         todo = [(t, missing) for t, missing in todo if missing]
         if not todo:
             return
+        if not (self.root / IDENTITY_FILE).is_file():
+            write_json(self.root / IDENTITY_FILE, self.backbone.identity)
         with progress_bar(progress) as bar:
             task = bar.add_task("extracting activations", total=sum(len(m) for _, m in todo))
             for t, missing in todo:
@@ -65,11 +91,9 @@ class ActivationStore:
                     bar.advance(task, len(chunk))
 
     def _write(self, key: str, name: str, activation: np.ndarray) -> None:
-        path = self.path(key, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, activation.astype(np.float16))
-        os.replace(tmp, path)
+        array = activation.astype(np.float16)
+        atomic_write(self.path(key, name), lambda path: np.save(path, array))
+        ActivationStore.written += 1
 
     def read(self, image: LabeledImage, name: str) -> np.ndarray:
         """(C, h, w) float16, memory-mapped."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from probe.diffusion import Diffusion
 from probe.errors import ProbeError
 from probe.models import UNet, load_model
 from probe.models.flags import ModelFlags
+from probe.outputs import atomic_write, output_dir, working_dir
 from probe.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"  # full training state for --resume
@@ -53,9 +53,8 @@ def load_image_folder(folder: Path, size: int) -> torch.Tensor:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically."""
+    atomic_write(path, lambda partial: torch.save(obj, partial))
 
 
 @torch.no_grad()
@@ -90,7 +89,8 @@ def save_grid(images: np.ndarray, path: Path, columns: int = 8, scale: int = 2) 
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         sheet[r * (h + 2) + 1: r * (h + 2) + 1 + h, c * (w + 2) + 1: c * (w + 2) + 1 + w] = image
-    Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST).save(path)
+    picture = Image.fromarray(sheet).resize((sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
+    atomic_write(path, lambda partial: picture.save(partial, format="PNG"))
 
 
 def train_ddpm(images: Path, flags: ModelFlags, out: Path, config: TrainConfig, resume: bool = False,
@@ -101,11 +101,11 @@ def train_ddpm(images: Path, flags: ModelFlags, out: Path, config: TrainConfig, 
     so a killed run loses at most one checkpoint interval.
     """
     out = Path(out)
-    data = load_image_folder(images, flags.image_size)
     state_path = out / CHECKPOINT
     if state_path.exists() and not resume:
         raise ProbeError(f"{state_path} exists: pass --resume to continue that run or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    working_dir(out, command="ddpm train", inputs=[images])
+    data = load_image_folder(images, flags.image_size)
     dev = torch.device(device)
     torch.manual_seed(config.seed)  # the UNet's initialisation draws from the global generator
     unet = UNet(flags).to(dev).train()
@@ -164,9 +164,15 @@ def train_ddpm(images: Path, flags: ModelFlags, out: Path, config: TrainConfig, 
     return out / EMA_WEIGHTS
 
 
-def sample_checkpoint(checkpoint: Path, flags, n: int, seed: int, steps: int, out: Path, device: str = "cpu") -> np.ndarray:
-    """DDIM samples from a checkpoint, saved as a contact sheet PNG; returns them as uint8 (N, H, W, 3)."""
-    model = load_model(checkpoint, flags, device)
-    images = to_uint8(ddim_sample(model.unet, Diffusion(model.flags), n, seed, steps, device))
-    save_grid(images, Path(out))
+def sample_checkpoint(checkpoint: Path, flags, n: int, seed: int, steps: int, out: Path, device: str = "cpu",
+                      overwrite: bool = False) -> np.ndarray:
+    """DDIM samples from a checkpoint: out/samples.png (a contact sheet) and out/samples.npy; returns them as
+    uint8 (N, H, W, 3)."""
+    if n < 1:
+        raise ProbeError(f"--n {n}: draw at least 1 sample")
+    with output_dir(out, command="ddpm sample", overwrite=overwrite, inputs=[checkpoint]) as tmp:
+        model = load_model(checkpoint, flags, device)
+        images = to_uint8(ddim_sample(model.unet, Diffusion(model.flags), n, seed, steps, device))
+        save_grid(images, tmp / "samples.png")
+        np.save(tmp / "samples.npy", images)
     return images

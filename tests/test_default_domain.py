@@ -15,12 +15,15 @@ from probe.data.default_domain import (
     CLASSES, PALETTE, default_domain_dir, image_rng, render, write_default_domain,
 )
 from probe.errors import ProbeError
+from probe.outputs import MARKER
 
 SMALL = dict(pool=8, train=3, test=5, progress=False)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    """Every file's bytes but the output marker's (it records the time of writing)."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != MARKER}
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,32 +140,40 @@ def test_bad_arguments_and_existing_folder_are_refused(tmp_path):
         write_default_domain(tmp_path / "neg", pool=-1, progress=False)
     assert list(tmp_path.iterdir()) == []
     write_default_domain(tmp_path / "faces", **SMALL)
-    with pytest.raises(ProbeError, match="already exists"):
+    before = _files(tmp_path / "faces")
+    with pytest.raises(ProbeError, match="previous result of `probe data default`: pass --overwrite"):
         write_default_domain(tmp_path / "faces", **SMALL)
-    assert [path.name for path in tmp_path.iterdir()] == ["faces"]
+    assert [path.name for path in tmp_path.iterdir()] == ["faces"] and _files(tmp_path / "faces") == before
+    write_default_domain(tmp_path / "faces", **SMALL, overwrite=True)
+    assert [path.name for path in tmp_path.iterdir()] == ["faces"] and _files(tmp_path / "faces") == before
 
 
-def test_default_domain_dir_writes_once_then_reuses(tmp_path, monkeypatch):
+def test_default_domain_dir_writes_once_then_reuses(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
     writes = []
+    write_contents = domain._write_contents
 
-    def small_write(out, size, pool, seed):
-        assert pool == 0  # the cached default holds only the labelled sets
-        writes.append(out)
-        return write_default_domain(out, size=size, seed=seed, **SMALL)
+    def counted(folder, size, counts, seed, progress):
+        assert counts["pool"] == 0  # the cached default holds only the labelled sets
+        writes.append(folder)
+        write_contents(folder, size, counts, seed, progress)
 
-    monkeypatch.setattr(domain, "write_default_domain", small_write)
+    monkeypatch.setattr(domain, "_write_contents", counted)
     folder = default_domain_dir(size=16, seed=3)
     assert folder == tmp_path / "cache" / "default-domain-v1-s16-seed3"
     before = _files(folder)
     assert json.loads(before["domain.json"])["size"] == 16
     assert default_domain_dir(size=16, seed=3) == folder
-    assert writes == [folder] and _files(folder) == before
+    assert len(writes) == 1 and _files(folder) == before
     assert sorted(path.name for path in folder.parent.iterdir()) == [folder.name]
 
-    (folder.parent / "default-domain-v1-s16-seed4").mkdir()
-    with pytest.raises(ProbeError, match="no domain.json"):
-        default_domain_dir(size=16, seed=4)
+    # a folder left half-written (no domain.json) is rebuilt, with a warning, without asking the user
+    (folder / "domain.json").unlink()
+    (folder / "real" / "train" / "000.png").write_bytes(b"half")
+    assert default_domain_dir(size=16, seed=3) == folder
+    assert _files(folder) == before and len(writes) == 2
+    assert "incomplete; rebuilding it" in caplog.text
+    assert sorted(path.name for path in folder.parent.iterdir()) == [folder.name]
 
 
 def test_windowed_parts_match_whole_frame_drawing(monkeypatch):

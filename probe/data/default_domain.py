@@ -12,13 +12,13 @@ from __future__ import annotations
 import colorsys
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from probe.errors import ProbeError
+from probe.cache import cache_root, publish_folder
 from probe.outputs import output_dir
 from probe.progress import progress_bar
 
@@ -292,14 +292,21 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def write_default_domain(out: Path, size: int = 32, pool: int = 5000, train: int = 20, test: int = 120,
-                         seed: int = 0, progress: bool = True) -> Path:
-    """Write the domain to `out` atomically and return `out`.
+                         seed: int = 0, progress: bool = True, overwrite: bool = False) -> Path:
+    """Write the domain to `out` atomically (`probe.outputs.output_dir`) and return `out`.
 
     Layout: pool/00000.png (unlabelled), real/{train,test}/000.png with 000.npy label maps (uint8),
     classes.txt, palette.json and domain.json. Same arguments, byte-identical files.
     Example: write_default_domain(Path("faces"), pool=1000)
     """
     out = Path(out)
+    counts = _check_counts(size, seed, pool, train, test)
+    with output_dir(out, command="data default", overwrite=overwrite) as staging:
+        _write_contents(staging, size, counts, seed, progress)
+    return out
+
+
+def _check_counts(size: int, seed: int, pool: int, train: int, test: int) -> dict[str, int]:
     if size < 8:
         raise ProbeError(f"size={size} is too small to draw a face; use 8 or more (32 is the default)")
     if seed < 0:
@@ -308,11 +315,7 @@ def write_default_domain(out: Path, size: int = 32, pool: int = 5000, train: int
     for split, count in counts.items():
         if count < 0:
             raise ProbeError(f"{split}={count} is negative; use a count >= 0")
-    if out.exists():
-        raise ProbeError(f"{out} already exists; delete it or choose another folder")
-    with output_dir(out) as staging:
-        _write_contents(staging, size, counts, seed, progress)
-    return out
+    return counts
 
 
 def _write_contents(folder: Path, size: int, counts: dict[str, int], seed: int, progress: bool) -> None:
@@ -339,15 +342,11 @@ def _write_contents(folder: Path, size: int, counts: dict[str, int], seed: int, 
 
 
 def default_domain_dir(size: int = 32, seed: int = 0) -> Path:
-    """The cached labelled sets (no unlabelled pool) $PROBE_CACHE/default-domain-v1-s{size}-seed{seed}, written on
-    first use; `probe data default` writes the pool too, for DDPM training.
-
-    PROBE_CACHE defaults to ~/.cache/probe. Example: default_domain_dir() / "real" / "train"
+    """The cached labelled sets (no unlabelled pool) <cache root>/default-domain-v1-s{size}-seed{seed}, written on
+    first use (safely when several processes start at once: `probe.cache.publish_folder`); `probe data default`
+    writes the pool too, for DDPM training. Example: default_domain_dir() / "real" / "train"
     """
-    cache = Path(os.environ.get("PROBE_CACHE") or Path.home() / ".cache" / "probe").expanduser()
-    folder = cache / f"default-domain-v{VERSION}-s{size}-seed{seed}"
-    if (folder / "domain.json").is_file():
-        return folder
-    if folder.exists():
-        raise ProbeError(f"{folder} has no domain.json, so it is not a complete default domain; delete it and rerun")
-    return write_default_domain(folder, size=size, pool=0, seed=seed)
+    counts = _check_counts(size, seed, 0, 20, 120)
+    return publish_folder(cache_root() / f"default-domain-v{VERSION}-s{size}-seed{seed}",
+                          lambda staging: _write_contents(staging, size, counts, seed, progress=True),
+                          lambda folder: (folder / "domain.json").is_file())

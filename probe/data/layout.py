@@ -129,11 +129,14 @@ def _read_labels(path: Path, image_path: Path, image_size: int, num_classes: int
 
 
 def load_labeled_split(root: Path, split: str, resolution: int, num_classes: int, ignore_label: int,
-                       limit: int | None = None) -> list[LabeledImage]:
-    """The first `limit` (default all) images of `split` by file name, each with its label map."""
+                       limit: int | None = None, at_most: int | None = None) -> list[LabeledImage]:
+    """The first images of `split` by file name, each with its label map: `limit` of them (an error when the
+    split holds fewer), else up to `at_most` (a default that adapts to small splits), else all."""
     _check_resolution(resolution)
     folder = find_split_dir(root, split)
     paths = list_images(folder)
+    if limit is None and at_most is not None:
+        limit = min(at_most, len(paths))
     if limit is not None:
         if limit < 1 or limit > len(paths):
             raise ProbeError(f"{limit} images asked for but {folder} holds {len(paths)}; "
