@@ -5,7 +5,8 @@
     python bench/bench_segment.py paper --train 20   # the paper's 256x256 ADM layout at num_channels 64,
                                                      # blocks {5,6,7,8,12}, steps {50,150,250}, generated images
 
-Each run starts from an empty activation cache, so extraction is included. Prints one JSON line; nothing is
+Runs the installed `probe segment` command in a child process (the start-up users get) from an empty activation
+cache, so extraction and start-up are included; peak RSS is the child's. Prints one JSON line; nothing is
 asserted. The dense approach of the authors' code would hold train x D x 256 x 256 float32 features.
 """
 
@@ -15,6 +16,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +51,14 @@ def write_paper_shape(folder: Path, train: int, test: int) -> tuple[Path, Path]:
     return folder / "data", checkpoint
 
 
+def probe_command() -> str:
+    """The installed console script, as users run it (not a private path around it)."""
+    found = shutil.which("probe") or str(Path(sys.executable).parent / "probe")
+    if not Path(found).is_file():
+        sys.exit("the probe command is not installed: pip install -e . first")
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("shape", choices=["default", "paper"])
@@ -58,32 +69,28 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="the ensemble's first-layer products: auto, float32, bfloat16")
     args = parser.parse_args()
 
-    from probe.ensemble import flush_subnormals
-    from probe.segment import SegmentOptions, segment_once
-    from probe.sources import open_source
-
-    flush_subnormals()  # as the probe command does
-
     with tempfile.TemporaryDirectory(prefix="probe-bench-") as folder:  # cache and outputs removed at the end
         work = Path(folder)
-        os.environ["PROBE_CACHE"] = str(work / "cache")
+        command = [probe_command(), "segment", "--train-number", str(args.train), "--test-number", str(args.test),
+                   "--members", str(args.members), "--precision", args.precision, "--out", str(work / "out")]
+        if args.sequential:
+            command.append("--sequential")
         if args.shape == "paper":
             data, checkpoint = write_paper_shape(work, args.train, args.test)
-            source = open_source(data=data, checkpoint=checkpoint, model_flags=PAPER_FLAGS)
-        else:
-            source = open_source()
-        options = SegmentOptions(train_number=args.train, test_number=args.test, members=args.members,
-                                 batched=not args.sequential, precision=args.precision)
+            command += ["--data", str(data), "--checkpoint", str(checkpoint), "--model-flags", PAPER_FLAGS]
+        if not sys.stderr.isatty():
+            command.append("--quiet")
         started = time.perf_counter()
-        (work / "out").mkdir()
-        metrics = segment_once(source, options, seed=0, out=work / "out", cache=None, progress=sys.stderr.isatty())
+        subprocess.run(command, check=True, env={**os.environ, "PROBE_CACHE": str(work / "cache")})
         total = time.perf_counter() - started
+        metrics = json.loads((work / "out" / "metrics.json").read_text())
         dim = metrics["features"]["dim"]
-        size = source.load_model("cpu").flags.image_size
+        size = metrics["features"]["flags"]["image_size"]
         print(json.dumps({
-            "shape": args.shape, "train": args.train, "test": args.test, "members": args.members,
-            "batched": not args.sequential, "precision": metrics["precision"], "feature_dim": dim, "image_size": size,
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
+            "command": " ".join(command[:1] + ["segment", "..."]), "shape": args.shape, "train": args.train,
+            "test": args.test, "members": args.members, "batched": not args.sequential,
+            "precision": metrics["precision"], "runtime": metrics["runtime"], "feature_dim": dim, "image_size": size,
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2, 3),
             "dense_features_gb": round(args.train * dim * size * size * 4 / 1e9, 2),
             "seconds": {k: round(v, 1) for k, v in metrics["seconds"].items()}, "total_seconds": round(total, 1),
             "training_pixels": metrics["training_pixels"],

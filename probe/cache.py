@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe.outputs import staging_folder
+
 log = logging.getLogger("probe")
 
 IDENTITY_FILE = "identity.json"
@@ -48,8 +50,7 @@ def publish_folder(target: Path, build: Callable[[Path], None], complete: Callab
         except FileNotFoundError:
             pass  # another process moved it first
         shutil.rmtree(trash, ignore_errors=True)
-    _remove_stale(target.parent, f".{target.name}.")
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging = staging_folder(target)
     try:
         build(staging)
         os.rename(staging, target)

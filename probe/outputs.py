@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -57,6 +59,28 @@ def write_json(path: Path, data: dict) -> None:
 
     text = json.dumps(data, indent=2, default=default)
     atomic_write(Path(path), lambda p: p.write_text(text))
+
+
+def staging_folder(target: Path) -> Path:
+    """A fresh temporary folder beside `target`, named `.{name}.partial-{host}-{pid}-…`. Such folders left by
+    processes of this machine that are gone (killed with SIGKILL, a power cut) are deleted first."""
+    target = Path(target)
+    host = socket.gethostname()
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.partial-{glob.escape(host)}-*"):
+        pid = stale.name[len(f".{target.name}.partial-{host}-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{host}-{os.getpid()}-", dir=target.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -184,7 +208,7 @@ def output_dir(out: Path, *, command: str, overwrite: bool = False,
     out = Path(out).expanduser()
     check_out(out, overwrite=overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = staging_folder(out)
     try:
         yield staging
         files = sorted(p.name for p in staging.iterdir())

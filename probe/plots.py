@@ -8,6 +8,7 @@ Tables are tidy pandas DataFrames.
 
 import functools
 import math
+import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -140,13 +141,15 @@ def grid_heatmap(
     Pass the same vmin/vmax to the all/small/large heatmaps to draw them on one colour scale.
     """
     matrix = grid_matrix(table, group)
-    fig = Figure(figsize=(1.7 + 0.5 * matrix.shape[1], 0.9 + 0.24 * matrix.shape[0]), layout="constrained")
+    width = max(4.6, 1.7 + 0.5 * matrix.shape[1])  # small grids keep room for the title and the axis labels
+    fig = Figure(figsize=(width, max(2.6, 0.9 + 0.24 * matrix.shape[0])), layout="constrained")
     ax = fig.add_subplot()
     sns.heatmap(
         matrix, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".1f",
         annot_kws={"fontsize": 6.5}, linewidths=0.5, linecolor="white", cbar_kws={"label": "mIoU, %"},
     )
-    ax.set(xlabel="diffusion step t", ylabel="decoder block", title=title or f"{group} classes")
+    ax.set(xlabel="diffusion step t", ylabel="decoder block")
+    ax.set_title(textwrap.fill(title or f"{group} classes", width=int(width * 9)))
     ax.tick_params(axis="y", rotation=0)
     return _save(fig, path)
 

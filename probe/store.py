@@ -64,31 +64,31 @@ class ActivationStore:
 
     def fill(self, images: list[LabeledImage], batch_size: int | None = None, progress: bool = True,
              steps: list[int] | None = None) -> None:
-        """Run the backbone on every image whose activations are missing, one step at a time.
+        """Run the backbone on every batch of images with a missing activation, one step at a time.
 
-        The default batch holds about 16k pixels per forward: 16 images at 32x32, 1 at 256x256."""
+        Batches are fixed runs of `images` (about 16k pixels per forward: 16 images at 32x32, 1 at 256x256), and
+        a batch with any missing file is computed whole: a run resumed after a kill computes exactly the batches
+        an uninterrupted run computes, so its numbers are the same to the last bit."""
         if not images:
             return
         batch_size = batch_size or max(1, 16384 // images[0].image.shape[-1] ** 2)
         keys = [image_key(im) for im in images]
-        todo = [(t, [i for i, k in enumerate(keys) if not all([readable(self.path(k, n)) for n in self.backbone.names_for_step(t)])])
-                for t in (steps if steps is not None else self.backbone.steps)]
-        todo = [(t, missing) for t, missing in todo if missing]
+        chunks = [list(range(start, min(start + batch_size, len(images)))) for start in range(0, len(images), batch_size)]
+        todo = [(t, chunk) for t in (steps if steps is not None else self.backbone.steps) for chunk in chunks
+                if not all([readable(self.path(keys[i], n)) for i in chunk for n in self.backbone.names_for_step(t)])]
         if not todo:
             return
         if not (self.root / IDENTITY_FILE).is_file():
             write_json(self.root / IDENTITY_FILE, self.backbone.identity)
         with progress_bar(progress) as bar:
-            task = bar.add_task("extracting activations", total=sum(len(m) for _, m in todo))
-            for t, missing in todo:
-                for start in range(0, len(missing), batch_size):
-                    chunk = missing[start:start + batch_size]
-                    batch = torch.from_numpy(np.stack([images[i].image for i in chunk]))
-                    acts = self.backbone(batch, [images[i].stem for i in chunk], steps=[t])
-                    for j, i in enumerate(chunk):
-                        for name, act in acts.items():
-                            self._write(keys[i], name, act[j].numpy())
-                    bar.advance(task, len(chunk))
+            task = bar.add_task("extracting activations", total=sum(len(chunk) for _, chunk in todo))
+            for t, chunk in todo:
+                batch = torch.from_numpy(np.stack([images[i].image for i in chunk]))
+                acts = self.backbone(batch, [images[i].stem for i in chunk], steps=[t])
+                for j, i in enumerate(chunk):
+                    for name, act in acts.items():
+                        self._write(keys[i], name, act[j].numpy())
+                bar.advance(task, len(chunk))
 
     def _write(self, key: str, name: str, activation: np.ndarray) -> None:
         array = activation.astype(np.float16)

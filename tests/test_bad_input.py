@@ -1,8 +1,10 @@
 """Bad input through the CLI: one line naming the file or value, exit code 2, no traceback, nothing in --out."""
 
+import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +116,22 @@ def test_segment_bad_precision(tmp_path):
     result = probe("segment", "--sequential", "--precision", "bfloat16", "--out", tmp_path / "o")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--sequential" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_data_without_checkpoint_uses_the_embedded_default_model(tmp_path, tiny_domain):
+    out = tmp_path / "out"
+    result = probe("segment", "--data", tiny_domain, "--members", 1, "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(notes) == 1 and "using the embedded default DDPM" in notes[0] and "32x32" in notes[0], result.stderr
+    manifest = json.loads((out / "ensemble" / "manifest.json").read_text())
+    assert Path(manifest["checkpoint"]).name == "default_ddpm.pt" and manifest["blocks"] == [5, 6, 7, 8, 12]
+
+
+def test_a_typo_in_blocks_is_reported_before_the_model_is_read(tmp_path, tiny_domain):
+    for option, value in (("--blocks", "5,6,x"), ("--steps", "50,1o0")):
+        result = probe("segment", "--data", tiny_domain, "--checkpoint", FIXTURES / "adm_tiny32.pt", option, value,
+                       "--out", tmp_path / "o")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"{option} '{value}'" in result.stderr and "is not a number" in result.stderr, result.stderr
+        assert not (tmp_path / "o").exists()

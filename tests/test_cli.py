@@ -162,3 +162,23 @@ def test_small_annotations_dropped():
     labels[10:15, 10:15] = 2  # 25 pixels: kept
     kept = drop_small_annotations(labels, 255, min_annotation_pixels(256))
     assert (kept[:4, :4] == 255).all() and (kept[10:15, 10:15] == 2).all() and min_annotation_pixels(32) == 1
+
+
+def test_help_shows_switches_without_a_value_placeholder():
+    for command in (["segment"], ["grid"], ["features"], ["cache", "clear"]):
+        result = run(*command, "--help")
+        assert result.exit_code == 0 and "<bool>" not in result.output
+    assert "--overwrite" in run("segment", "--help").output and "--input-activations" in run("segment", "--help").output
+
+
+def test_default_split_sizes_adapt_to_a_small_dataset(tmp_path, tiny_domain, fixture_model):
+    out = tmp_path / "small"
+    result = run("segment", "--data", tiny_domain, *model_args(fixture_model), "--members", 1, "--blocks", "6",
+                 "--steps", "50", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert read_metrics(out)["train_images"] == ["000", "001", "002", "003"]
+    assert read_metrics(out)["test_images"] == ["000", "001", "002"]
+    result = runner.invoke(app, ["segment", "--data", str(tiny_domain), *map(str, model_args(fixture_model)),
+                                 "--train-number", "10", "--out", str(tmp_path / "explicit"), "--quiet"])
+    assert result.exit_code == 2 and "10 images asked for" in result.output and "holds 4" in result.output
+    assert not (tmp_path / "explicit").exists()

@@ -194,3 +194,18 @@ def test_figures_must_be_png(tmp_path):
     with pytest.raises(ProbeError, match=r"\.png suffix"):
         plots.grid_lines(grid_table(), tmp_path / "lines.pdf")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("blocks,steps", [((6, 12), (0, 250)), ((3,), (50,)), (tuple(range(18)), (0, 50, 100, 200, 300, 400, 600, 800, 999))])
+def test_grid_heatmap_keeps_title_and_labels_inside_the_figure(tmp_path, blocks, steps):
+    table = pd.DataFrame([{"block": b, "step": t, "group": "all", "miou": 40.0 + b + t / 100} for b in blocks for t in steps])
+    fig = plots.grid_heatmap(table, tmp_path / "grid.png", title="mIoU of a probe per block and step: all classes")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)  # lay out as savefig did
+    frame = fig.bbox
+    ax = fig.axes[0]
+    for text in (ax.title, ax.yaxis.label, ax.xaxis.label):
+        box = text.get_window_extent(renderer)
+        assert text.get_text() and frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text.get_text()

@@ -11,7 +11,7 @@ from conftest import FIXTURES
 from probe.data.layout import LabeledImage
 from probe.extract import NoisePolicy, PixelBackbone, UNetBackbone
 from probe.models import load_model
-from probe.store import ActivationStore, PixelSampler, StorePixelSource
+from probe.store import ActivationStore, PixelSampler, StorePixelSource, image_key
 
 META = json.loads((FIXTURES / "adm_tiny32.json").read_text())
 
@@ -129,3 +129,54 @@ def test_pixel_source_drops_ignore_and_reads_features(tmp_path):
     window = np.pad(imgs[0].image, ((0, 0), (1, 1), (1, 1)))[:, y:y + 3, x:x + 3].reshape(-1)
     assert (y, x) == (6, 8)
     assert np.allclose(feats, window.astype(np.float16).astype(np.float32))
+
+
+def stored_files(store: ActivationStore) -> dict[str, bytes]:
+    return {str(p.relative_to(store.root)): p.read_bytes() for p in sorted(store.root.rglob("*.npy"))}
+
+
+def test_damaged_cache_files_are_recomputed_with_a_warning(tmp_path, backbone, caplog):
+    store = ActivationStore(backbone, tmp_path)
+    batch = images(2)
+    store.fill(batch, progress=False)
+    clean = stored_files(store)
+    assert len(clean) == 2 * 4 * 2 and json.loads((store.root / "identity.json").read_text()) == backbone.identity
+    truncated = store.path(image_key(batch[0]), "t50_block2")
+    truncated.write_bytes(truncated.read_bytes()[:200])  # a killed writer of an older version, a full disk
+    garbage = store.path(image_key(batch[1]), "t250_block8")
+    garbage.write_bytes(b"\x00" * 64)
+    wrong = store.path(image_key(batch[1]), "t50_block0")
+    np.save(wrong, np.zeros((4, 4), dtype=np.float32))
+    written = ActivationStore.written
+    store.fill(batch, progress=False)
+    assert stored_files(store) == clean
+    assert ActivationStore.written - written == 2 * 2 * 4  # the batches (steps) holding a damaged file are redone
+    warnings = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(warnings) == 3 and all("recomputing it" in w for w in warnings)
+    assert str(truncated) in warnings[0] or any(str(truncated) in w for w in warnings)
+    assert not list(store.root.rglob("*.partial*"))
+
+
+def test_cache_entries_and_clear(tmp_path, backbone, monkeypatch):
+    import os
+    import time
+
+    from probe.cache import cache_entries, clear_cache
+
+    monkeypatch.setenv("PROBE_CACHE", str(tmp_path))
+    ActivationStore(backbone).fill(images(2), progress=False)
+    pixels = ActivationStore(PixelBackbone(32))
+    pixels.fill(images(3), progress=False)
+    entries = cache_entries().set_index("backbone")
+    ddpm = f"ddpm checkpoint={backbone.model.checkpoint_hash} noise=shared seed=0"
+    assert sorted(entries.index) == sorted([ddpm, "pixels"])
+    assert entries.loc[ddpm, "images"] == 2 and entries.loc[ddpm, "files"] == 2 * 8 + 1
+    assert entries.loc["pixels", "images"] == 3
+    assert entries.loc[ddpm, "bytes"] == sum(p.stat().st_size for p in ActivationStore(backbone).root.rglob("*") if p.is_file())
+    old = time.time() - 40 * 86400
+    for path in [pixels.root, *pixels.root.rglob("*")]:
+        os.utime(path, (old, old))
+    assert list(clear_cache(older_than_days=30)["backbone"]) == ["pixels"]
+    assert not pixels.root.exists() and ActivationStore(backbone).root.is_dir()
+    assert len(clear_cache()) == 1 and list(cache_entries()["name"]) == []
+    assert [p.name for p in (tmp_path / "activations").iterdir()] == []
