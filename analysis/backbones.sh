@@ -5,10 +5,10 @@
 set -euo pipefail
 results=analysis/results/backbones
 for backbone in ddpm random pixels; do
-  probe segment --backbone "$backbone" --seeds 0,1,2 --out "$results/$backbone" --quiet
+  probe segment --backbone "$backbone" --seeds 0,1,2 --out "$results/$backbone" --overwrite --quiet
 done
-probe segment --precision float32 --seeds 0,1,2 --out "$results/ddpm_float32" --quiet
-probe segment --sequential --seeds 0,1,2 --out "$results/ddpm_sequential" --quiet
+probe segment --precision float32 --seeds 0,1,2 --out "$results/ddpm_float32" --overwrite --quiet
+probe segment --sequential --seeds 0,1,2 --out "$results/ddpm_sequential" --overwrite --quiet
 python - <<'PY'
 import pandas as pd
 from probe import plots

@@ -84,29 +84,24 @@ def _check_out(out: Path, overwrite: bool, *inputs: Optional[Path]) -> None:
     check_out(out, overwrite=overwrite, inputs=inputs)
 
 
-# Options shared by the commands that read a dataset and a model.
+# Options shared by the commands that read a dataset and a backbone.
 Dataset = typer.Option(None, "--dataset", help="A paper dataset: bedroom28, ffhq34, cat15, horse21, celeba19, ade_bedroom30.")
 DataRoot = typer.Option(None, "--data-root", help="Folder holding the paper datasets (<data-root>/horse_21/real/train ...).")
 Data = typer.Option(None, "--data", help="Any dataset folder in the authors' layout (train/ and test/ with .npy label maps). Without --checkpoint the embedded default DDPM is used (images resized to 32x32).")
-Checkpoint = typer.Option(None, "--checkpoint", help="guided-diffusion checkpoint (.pt state dict).")
-ModelFlagsOpt = typer.Option(None, "--model-flags", help="guided-diffusion flags string or JSON file; flags left out are inferred from the checkpoint.")
-Blocks = typer.Option(None, "--blocks", help="Decoder blocks (output_blocks indices): e.g. 5,6,7,8,12, 0-17 or all.")
-Steps = typer.Option(None, "--steps", help="Diffusion steps t, e.g. 50,150,250.")
-Seed = typer.Option(0, "--seed", help="Seed of every random choice (noise, initialisation, shuffles).")
+Backbone = typer.Option("ddpm", "--backbone", help="ddpm (a guided-diffusion UNet; default: the shipped DDPM), random (the same UNet, seeded random weights), pixels (3x3 RGB), mae (an MAE ViT; default: the shipped MAE), swav or swav_w2 (a SwAV ResNet).")
+Checkpoint = typer.Option(None, "--checkpoint", help="The backbone's checkpoint: guided-diffusion .pt, MAE {'model': ...} or SwAV {'state_dict': ...}.")
+ModelFlagsOpt = typer.Option(None, "--model-flags", help="ddpm/random: guided-diffusion flags string or JSON file (flags left out are inferred from the checkpoint); mae: \"--num_heads N\".")
+Blocks = typer.Option(None, "--blocks", help="Layers: indices (5,6,7,8,12), ranges (0-17), names (block5, layer2.0) or all. ddpm: decoder blocks (output_blocks); mae: encoder blocks; swav: ResNet sublayers in order.")
+Steps = typer.Option(None, "--steps", help="Diffusion steps t, e.g. 50,150,250 (ddpm and random only).")
+Noise = typer.Option(None, "--noise", help="ddpm/random: shared (default: one seeded noise for all images and steps, as the authors), per-image, or mean-of-K.")
+InputActivations = typer.Option(False, "--input-activations", help="ddpm/random: take each block's input instead of its output.")
+ImageSize = typer.Option(None, "--image-size", help="pixels/swav: the input size (default: the dataset's; 256 for the paper's datasets). The others take their model's size.")
+Seed = typer.Option(0, "--seed", help="Seed of every random choice (noise, random weights, initialisation, shuffles).")
 Device = typer.Option("cpu", "--device", help="cpu or cuda.")
 Out = typer.Option(..., "--out", help="Output folder: new or empty, or a previous result with --overwrite.")
 Overwrite = typer.Option(False, "--overwrite", help="Replace --out when it holds a previous result of probe (never a folder of other files).")
 Cache = typer.Option(None, "--cache", help="Activation store folder (default $PROBE_CACHE/activations, ~/.cache/probe).")
-Backbone = typer.Option("ddpm", "--backbone", help="ddpm (trained UNet), random (same UNet, random weights) or pixels (3x3 RGB).")
-Noise = typer.Option("shared", "--noise", help="shared (one seeded noise for all images and steps, as the authors), per-image, or mean-of-K.")
 Quiet = typer.Option(False, "--quiet", help="No progress bars.")
-
-
-def _indices(text: Optional[str], upper: int, what: str) -> Optional[list[int]]:
-    """Parsed --blocks/--steps, or None for the command's default."""
-    from probe.extract import parse_indices
-
-    return parse_indices(text, upper, what) if text else None
 
 
 def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
@@ -118,57 +113,60 @@ def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
         raise ProbeError(f"--{what} {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
 
-def _syntax(*pairs: tuple[Optional[str], str]) -> None:
-    """Check the syntax of --blocks / --steps values before anything is loaded."""
-    from probe.extract import check_index_syntax
+def _spec(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str], blocks: Optional[str],
+          steps: Optional[str], noise: Optional[str], input_activations: bool, image_size: Optional[int], seed: int,
+          device: str):
+    """The backbone options as a BackboneSpec; the syntax of --blocks / --steps is checked before anything loads."""
+    from probe.backbones import BackboneSpec, check_cell_syntax
 
-    for text, what in pairs:
-        check_index_syntax(text, what)
+    check_cell_syntax(blocks, "blocks")
+    check_cell_syntax(steps, "steps")
+    return BackboneSpec(kind=backbone, checkpoint=checkpoint, model_flags=model_flags, layers=blocks, steps=steps,
+                        noise=noise, seed=seed, input_activations=input_activations, image_size=image_size,
+                        device=device)
 
 
 @app.command()
 @user_errors
 def features(
     images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="guided-diffusion checkpoint (.pt state dict)."),
-    model_flags: Optional[str] = ModelFlagsOpt,
-    steps: str = typer.Option("50,150,250", "--steps", help="Diffusion steps t."),
-    blocks: str = typer.Option("all", "--blocks", help="Decoder blocks: all, 5,6,7 or 0-17."),
-    seed: int = Seed,
-    input_activations: bool = typer.Option(False, "--input-activations", help="Take each block's input instead of its output."),
-    noise: str = Noise,
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: ddpm all decoder blocks; mae the last 12 encoder blocks; swav every other sublayer). Indices, ranges, names or all."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250)."),
+    seed: int = Seed, input_activations: bool = InputActivations, noise: Optional[str] = Noise,
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="pixels/swav: the input size (default: the images' own)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float16."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images per UNet forward."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward."),
     device: str = Device,
     out: Path = Out, overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
-    """Export decoder activations: OUT/<stem>.npz with t{t}_block{b} arrays (C, h, w) at native resolution.
+    """Export a backbone's feature maps: OUT/<stem>.npz with one (C, h, w) array per cell at native resolution,
+    named t{t}_block{b} (ddpm), block{b} (mae) or layer{L}.{j} (swav).
 
-    Example: probe features --checkpoint lsun_horse.pt --model-flags "--image_size 256 ..." --images imgs/
-    --steps 50,150,250 --blocks 5,6,7,8,12 --out feats/
+    Examples: probe features --checkpoint lsun_horse.pt --model-flags "--image_size 256 ..." --images imgs/
+    --steps 50,150,250 --blocks 5,6,7,8,12 --out feats/   |
+    probe features --backbone mae --checkpoint mae.pth --model-flags "--num_heads 16" --images imgs/ --out feats/
     """
-    from probe.data.layout import load_images
-    from probe.extract import NoisePolicy, UNetBackbone, export_features, parse_indices
-    from probe.models import load_model
+    from probe.backbones import build_backbone
+    from probe.data.layout import load_images, native_size
+    from probe.extract import export_features
 
     _check_out(out, overwrite, images, checkpoint)
-    _syntax((steps, "steps"), (blocks, "blocks"))
-    model = load_model(checkpoint, model_flags, device)
-    backbone = UNetBackbone(model, parse_indices(blocks, model.flags.decoder_blocks, "blocks"),
-                            parse_indices(steps, model.flags.diffusion_steps, "steps"),
-                            NoisePolicy.parse(noise, seed), input_activations)
-    written = export_features(backbone, load_images(images, model.flags.image_size), out, dtype, batch_size,
-                              not quiet, overwrite=overwrite, inputs=[images, checkpoint])
-    console.print(f"wrote {len(written)} files with {len(backbone.names)} arrays each to {out}")
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
+    chosen = build_backbone(spec, "features", native_size(images))
+    written = export_features(chosen, load_images(images, chosen.image_size), out, dtype, batch_size, not quiet,
+                              overwrite=overwrite, inputs=[images, checkpoint])
+    console.print(f"wrote {len(written)} files with {len(chosen.names)} arrays each to {out}")
 
 
 @app.command()
 @user_errors
 def segment(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
-    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    backbone: str = Backbone, blocks: Optional[str] = Blocks, steps: Optional[str] = Steps,
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: ddpm blocks 5,6,7,8,12 of 18, scaled to the model's depth; mae the last 12 encoder blocks; swav every other sublayer). Indices, ranges, names or all."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250 of T = 1000, scaled to T)."),
     train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images (default: up to 20)."),
     test_number: Optional[int] = typer.Option(None, "--test-number", help="Test images, the first N by name (default: up to 20)."),
     members: int = typer.Option(10, "--members", help="MLPs in the ensemble."),
@@ -176,36 +174,30 @@ def segment(
     precision: str = typer.Option("auto", "--precision", help="Products of the ensemble's first layer: float32, bfloat16 (batched only; float32 master weights) or auto (bfloat16 where the hardware multiplies it natively)."),
     seed: int = Seed,
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat the whole fit per seed (e.g. 0,1,2) and report mean ± std."),
-    noise: str = Noise,
-    input_activations: bool = typer.Option(False, "--input-activations", help="Use each block's input instead of its output."),
+    noise: Optional[str] = Noise, input_activations: bool = InputActivations, image_size: Optional[int] = ImageSize,
     device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/segment"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
     overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
-    """Few-shot segmentation: UNet features from blocks {5,6,7,8,12} at t {50,150,250}, an ensemble of 10 MLPs,
-    majority vote, mIoU (%) as the authors compute it.
+    """Few-shot segmentation: a backbone's pixel features (the paper's: UNet decoder blocks {5,6,7,8,12} at
+    t {50,150,250}), an ensemble of 10 MLPs, majority vote, mIoU (%) as the authors compute it.
 
-    Examples: probe segment   |   probe segment --seeds 0,1,2 --backbone random   |
+    Examples: probe segment   |   probe segment --seeds 0,1,2 --backbone mae   |
     probe segment --data my_dataset/ --out runs/mine (the embedded default model)   |
     probe segment --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --out runs/horse
     """
     from probe.ensemble import resolve_precision
     from probe.segment import SegmentOptions, run_segment
-    from probe.sources import open_source
+    from probe.sources import backbone_spec, open_source
 
     _check_out(out, overwrite, data, data_root, checkpoint, cache)
     resolve_precision(precision, device, not sequential)  # a wrong choice fails now, not after extraction
-    _syntax((blocks, "blocks"), (steps, "steps"))
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
     seed_list = _ints(seeds, "seeds") or [seed]
-    source = open_source(dataset, data_root, data, checkpoint, model_flags)
-    flags = source.load_model("cpu").flags
-    options = SegmentOptions(
-        backbone=backbone,
-        blocks=_indices(blocks, flags.decoder_blocks, "blocks"), steps=_indices(steps, flags.diffusion_steps, "steps"),
-        train_number=train_number, test_number=test_number, members=members, batched=not sequential,
-        noise=noise, input_activations=input_activations, device=device, precision=precision,
-    )
+    source = open_source(dataset, data_root, data)
+    options = SegmentOptions(backbone=backbone_spec(source, spec), train_number=train_number, test_number=test_number,
+                             members=members, batched=not sequential, precision=precision)
     result = run_segment(source, options, seed_list, out, cache, not quiet, overwrite=overwrite)
     spread = f" ± {result['miou_std']:.2f} over seeds {result['seeds']}" if "miou_std" in result else ""
     typer.echo(f"mIoU {result['miou']:.2f}%{spread}  ({source.name}, backbone {backbone})  -> {out}")
@@ -215,80 +207,72 @@ def segment(
 @user_errors
 def grid(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
-    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    backbone: str = Backbone,
-    blocks: Optional[str] = typer.Option(None, "--blocks", help="Decoder blocks (default all)."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Steps (default 0,50,100,200,300,400,600,800,999, scaled to the model's T)."),
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: all of the backbone's)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="ddpm/random steps (default 0,50,100,200,300,400,600,800,999, scaled to the model's T)."),
     train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images per probe (default: up to 20)."),
     test_number: Optional[int] = typer.Option(None, "--test-number", help="Held-out images that score each probe (default: up to 20)."),
     members: int = typer.Option(1, "--members", help="MLPs per probe."),
     size_threshold: Optional[float] = typer.Option(None, "--size-threshold", help="Mean-area fraction below which a class is small (default: the median)."),
-    noise: str = Noise, seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
+    noise: Optional[str] = Noise, input_activations: bool = InputActivations, image_size: Optional[int] = ImageSize,
+    seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/grid"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
     overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
-    """mIoU of an MLP probe for every (decoder block, step): heatmaps for all, small and large classes and the
-    per-step line plot (the paper's Fig. 2 and 3).
+    """mIoU of an MLP probe for every (layer, step) of a backbone (one column for mae, swav, pixels): heatmaps for
+    all, small and large classes and the per-step line plot (the paper's Fig. 2 and 3).
 
-    Examples: probe grid   |   probe grid --backbone random --out runs/grid_random   |
+    Examples: probe grid   |   probe grid --backbone random --out runs/grid_random   |   probe grid --backbone mae   |
     probe grid --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --steps 50,250,500,750
     """
     from probe.grid import GridOptions, run_grid
-    from probe.sources import open_source
+    from probe.sources import backbone_spec, open_source
 
     _check_out(out, overwrite, data, data_root, checkpoint, cache)
-    _syntax((blocks, "blocks"), (steps, "steps"))
-    source = open_source(dataset, data_root, data, checkpoint, model_flags)
-    flags = source.load_model("cpu").flags
-    options = GridOptions(
-        backbone=backbone,
-        blocks=_indices(blocks, flags.decoder_blocks, "blocks"), steps=_indices(steps, flags.diffusion_steps, "steps"),
-        train_number=train_number, test_number=test_number, members=members, size_threshold=size_threshold,
-        noise=noise, device=device,
-    )
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
+    source = open_source(dataset, data_root, data)
+    options = GridOptions(backbone=backbone_spec(source, spec), train_number=train_number, test_number=test_number,
+                          members=members, size_threshold=size_threshold)
     table = run_grid(source, options, seed, out, cache, not quiet, overwrite=overwrite)
     best = table[table.group == "all"].sort_values("miou").iloc[-1]
-    typer.echo(f"best cell: block {int(best.block)} at t={int(best.step)}, mIoU {best.miou:.2f}%  -> {out}")
+    at = "" if best.step is None or best.step != best.step else f" at t={int(best.step)}"
+    typer.echo(f"best cell: {best.layer}{at}, mIoU {best.miou:.2f}%  -> {out}")
 
 
 @app.command()
 @user_errors
 def kmeans(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
-    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    backbone: str = Backbone,
-    blocks: str = typer.Option("6,8,10,12", "--blocks", help="Decoder blocks (rows of the figure)."),
-    steps: str = typer.Option("50,200,400,600,800", "--steps", help="Steps (columns of the figure)."),
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers, the rows of the figure (default: ddpm blocks 6,8,10,12 of 18, scaled; mae four blocks up to the last; swav the last sublayer of each stage)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="ddpm/random steps, the columns (default 50,200,400,600,800 of T = 1000, scaled)."),
     k: int = typer.Option(5, "--k", help="Clusters."),
     images: Optional[str] = typer.Option(None, "--images", help="Comma-separated image files (default: the test split)."),
     n_images: int = typer.Option(2, "--n-images", help="How many test images when --images is not given."),
     fit_on: str = typer.Option("image", "--fit-on", help="image (centroids per image) or all (shared centroids)."),
+    noise: Optional[str] = Noise, input_activations: bool = InputActivations, image_size: Optional[int] = ImageSize,
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/kmeans"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
     overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
-    """faiss k-means over the pixel features of each (block, step): kmeans.png and clusters.npz (the paper's Fig. 4).
+    """faiss k-means over the pixel features of each cell: kmeans.png and clusters.npz (the paper's Fig. 4).
 
-    Examples: probe kmeans --blocks 6,8,10,12   |   probe kmeans --images a.png,b.png --fit-on all --k 6
+    Examples: probe kmeans --blocks 6,8,10,12   |   probe kmeans --images a.png,b.png --fit-on all --k 6   |
+    probe kmeans --backbone mae
     """
     from probe.clusters import run_kmeans
-    from probe.data.layout import load_images
-    from probe.extract import parse_indices
-    from probe.sources import open_source
+    from probe.sources import backbone_spec, open_source
 
     image_files = [Path(p) for p in images.split(",") if p] if images else []
     _check_out(out, overwrite, data, data_root, checkpoint, cache, *image_files)
-    _syntax((blocks, "blocks"), (steps, "steps"))
-    source = open_source(dataset, data_root, data, checkpoint, model_flags)
-    flags = source.load_model("cpu").flags
-    chosen = (load_images(image_files, flags.image_size) if image_files
-              else source.split("test", flags.image_size, n_images))
-    run_kmeans(source, chosen, parse_indices(blocks, flags.decoder_blocks, "blocks"),
-               parse_indices(steps, flags.diffusion_steps, "steps"), k, seed, fit_on, out, cache, backbone,
-               device, not quiet, overwrite=overwrite, inputs=image_files)
-    typer.echo(f"clustered {len(chosen)} images into {k} clusters per block and step -> {out}/kmeans.png")
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
+    source = open_source(dataset, data_root, data)
+    maps = run_kmeans(source, backbone_spec(source, spec), k, seed, fit_on, out, image_files=image_files,
+                      n_images=n_images, cache=cache, progress=not quiet, overwrite=overwrite)
+    count = len({stem for stem, _, _ in maps})
+    typer.echo(f"clustered {count} images into {k} clusters per cell -> {out}/kmeans.png")
 
 
 @app.command()
@@ -378,7 +362,7 @@ def ddpm_sample(
 
     Example: probe ddpm sample --n 32 --out runs/samples
     """
-    from probe.sources import default_model_files
+    from probe.backbones import default_model_files
     from probe.train import sample_checkpoint
 
     _check_out(out, overwrite, checkpoint)

@@ -1,5 +1,6 @@
 """k-means over pixel features (faiss), and relabelling clusters so maps from different blocks/steps agree."""
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -9,10 +10,12 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import kmeans_plusplus
 
 from probe import plots
+from probe.backbones import BackboneSpec, build_backbone
+from probe.data.layout import load_images
 from probe.errors import ProbeError
 from probe.outputs import output_dir
 from probe.progress import progress_bar
-from probe.sources import make_backbone, to_uint8_image
+from probe.sources import Source, to_uint8_image
 from probe.store import ActivationStore, PixelSampler
 
 
@@ -125,36 +128,40 @@ def match_labels(reference: np.ndarray, labels: np.ndarray, k: int) -> np.ndarra
     return renaming[labels]
 
 
-def run_kmeans(source, images: list, blocks: list[int] | None, steps: list[int], k: int, seed: int,
-               fit_on: str, out: Path, cache: Path | None = None, backbone_kind: str = "ddpm", device: str = "cpu",
-               progress: bool = True, overwrite: bool = False, inputs: Sequence[Path] = ()
-               ) -> dict[tuple[str, int, int], np.ndarray]:
-    """k-means over the upsampled pixel features of each (block, step) (the paper's Fig. 4).
+def run_kmeans(source: Source, spec: BackboneSpec, k: int, seed: int, fit_on: str, out: Path, *,
+               image_files: Sequence[Path] = (), n_images: int = 2, cache: Path | None = None, progress: bool = True,
+               overwrite: bool = False) -> dict[tuple[str, str, int | None], np.ndarray]:
+    """k-means over the upsampled pixel features of each cell of the backbone (the paper's Fig. 4).
 
-    Writes `out/kmeans.png` (per image, a blocks x steps grid of cluster maps whose ids are matched to the
-    first cell's by the Hungarian method) and `out/clusters.npz` with keys `<stem>/block<b>_t<t>`.
-    `inputs`: image files given by the user (an output folder must not hold them).
+    Writes `out/kmeans.png` (per image, a layers x steps grid of cluster maps whose ids are matched to the first
+    cell's by the Hungarian method) and `out/clusters.npz` with keys `<stem>/<cell name>`.
+    The images: `image_files`, else the first `n_images` of the source's test split.
     """
-    backbone = make_backbone(source, backbone_kind, blocks, steps, seed, device=device)
+    if fit_on not in ("image", "all"):
+        raise ProbeError(f"--fit-on {fit_on!r}: choose image or all")
+    backbone = build_backbone(replace(spec, seed=seed), "kmeans", source.native_size)
+    images = (load_images(list(image_files), backbone.image_size) if image_files
+              else source.split("test", backbone.image_size, n_images))
     store = ActivationStore(backbone, cache)
     size = images[0].image.shape[-1]
-    maps: dict[tuple[str, int, int], np.ndarray] = {}
-    with output_dir(out, command="kmeans", overwrite=overwrite, inputs=[*source.inputs, *inputs, cache]) as tmp:
+    maps: dict[tuple[str, str, int | None], np.ndarray] = {}
+    cells = [(layer, t) for layer in backbone.layers for t in backbone.steps]
+    with output_dir(out, command="kmeans", overwrite=overwrite, inputs=[*source.inputs, *image_files, cache]) as tmp:
         store.fill(images, progress=progress)
         with progress_bar(progress) as bar:
-            cells = [(b, t) for b in backbone.blocks for t in backbone.steps]
-            task = bar.add_task("k-means per block and step", total=len(cells))
-            for b, t in cells:
-                sampler = PixelSampler.from_store(store, images, [backbone.name(t, b)], size)
+            task = bar.add_task("k-means per cell", total=len(cells))
+            for layer, t in cells:
+                sampler = PixelSampler.from_store(store, images, [backbone.cell_name(layer, t)], size)
                 features = [sampler.image_features(i, slice(None)).numpy() for i in range(len(images))]
                 for image, labels in zip(images, fit_kmeans(features, k, seed, fit_on)):
-                    maps[(image.stem, b, t)] = labels.reshape(size, size)
+                    maps[(image.stem, layer, t)] = labels.reshape(size, size)
                 bar.advance(task)
         for image in images:
             reference = maps[(image.stem, *cells[0])]
-            for b, t in cells[1:]:
-                maps[(image.stem, b, t)] = match_labels(reference, maps[(image.stem, b, t)], k)
-        np.savez_compressed(tmp / "clusters.npz", **{f"{s}/block{b}_t{t}": m.astype(np.uint8) for (s, b, t), m in maps.items()})
-        plots.kmeans_figure({im.stem: to_uint8_image(im) for im in images}, maps, backbone.blocks, backbone.steps,
+            for layer, t in cells[1:]:
+                maps[(image.stem, layer, t)] = match_labels(reference, maps[(image.stem, layer, t)], k)
+        np.savez_compressed(tmp / "clusters.npz", **{f"{s}/{backbone.cell_name(layer, t)}": m.astype(np.uint8)
+                                                      for (s, layer, t), m in maps.items()})
+        plots.kmeans_figure({im.stem: to_uint8_image(im) for im in images}, maps, backbone.layers, backbone.steps,
                             tmp / "kmeans.png", k)
     return maps

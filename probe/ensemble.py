@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -307,7 +308,7 @@ class PixelEnsemble:
         self.last_loss_ = np.full(self.members, np.nan)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-        with Progress(*columns, disable=not self.progress) as progress:
+        with Progress(*columns, disable=not self.progress, console=Console(stderr=True)) as progress:
             if self.batched:
                 self.model_ = self._fit_batched(source, StackedMLP.from_members(mlps, self.precision), progress)
             else:

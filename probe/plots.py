@@ -114,17 +114,25 @@ def colorize(labels: np.ndarray, palette: np.ndarray, ignore_label: int = 255) -
     return rgb
 
 
+NO_STEP = "-"  # the column label of a backbone without diffusion steps
+
+
 def grid_matrix(table: pd.DataFrame, group: str = "all") -> pd.DataFrame:
-    """The mIoU of `group` as a blocks x steps matrix (index block ascending, columns step ascending)."""
-    _require_columns(table, ["block", "step", "group", "miou"])
+    """The mIoU of `group` as a layers x steps matrix: rows in depth order (`layer_index`), columns by step (one
+    column labelled "-" for a backbone without steps)."""
+    _require_columns(table, ["layer", "layer_index", "step", "group", "miou"])
     rows = table[table["group"] == group]
     if rows.empty:
         groups = sorted(table["group"].unique())
         raise ProbeError(f"group {group!r} not in the table (groups: {groups}): pass one of them")
+    rows = rows.assign(step=rows["step"].astype("object").where(rows["step"].notna(), NO_STEP))
+    order = rows.drop_duplicates("layer").sort_values("layer_index")["layer"].tolist()
     try:
-        return rows.pivot(index="block", columns="step", values="miou").sort_index().sort_index(axis=1)
+        matrix = rows.pivot(index="layer", columns="step", values="miou")
     except ValueError:
-        raise ProbeError(f"group {group!r} has several rows for one (block, step): aggregate the table first") from None
+        raise ProbeError(f"group {group!r} has several rows for one (layer, step): aggregate the table first") from None
+    steps = sorted(matrix.columns, key=lambda t: (t == NO_STEP, t if t != NO_STEP else 0))
+    return matrix.loc[order, steps]
 
 
 @_styled
@@ -135,34 +143,39 @@ def grid_heatmap(
     title: str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
+    layer_title: str = "decoder block",
 ) -> Figure:
-    """mIoU per (block, step) of one class group as an annotated heatmap, block 0 at the top (paper Fig 2).
-
-    Pass the same vmin/vmax to the all/small/large heatmaps to draw them on one colour scale.
+    """mIoU per (layer, step) of one class group as an annotated heatmap, the deepest layer at the top (paper
+    Fig 2). Pass the same vmin/vmax to the all/small/large heatmaps to draw them on one colour scale.
     """
     matrix = grid_matrix(table, group)
-    width = max(4.6, 1.7 + 0.5 * matrix.shape[1])  # small grids keep room for the title and the axis labels
+    width = max(4.6, 2.2 + 0.5 * matrix.shape[1])  # small grids keep room for the title and the axis labels
     fig = Figure(figsize=(width, max(2.6, 0.9 + 0.24 * matrix.shape[0])), layout="constrained")
     ax = fig.add_subplot()
     sns.heatmap(
-        matrix, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".1f",
+        matrix.astype(float), ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".1f",
         annot_kws={"fontsize": 6.5}, linewidths=0.5, linecolor="white", cbar_kws={"label": "mIoU, %"},
     )
-    ax.set(xlabel="diffusion step t", ylabel="decoder block")
+    stepless = list(matrix.columns) == [NO_STEP]
+    ax.set(xlabel="(no diffusion step)" if stepless else "diffusion step t", ylabel=layer_title)
     ax.set_title(textwrap.fill(title or f"{group} classes", width=int(width * 9)))
     ax.tick_params(axis="y", rotation=0)
     return _save(fig, path)
 
 
 @_styled
-def grid_lines(table: pd.DataFrame, path: str | Path, group: str = "all", title: str | None = None) -> Figure:
-    """mIoU against decoder block, one line per step coloured along viridis (paper Fig 2, right)."""
+def grid_lines(table: pd.DataFrame, path: str | Path, group: str = "all", title: str | None = None,
+               layer_title: str = "decoder block") -> Figure:
+    """mIoU against layer (in depth order), one line per step coloured along viridis (paper Fig 2, right)."""
     matrix = grid_matrix(table, group)
-    fig = Figure(figsize=(5.2, 3.0), layout="constrained")
+    fig = Figure(figsize=(max(5.2, 2.5 + 0.28 * matrix.shape[0]), 3.0), layout="constrained")
     ax = fig.add_subplot()
+    positions = np.arange(matrix.shape[0])
     for step, colour in zip(matrix.columns, sns.color_palette("viridis", matrix.shape[1])):
-        ax.plot(matrix.index, matrix[step], marker="o", markersize=3, color=colour, label=f"t = {step}")
-    ax.set(xlabel="decoder block", ylabel="mIoU, %", title=title or f"{group} classes", xticks=matrix.index)
+        label = "no step" if step == NO_STEP else f"t = {step}"
+        ax.plot(positions, matrix[step].astype(float), marker="o", markersize=3, color=colour, label=label)
+    ax.set(xlabel=layer_title, ylabel="mIoU, %", title=title or f"{group} classes")
+    ax.set_xticks(positions, matrix.index, rotation=90 if matrix.shape[0] > 12 else 0, fontsize=6.5)
     ax.grid(axis="y", linewidth=0.4, alpha=0.5)
     fig.legend(loc="outside right center", title="step")
     return _save(fig, path)
@@ -216,28 +229,29 @@ def _cluster_palette(k: int) -> np.ndarray:
 @_styled
 def kmeans_figure(
     images: dict[str, np.ndarray],
-    clusters: dict[tuple[str, int, int], np.ndarray],
-    blocks: Sequence[int],
-    steps: Sequence[int],
+    clusters: dict[tuple[str, str, int | None], np.ndarray],
+    layers: Sequence[str],
+    steps: Sequence[int | None],
     path: str | Path,
     k: int,
     title: str | None = None,
 ) -> Figure:
-    """k-means cluster maps per image, block (rows) and step (columns), the image on the left (paper Fig 4).
+    """k-means cluster maps per image, layer (rows) and step (columns; one for a backbone without steps), the
+    image on the left (paper Fig 4).
 
-    `clusters[(name, block, step)]` is an (h, w) map of ids in [0, k); match ids across maps beforehand
+    `clusters[(name, layer, step)]` is an (h, w) map of ids in [0, k); match ids across maps beforehand
     (clusters.match_labels) so a colour means one cluster throughout an image's rows.
     """
-    if not images or not blocks or not steps:
-        raise ProbeError("kmeans_figure needs at least one image, block and step")
-    missing = [(n, b, s) for n in images for b in blocks for s in steps if (n, b, s) not in clusters]
+    if not images or not layers or not steps:
+        raise ProbeError("kmeans_figure needs at least one image, layer and step")
+    missing = [(n, b, s) for n in images for b in layers for s in steps if (n, b, s) not in clusters]
     if missing:
         shown = f"{missing[:3]}{' ...' if len(missing) > 3 else ''}"
-        raise ProbeError(f"no cluster map for (image, block, step) {shown}: pass one per image, block and step")
+        raise ProbeError(f"no cluster map for (image, layer, step) {shown}: pass one per image, layer and step")
     palette = _cluster_palette(k)
-    rows_per_image = len(blocks)
+    rows_per_image = len(layers)
     cell_in = max(0.65, min(1.0, 9.5 / (len(images) * rows_per_image)))
-    label_in = 0.75  # room for the "block b" labels
+    label_in = 0.85  # room for the layer labels
     image_columns = min(2, rows_per_image)
     gap = 0.25  # blank row between images, in cells
     height_ratios = ([1] * rows_per_image + [gap]) * len(images)
@@ -252,11 +266,11 @@ def kmeans_figure(
         ax = fig.add_subplot(grid[top : top + rows_per_image, 0])
         _show(ax, _check_image(image, f"images[{name!r}]"))
         ax.set_title(name)
-        for r, block in enumerate(blocks):
+        for r, layer in enumerate(layers):
             for c, step in enumerate(steps):
                 ax = fig.add_subplot(grid[top + r, 1 + c])
-                _show(ax, colorize(clusters[name, block, step], palette), f"block {block}" if c == 0 else "")
-                if top + r == 0:
+                _show(ax, colorize(clusters[name, layer, step], palette), str(layer) if c == 0 else "")
+                if top + r == 0 and step is not None:
                     ax.set_title(f"t = {step}")
     if title:
         fig.suptitle(title)

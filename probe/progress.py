@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -9,5 +10,5 @@ def progress_bar(enabled: bool = True) -> Progress:
     """A rich Progress to use as a context manager; `disable=True` keeps the API but prints nothing."""
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), disable=not enabled, transient=False,
+        TimeRemainingColumn(), disable=not enabled, transient=False, console=Console(stderr=True),
     )

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from probe import plots
+from probe.backbones import Backbone, BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage
 from probe.ensemble import PixelEnsemble, runtime_info
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore, mean_std
 from probe.outputs import output_dir, write_json
 from probe.progress import progress_bar
-from probe.sources import Source, make_backbone, to_uint8_image
+from probe.sources import Source, to_uint8_image
 from probe.store import ActivationStore, PixelSampler, StorePixelSource
 
 SPLIT_NUMBER = 20  # images per split when --train-number / --test-number are not given (fewer if the split is smaller)
@@ -86,24 +88,28 @@ def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: i
 
 @dataclass
 class SegmentOptions:
-    backbone: str = "ddpm"
-    blocks: list[int] | None = None
-    steps: list[int] | None = None
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)  # its seed is replaced by each run's seed
     train_number: int | None = None  # None: up to SPLIT_NUMBER
     test_number: int | None = None
     members: int = 10
     batched: bool = True
-    noise: str = "shared"
-    input_activations: bool = False
-    device: str = "cpu"
     precision: str = "auto"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "backbone": self.backbone.to_dict()}
+
+
+def resolved_spec(spec: BackboneSpec, backbone: Backbone) -> BackboneSpec:
+    """`spec` with the cells `backbone` chose written out, so that it rebuilds exactly that backbone."""
+    steps = [t for t in backbone.steps if t is not None]
+    return replace(spec, layers=",".join(backbone.layers), steps=",".join(map(str, steps)) or None)
 
 
 def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None,
                  progress: bool) -> dict:
     """One complete fit and evaluation with one seed; writes every output into `out` and returns the metrics."""
-    backbone = make_backbone(source, options.backbone, options.blocks, options.steps, seed, options.noise,
-                             options.input_activations, options.device)
+    spec = replace(options.backbone, seed=seed)
+    backbone = build_backbone(spec, "segment", source.native_size)
     resolution = backbone.image_size
     train = source.split("train", resolution, options.train_number, SPLIT_NUMBER)
     test = source.split("test", resolution, options.test_number, SPLIT_NUMBER)
@@ -112,7 +118,7 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
     store.fill(train + test, progress=progress)
     extraction = time.perf_counter() - started
     fitted = fit_and_predict(store, backbone.names, train, test, source.num_classes, source.ignore_label,
-                             options.members, seed, options.batched, options.device, progress, options.precision)
+                             options.members, seed, options.batched, spec.device, progress, options.precision)
     iou = dict(zip(fitted.score.class_ids, fitted.score.iou))
     per_class = {source.class_names[c]: 100 * v for c, v in iou.items()}
     metrics = {
@@ -123,12 +129,12 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
         "training_pixels": fitted.training_pixels,
         "ensemble_iterations": fitted.ensemble.iterations_.tolist(),
         "precision": fitted.ensemble.precision,
-        "runtime": runtime_info(options.device),
+        "runtime": runtime_info(spec.device),
         "dataset": source.name,
         "seed": seed,
         "features": {"names": backbone.names, "dim": int(sum(store.read(train[0], n).shape[0] for n in backbone.names)),
                      **backbone.identity},
-        "options": asdict(options),
+        "options": options.to_dict(),
         "train_images": [im.stem for im in train],
         "test_images": [im.stem for im in test],
     }
@@ -143,10 +149,8 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
                                  title=f"{image.stem}  uncertainty {unc:.3f}")
     fitted.ensemble.save(out / "ensemble", {
         "class_names": source.class_names, "palette": np.asarray(source.palette).tolist(),
-        "ignore_label": source.ignore_label, "resolution": resolution, "backbone": options.backbone,
-        "feature_names": backbone.names, "blocks": backbone.blocks, "steps": backbone.steps, "noise": options.noise,
-        "seed": seed, "input_activations": options.input_activations, "checkpoint": str(source.checkpoint),
-        "model_flags": source.load_model(options.device).flags.to_dict(), "identity": backbone.identity,
+        "ignore_label": source.ignore_label, "resolution": resolution, "feature_names": backbone.names,
+        "backbone": resolved_spec(spec, backbone).to_dict(), "identity": backbone.identity,
     })
     return metrics
 
@@ -164,10 +168,10 @@ def run_segment(source: Source, options: SegmentOptions, seeds: list[int], out: 
             folder.mkdir()
             runs.append(segment_once(source, options, seed, folder, cache, progress))
         mean, std = mean_std([r["miou"] for r in runs])
-        table = pd.DataFrame({"seed": seeds, "miou": [r["miou"] for r in runs], "backbone": options.backbone})
+        table = pd.DataFrame({"seed": seeds, "miou": [r["miou"] for r in runs], "backbone": options.backbone.kind})
         table.to_csv(tmp / "seeds.csv", index=False)
         summary = {"miou": mean, "miou_std": std, "seeds": seeds, "miou_per_seed": table["miou"].tolist(),
-                   "dataset": source.name, "options": asdict(options)}
+                   "dataset": source.name, "options": options.to_dict()}
         write_json(tmp / "metrics.json", summary)
         return summary
 
@@ -177,13 +181,14 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
     """Segment new images with a saved ensemble; writes predictions/, visualizations/ and uncertainty.csv.
     `inputs`: the files the images came from (an output folder must not hold them)."""
     ensemble, manifest = PixelEnsemble.load(ensemble_dir)
-    source = Source("saved", Path("."), manifest["class_names"], manifest["ignore_label"], Path(manifest["checkpoint"]),
-                    manifest["model_flags"], np.asarray(manifest["palette"], dtype=np.uint8))
-    backbone = make_backbone(source, manifest["backbone"], manifest["blocks"], manifest["steps"], manifest["seed"],
-                             manifest["noise"], manifest["input_activations"], device)
-    if backbone.identity != manifest["identity"]:
-        raise ProbeError(f"the features of {ensemble_dir} cannot be rebuilt: checkpoint {manifest['checkpoint']} "
-                         "or its flags changed since the ensemble was trained; retrain with probe segment")
+    spec = BackboneSpec(**{**manifest["backbone"], "device": device})
+    spec.checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
+    backbone = build_backbone(spec, "segment", manifest["resolution"])
+    if json.loads(json.dumps(backbone.identity)) != manifest["identity"]:
+        raise ProbeError(f"the features of {ensemble_dir} cannot be rebuilt: the {spec.kind} checkpoint "
+                         f"{spec.checkpoint or '(the shipped default)'} or its flags changed since the ensemble was "
+                         "trained; retrain with probe segment")
+    class_names, palette = manifest["class_names"], np.asarray(manifest["palette"], dtype=np.uint8)
     size = manifest["resolution"]
     wrong = [im.stem for im in images if im.image.shape[-1] != size]
     if wrong:
@@ -199,8 +204,8 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
             for image in images:
                 pred, unc = predict_image(ensemble, PixelSampler.from_store(store, [image], manifest["feature_names"], size))
                 np.save(tmp / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
-                plots.segmentation_panel(to_uint8_image(image), None, pred, source.class_names, source.palette,
-                                         tmp / "visualizations" / f"{image.stem}.png", source.ignore_label,
+                plots.segmentation_panel(to_uint8_image(image), None, pred, class_names, palette,
+                                         tmp / "visualizations" / f"{image.stem}.png", manifest["ignore_label"],
                                          title=f"{image.stem}  uncertainty {unc:.3f}")
                 records.append({"image": image.stem, "uncertainty": unc})
                 bar.advance(task)

@@ -15,7 +15,7 @@ import torch
 
 from probe.cache import IDENTITY_FILE, activations_root
 from probe.data.layout import LabeledImage
-from probe.extract import identity_hash
+from probe.backbones import identity_hash
 from probe.outputs import atomic_write, write_json
 from probe.progress import progress_bar
 
@@ -84,7 +84,7 @@ class ActivationStore:
             task = bar.add_task("extracting activations", total=sum(len(chunk) for _, chunk in todo))
             for t, chunk in todo:
                 batch = torch.from_numpy(np.stack([images[i].image for i in chunk]))
-                acts = self.backbone(batch, [images[i].stem for i in chunk], steps=[t])
+                acts = self.backbone(batch, [images[i].stem for i in chunk], t)
                 for j, i in enumerate(chunk):
                     for name, act in acts.items():
                         self._write(keys[i], name, act[j].numpy())

@@ -125,7 +125,8 @@ def test_data_without_checkpoint_uses_the_embedded_default_model(tmp_path, tiny_
     notes = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(notes) == 1 and "using the embedded default DDPM" in notes[0] and "32x32" in notes[0], result.stderr
     manifest = json.loads((out / "ensemble" / "manifest.json").read_text())
-    assert Path(manifest["checkpoint"]).name == "default_ddpm.pt" and manifest["blocks"] == [5, 6, 7, 8, 12]
+    assert manifest["backbone"]["checkpoint"] is None and manifest["identity"]["flags"]["image_size"] == 32
+    assert manifest["backbone"]["layers"] == "block5,block6,block7,block8,block12"
 
 
 def test_a_typo_in_blocks_is_reported_before_the_model_is_read(tmp_path, tiny_domain):

@@ -90,13 +90,17 @@ def test_segment_default_runs_on_the_shipped_model(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "seed_0" / "ensemble" / "manifest.json").read_text())
     shipped = json.loads((Path(probe.__file__).parent / "weights" / "default_ddpm.json").read_text())["flags"]
-    assert {k: manifest["model_flags"][k] for k in shipped} == shipped
-    assert manifest["blocks"] == [5, 6, 7, 8, 12] and manifest["steps"] == [50, 150, 250]
+    assert {k: manifest["identity"]["flags"][k] for k in shipped} == shipped
+    assert manifest["backbone"]["layers"] == "block5,block6,block7,block8,block12"
+    assert manifest["backbone"]["steps"] == "50,150,250" and manifest["backbone"]["checkpoint"] is None
     assert read_metrics(out)["miou_per_seed"] == [read_metrics(out / f"seed_{s}")["miou"] for s in (0, 1)]
 
 
 def test_segment_seeds_report_mean_and_std(tmp_path, tiny_domain, fixture_model):
-    out = segment(tmp_path, tiny_domain, fixture_model, "seeds", "--seeds", "0,1", "--backbone", "pixels")
+    out = tmp_path / "seeds"
+    result = run("segment", "--data", tiny_domain, "--backbone", "pixels", "--train-number", 4, "--test-number", 3,
+                 "--members", 2, "--seeds", "0,1", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
     summary = read_metrics(out)
     per_seed = [read_metrics(out / f"seed_{s}")["miou"] for s in (0, 1)]
     assert summary["miou_per_seed"] == per_seed
@@ -117,8 +121,9 @@ def test_grid_tables_and_figures(tmp_path, tiny_domain, fixture_model):
     assert sorted(groups["group"].value_counts().tolist()) == [5, 5]  # split at the median of 10 areas
     small = set(groups[groups.group == "small"]["class"])
     assert small >= {"eyes", "nose", "eyebrows"}
-    cell = per_class[(per_class.block == 4) & (per_class.step == 50)]
-    row = table[(table.block == 4) & (table.step == 50)].set_index("group")["miou"]
+    cell = per_class[(per_class.layer == "block4") & (per_class.step == 50)]
+    row = table[(table.layer == "block4") & (table.step == 50)].set_index("group")["miou"]
+    assert sorted(set(zip(table.layer, table.layer_index))) == [("block0", 0), ("block4", 4), ("block8", 8)]
     assert row["all"] == pytest.approx(cell["iou"].mean())
     assert row["small"] == pytest.approx(cell[cell["class"].isin(small)]["iou"].mean())
     for name in ("grid_all.png", "grid_small.png", "grid_large.png", "grid_lines.png"):
@@ -129,7 +134,7 @@ def test_grid_tables_and_figures(tmp_path, tiny_domain, fixture_model):
                  "--noise", "per-image", "--train-number", 4, "--test-number", 3, "--out", fresh_noise, "--quiet")
     assert result.exit_code == 0, result.output
     assert json.loads((fresh_noise / "grid.json").read_text())["features"]["noise"] == "per-image"
-    shared = per_class[(per_class.block == 8) & (per_class.step == 900)]["iou"].to_numpy()
+    shared = per_class[(per_class.layer == "block8") & (per_class.step == 900)]["iou"].to_numpy()
     assert not np.allclose(pd.read_csv(fresh_noise / "grid_per_class.csv")["iou"].to_numpy(), shared)
 
 
@@ -139,7 +144,7 @@ def test_kmeans_maps(tmp_path, tiny_domain, fixture_model):
                  "--n-images", 2, "--k", 5, "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
     clusters = np.load(out / "clusters.npz")
-    assert sorted(clusters.files) == sorted(f"{s}/block{b}_t{t}" for s in ("000", "001") for b in (3, 6) for t in (50, 800))
+    assert sorted(clusters.files) == sorted(f"{s}/t{t}_block{b}" for s in ("000", "001") for b in (3, 6) for t in (50, 800))
     for name in clusters.files:
         labels = clusters[name]
         assert labels.shape == (32, 32) and set(np.unique(labels)) <= set(range(5)) and len(np.unique(labels)) >= 2
@@ -147,11 +152,11 @@ def test_kmeans_maps(tmp_path, tiny_domain, fixture_model):
 
 
 def test_default_blocks_keep_relative_depth():
-    from probe.sources import default_blocks, default_steps
+    from probe.backbones.adm import PAPER_BLOCKS, PAPER_STEPS, scaled_blocks, scaled_steps
 
-    assert default_blocks(18) == [5, 6, 7, 8, 12]
-    assert default_blocks(9) == [2, 3, 4, 6]
-    assert default_steps(1000) == [50, 150, 250] and default_steps(4000) == [200, 600, 1000]
+    assert scaled_blocks(PAPER_BLOCKS, 18) == [5, 6, 7, 8, 12]
+    assert scaled_blocks(PAPER_BLOCKS, 9) == [2, 3, 4, 6]
+    assert scaled_steps(PAPER_STEPS, 1000) == [50, 150, 250] and scaled_steps(PAPER_STEPS, 4000) == [200, 600, 1000]
 
 
 def test_small_annotations_dropped():

@@ -30,15 +30,16 @@ ARCHITECTURES = {
 def test_fixture_parity_every_step_and_block():
     """The fixture's activations, reproduced by the API for all 6 steps x 9 blocks."""
     from probe.data.layout import load_images
-    from probe.extract import NoisePolicy, UNetBackbone
+    from probe.backbones.adm import ADMBackbone, NoisePolicy
 
     model = load_model(FIXTURES / META["checkpoint"], META["flags"])
     reference = np.load(FIXTURES / META["activations"])
-    backbone = UNetBackbone(model, META["blocks"], META["steps"], NoisePolicy("shared", 1, META["noise_seed"]))
+    backbone = ADMBackbone(model, META["blocks"], META["steps"], NoisePolicy("shared", 1, META["noise_seed"]))
     image = load_images(FIXTURES / META["image"], 32)[0]
     noise = backbone.noise.noises([image.stem], (3, 32, 32))[0]
     assert torch.equal(noise, torch.from_numpy(reference["noise"]))
-    acts = backbone(torch.from_numpy(image.image[None]), [image.stem])
+    x = torch.from_numpy(image.image[None])
+    acts = {name: a for t in backbone.steps for name, a in backbone(x, [image.stem], t).items()}
     assert len(acts) == 54
     for name, act in acts.items():
         ref = reference[name]
@@ -49,16 +50,16 @@ def test_fixture_parity_every_step_and_block():
 def test_decoder_stops_after_last_requested_block():
     """Extraction runs the decoder only up to the deepest requested block, with the same activations."""
     from probe.data.layout import load_images
-    from probe.extract import NoisePolicy, UNetBackbone
+    from probe.backbones.adm import ADMBackbone, NoisePolicy
 
     model = load_model(FIXTURES / META["checkpoint"], META["flags"])
     reference = np.load(FIXTURES / META["activations"])
     image = load_images(FIXTURES / META["image"], 32)[0]
-    backbone = UNetBackbone(model, [2, 5], [50], NoisePolicy("shared", 1, META["noise_seed"]))
+    backbone = ADMBackbone(model, [2, 5], [50], NoisePolicy("shared", 1, META["noise_seed"]))
     ran = []
     handles = [block.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
                for i, block in enumerate(model.unet.output_blocks)]
-    acts = backbone(torch.from_numpy(image.image[None]), [image.stem])
+    acts = backbone(torch.from_numpy(image.image[None]), [image.stem], 50)
     for handle in handles:
         handle.remove()
     assert ran == [0, 1, 2, 3, 4, 5]
@@ -67,22 +68,22 @@ def test_decoder_stops_after_last_requested_block():
 
 
 def test_hooks_removed_after_extraction():
-    from probe.extract import NoisePolicy, UNetBackbone
+    from probe.backbones.adm import ADMBackbone, NoisePolicy
 
     model = load_model(FIXTURES / META["checkpoint"], META["flags"])
-    backbone = UNetBackbone(model, [0, 4, 8], [50], NoisePolicy(), input_activations=True)
-    backbone(torch.zeros(1, 3, 32, 32), ["x"])
+    backbone = ADMBackbone(model, [0, 4, 8], [50], NoisePolicy(), input_activations=True)
+    backbone(torch.zeros(1, 3, 32, 32), ["x"], 50)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.unet.modules())
 
 
 def test_input_activations_are_previous_output_and_skip():
     """A block's input is the previous block's output concatenated with the encoder skip."""
-    from probe.extract import NoisePolicy, UNetBackbone
+    from probe.backbones.adm import ADMBackbone, NoisePolicy
 
     model = load_model(FIXTURES / META["checkpoint"], META["flags"])
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    outputs = UNetBackbone(model, [3], [150], NoisePolicy())(image, ["a"])["t150_block3"]
-    inputs = UNetBackbone(model, [4], [150], NoisePolicy(), input_activations=True)(image, ["a"])["t150_block4"]
+    outputs = ADMBackbone(model, [3], [150], NoisePolicy())(image, ["a"], 150)["t150_block3"]
+    inputs = ADMBackbone(model, [4], [150], NoisePolicy(), input_activations=True)(image, ["a"], 150)["t150_block4"]
     assert inputs.shape[1] > outputs.shape[1]
     assert torch.equal(inputs[:, : outputs.shape[1]], outputs)
 

@@ -32,10 +32,11 @@ def assert_written(fig, path) -> tuple[int, int]:
     return png_size(path)
 
 
-def grid_table(steps=(50, 250, 100), blocks=range(4)) -> pd.DataFrame:
+def grid_table(steps=(50, 250, 100), blocks=(0, 1, 2, 10)) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     cells = [(g, b, s) for g in ("all", "small") for b in blocks for s in steps]
-    return pd.DataFrame([dict(group=g, block=b, step=s, miou=float(rng.uniform(0, 80))) for g, b, s in cells])
+    return pd.DataFrame([dict(group=g, layer=f"block{b}", layer_index=b, step=s, miou=float(rng.uniform(0, 80)))
+                         for g, b, s in cells])
 
 
 def image(seed: int, size: int = 16) -> np.ndarray:
@@ -57,14 +58,14 @@ def test_grid_heatmap_draws_the_table(tmp_path):
     table = grid_table()
     fig = plots.grid_heatmap(table, tmp_path / "heat.png", "small", "Horse-21", vmin=0, vmax=100)
     matrix = plots.grid_matrix(table, "small")
-    assert list(matrix.index) == [0, 1, 2, 3] and list(matrix.columns) == [50, 100, 250]
-    small = table[table.group == "small"].set_index(["block", "step"])["miou"]
+    assert list(matrix.index) == ["block0", "block1", "block2", "block10"] and list(matrix.columns) == [50, 100, 250]
+    small = table[table.group == "small"].set_index(["layer", "step"])["miou"]
     assert all(matrix.loc[b, s] == small[b, s] for b, s in small.index)
     ax = fig.axes[0]
     mesh = ax.collections[0]
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(matrix.shape), matrix.to_numpy())
     assert (mesh.norm.vmin, mesh.norm.vmax) == (0, 100)
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2", "3"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["block0", "block1", "block2", "block10"]
     assert ax.get_ylim()[0] > ax.get_ylim()[1]  # y axis inverted: block 0 on top
     assert [t.get_text() for t in ax.texts] == [f"{v:.1f}" for v in matrix.to_numpy().ravel()]
     assert fig.axes[1].get_ylabel() == "mIoU, %" and ax.get_title() == "Horse-21"
@@ -91,8 +92,9 @@ def test_grid_lines_one_viridis_line_per_step(tmp_path):
     assert [line.get_label() for line in lines] == ["t = 50", "t = 100", "t = 250"]
     for line, step, colour in zip(lines, matrix.columns, sns.color_palette("viridis", 3)):
         np.testing.assert_allclose(line.get_ydata(), matrix[step])
-        np.testing.assert_allclose(line.get_xdata(), matrix.index)
+        np.testing.assert_allclose(line.get_xdata(), range(len(matrix.index)))
         np.testing.assert_allclose(line.get_color(), colour)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(matrix.index)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["t = 50", "t = 100", "t = 250"]
     assert_written(fig, tmp_path / "lines.png")
 
@@ -126,13 +128,13 @@ def kmeans_inputs(names, blocks, steps, k=5):
 
 
 def test_kmeans_figure_layout(tmp_path):
-    blocks, steps = [6, 12], [50, 200, 800]
+    blocks, steps = ["block6", "block12"], [50, 200, 800]
     images, clusters = kmeans_inputs(["a", "b"], blocks, steps)
     fig = plots.kmeans_figure(images, clusters, blocks, steps, tmp_path / "two.png", k=5)
     assert len(fig.axes) == 2 * (1 + len(blocks) * len(steps))
     assert [ax.get_title() for ax in fig.axes if ax.get_title().startswith("t =")] == ["t = 50", "t = 200", "t = 800"]
-    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["block 6", "block 12"] * 2
-    tab10 = plots.colorize(clusters["a", 6, 50], plots._cluster_palette(5))
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["block6", "block12"] * 2
+    tab10 = plots.colorize(clusters["a", "block6", 50], plots._cluster_palette(5))
     np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), tab10)
     two = assert_written(fig, tmp_path / "two.png")
     one_fig = plots.kmeans_figure({"a": images["a"]}, clusters, blocks, steps, tmp_path / "one.png", k=5)
@@ -198,7 +200,8 @@ def test_figures_must_be_png(tmp_path):
 
 @pytest.mark.parametrize("blocks,steps", [((6, 12), (0, 250)), ((3,), (50,)), (tuple(range(18)), (0, 50, 100, 200, 300, 400, 600, 800, 999))])
 def test_grid_heatmap_keeps_title_and_labels_inside_the_figure(tmp_path, blocks, steps):
-    table = pd.DataFrame([{"block": b, "step": t, "group": "all", "miou": 40.0 + b + t / 100} for b in blocks for t in steps])
+    table = pd.DataFrame([{"layer": f"block{b}", "layer_index": b, "step": t, "group": "all", "miou": 40.0 + b + t / 100}
+                          for b in blocks for t in steps])
     fig = plots.grid_heatmap(table, tmp_path / "grid.png", title="mIoU of a probe per block and step: all classes")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -209,3 +212,16 @@ def test_grid_heatmap_keeps_title_and_labels_inside_the_figure(tmp_path, blocks,
     for text in (ax.title, ax.yaxis.label, ax.xaxis.label):
         box = text.get_window_extent(renderer)
         assert text.get_text() and frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text.get_text()
+
+
+def test_a_backbone_without_steps_gives_one_column(tmp_path):
+    table = pd.DataFrame([dict(group="all", layer=f"layer{i}.0", layer_index=i, step=pd.NA, miou=10.0 * i)
+                          for i in (1, 2, 3, 4)]).astype({"step": "Int64"})
+    matrix = plots.grid_matrix(table)
+    assert list(matrix.columns) == [plots.NO_STEP] and list(matrix.index) == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    fig = plots.grid_heatmap(table, tmp_path / "heat.png", layer_title="ResNet sublayer")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "(no diffusion step)" and ax.get_ylabel() == "ResNet sublayer"
+    assert [t.get_text() for t in ax.texts] == ["10.0", "20.0", "30.0", "40.0"]
+    lines = plots.grid_lines(table, tmp_path / "lines.png", layer_title="ResNet sublayer").axes[0].lines
+    assert [line.get_label() for line in lines] == ["no step"] and list(lines[0].get_ydata()) == [10, 20, 30, 40]

@@ -9,7 +9,8 @@ from torch.nn import functional as F
 
 from conftest import FIXTURES
 from probe.data.layout import LabeledImage
-from probe.extract import NoisePolicy, PixelBackbone, UNetBackbone
+from probe.backbones.adm import ADMBackbone, NoisePolicy
+from probe.backbones.pixels import PixelBackbone
 from probe.models import load_model
 from probe.store import ActivationStore, PixelSampler, StorePixelSource, image_key
 
@@ -25,7 +26,7 @@ def images(n: int, seed: int = 0) -> list[LabeledImage]:
 @pytest.fixture(scope="module")
 def backbone():
     model = load_model(FIXTURES / META["checkpoint"], META["flags"])
-    return UNetBackbone(model, [0, 2, 5, 8], [50, 250], NoisePolicy("shared", 1, 0))
+    return ADMBackbone(model, [0, 2, 5, 8], [50, 250], NoisePolicy("shared", 1, 0))
 
 
 @pytest.mark.parametrize("in_size,out_size", [(1, 32), (2, 32), (4, 32), (8, 32), (16, 32), (32, 32), (64, 32),
@@ -68,7 +69,7 @@ def test_store_writes_float16_and_reuses(tmp_path, backbone):
     files = sorted(store.root.rglob("*.npy"))
     assert len(files) == 3 * 4 * 2
     stored = store.read(imgs[1], "t250_block5")
-    direct = backbone(torch.from_numpy(imgs[1].image[None]), [imgs[1].stem])["t250_block5"][0].numpy()
+    direct = backbone(torch.from_numpy(imgs[1].image[None]), [imgs[1].stem], 250)["t250_block5"][0].numpy()
     assert stored.dtype == np.float16 and stored.shape == direct.shape
     # float16 of the activation (batching changes float32 last bits, so allow one float16 step)
     assert np.all(np.abs(stored.astype(np.float32) - direct) <= np.abs(direct) * 2 ** -10 + 1e-4)
@@ -81,8 +82,8 @@ def test_store_writes_float16_and_reuses(tmp_path, backbone):
 
 
 def test_store_key_depends_on_seed_and_noise(tmp_path, backbone):
-    other = UNetBackbone(backbone.model, backbone.blocks, backbone.steps, NoisePolicy("shared", 1, 1))
-    per_image = UNetBackbone(backbone.model, backbone.blocks, backbone.steps, NoisePolicy("per-image", 1, 0))
+    other = ADMBackbone(backbone.model, backbone.blocks, backbone.steps, NoisePolicy("shared", 1, 1))
+    per_image = ADMBackbone(backbone.model, backbone.blocks, backbone.steps, NoisePolicy("per-image", 1, 0))
     roots = {ActivationStore(b, tmp_path).root for b in (backbone, other, per_image)}
     assert len(roots) == 3
 
@@ -99,12 +100,12 @@ def test_noise_policies():
 
 
 def test_mean_of_k_averages_activations(backbone):
-    from probe.extract import capture
+    from probe.backbones.base import capture
 
     image = torch.from_numpy(images(1)[0].image[None])
-    k2 = UNetBackbone(backbone.model, [5], [250], NoisePolicy.parse("mean-of-2", 0))(image, ["x"])["t250_block5"]
-    k1 = UNetBackbone(backbone.model, [5], [250], NoisePolicy.parse("mean-of-1", 0))(image, ["x"])["t250_block5"]
-    shared = UNetBackbone(backbone.model, [5], [250], NoisePolicy.parse("shared", 0))(image, ["x"])["t250_block5"]
+    k2 = ADMBackbone(backbone.model, [5], [250], NoisePolicy.parse("mean-of-2", 0))(image, ["x"], 250)["t250_block5"]
+    k1 = ADMBackbone(backbone.model, [5], [250], NoisePolicy.parse("mean-of-1", 0))(image, ["x"], 250)["t250_block5"]
+    shared = ADMBackbone(backbone.model, [5], [250], NoisePolicy.parse("shared", 0))(image, ["x"], 250)["t250_block5"]
     assert torch.equal(k1, shared)
     singles = []
     t = torch.tensor([250])

@@ -150,9 +150,8 @@ def load_labeled_split(root: Path, split: str, resolution: int, num_classes: int
     return samples
 
 
-def load_images(paths_or_dir: Path | str | Iterable[Path | str], resolution: int) -> list[LabeledImage]:
-    """Unlabelled images from a folder (sorted by file name), one file, or a list of files."""
-    _check_resolution(resolution)
+def image_paths(paths_or_dir: Path | str | Iterable[Path | str]) -> list[Path]:
+    """The image files of a folder (sorted by file name), one file, or a list of files; each must exist."""
     if isinstance(paths_or_dir, (str, Path)):
         single = Path(paths_or_dir)
         paths = list_images(single) if single.is_dir() else [single]
@@ -163,7 +162,19 @@ def load_images(paths_or_dir: Path | str | Iterable[Path | str], resolution: int
     for path in paths:
         if not path.is_file():
             raise ProbeError(f"image {path} does not exist; pass an existing image file or folder")
-    return [LabeledImage(path.stem, _scaled_pixels(_open_square_rgb(path), resolution), None) for path in paths]
+    return paths
+
+
+def native_size(paths_or_dir: Path | str | Iterable[Path | str]) -> int:
+    """The size of the first image (images are square)."""
+    return _open_square_rgb(image_paths(paths_or_dir)[0]).width
+
+
+def load_images(paths_or_dir: Path | str | Iterable[Path | str], resolution: int) -> list[LabeledImage]:
+    """Unlabelled images from a folder (sorted by file name), one file, or a list of files, at `resolution`."""
+    _check_resolution(resolution)
+    return [LabeledImage(path.stem, _scaled_pixels(_open_square_rgb(path), resolution), None)
+            for path in image_paths(paths_or_dir)]
 
 
 def _read_classes_file(path: Path) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from probe.errors import ProbeError
+from probe.models.checkpoint import file_hash
 from probe.models.flags import ModelFlags, parse_flags, resolve_flags
 from probe.models.unet import UNet
 
@@ -27,14 +27,6 @@ class LoadedModel:
     flags: ModelFlags
     checkpoint_hash: str
     device: torch.device
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -92,7 +84,8 @@ def load_model(checkpoint: Path | None, flags: str | Path | dict | None = None, 
     if checkpoint is not None:
         state = load_state_dict(Path(checkpoint))
     resolved = resolve_flags(parse_flags(flags), state, source)
-    unet = UNet(resolved)
+    with torch.random.fork_rng(devices=[]):  # the fresh initialisation is overwritten or is the caller's choice
+        unet = UNet(resolved)
     if state is not None:
         check_keys(unet, state, source)
         unet.load_state_dict({k: v.float() for k, v in state.items()})

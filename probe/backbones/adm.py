@@ -1,0 +1,170 @@
+"""guided-diffusion's ADM UNet as a backbone: decoder blocks (output_blocks) at diffusion steps t.
+
+`ddpm` loads a checkpoint (the shipped default DDPM without one); `random` is the same architecture with
+weights drawn from a generator seeded by --seed, the control that says what the training bought.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from probe.backbones.base import Backbone, Cell, capture, select_layers, select_steps
+from probe.diffusion import Diffusion
+from probe.errors import ProbeError
+from probe.models import LoadedModel, UNet, load_model
+from probe.models.flags import parse_flags, resolve_flags
+
+DEFAULT_WEIGHTS = "default_ddpm.pt"
+DEFAULT_FLAGS = "default_ddpm.json"
+PAPER_BLOCKS = (5, 6, 7, 8, 12)  # of the 18 decoder blocks of the paper's 256x256 models
+PAPER_STEPS = (50, 150, 250)  # of T = 1000
+GRID_STEPS = (0, 50, 100, 200, 300, 400, 600, 800, 999)
+KMEANS_BLOCKS = (6, 8, 10, 12)
+KMEANS_STEPS = (50, 200, 400, 600, 800)
+FEATURE_STEPS = (50, 150, 250)
+
+
+def default_model_files() -> tuple[Path, Path]:
+    """The shipped default DDPM: (EMA state dict, flags JSON)."""
+    folder = resources.files("probe") / "weights"
+    weights, flags = Path(str(folder / DEFAULT_WEIGHTS)), Path(str(folder / DEFAULT_FLAGS))
+    if not weights.is_file():
+        raise ProbeError(f"the default model {weights} is missing from the package: reinstall probe, or pass --checkpoint")
+    return weights, flags
+
+
+def scaled_blocks(blocks: tuple[int, ...], decoder_blocks: int) -> list[int]:
+    """Blocks of the paper's 18-block decoder at the same relative depth in another: round(b * (n - 1) / 17)."""
+    return sorted({round(b * (decoder_blocks - 1) / 17) for b in blocks})
+
+
+def scaled_steps(steps: tuple[int, ...], diffusion_steps: int) -> list[int]:
+    """Steps of T = 1000 scaled to another T (kept below T)."""
+    return sorted({min(diffusion_steps - 1, round(t * diffusion_steps / 1000)) for t in steps})
+
+
+@dataclass(frozen=True)
+class NoisePolicy:
+    """How the noise of q_sample is drawn: 'shared' (one tensor for all images and steps, as the authors),
+    'per-image' (seeded by the image's name), 'mean-of-K' (activations averaged over K shared draws)."""
+
+    kind: str = "shared"
+    draws: int = 1
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, text: str, seed: int) -> NoisePolicy:
+        if text in ("shared", "per-image"):
+            return cls(text, 1, seed)
+        match = re.fullmatch(r"mean-of-(\d+)", text)
+        if match and int(match.group(1)) >= 1:
+            return cls("mean-of-K", int(match.group(1)), seed)
+        raise ProbeError(f"--noise {text!r}: use shared, per-image or mean-of-K (e.g. mean-of-4)")
+
+    def __str__(self) -> str:
+        return f"mean-of-{self.draws}" if self.kind == "mean-of-K" else self.kind
+
+    def noises(self, stems: list[str], shape: tuple[int, int, int]) -> list[torch.Tensor]:
+        """One (B, C, H, W) noise tensor per draw."""
+        if self.kind == "per-image":
+            per_image = [torch.randn(1, *shape, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(s.encode()))) for s in stems]
+            return [torch.cat(per_image)]
+        gen = torch.Generator().manual_seed(self.seed)
+        return [torch.randn(1, *shape, generator=gen).expand(len(stems), *shape) for _ in range(self.draws)]
+
+
+def random_unet(flags, seed: int, device: str) -> LoadedModel:
+    """The UNet of `flags` with weights drawn from a generator seeded by `seed`, by torch's default rule for
+    convolutions and linear layers (kaiming-uniform with a = sqrt(5), biases uniform in +-1/sqrt(fan_in)); norm
+    layers keep weight 1 and bias 0. The global RNG is neither read nor advanced."""
+    resolved = resolve_flags(parse_flags(flags), None, "the flags")
+    with torch.random.fork_rng(devices=[]):
+        unet = UNet(resolved)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in unet.modules():
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+                continue
+            torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+            if isinstance(bias, torch.Tensor):
+                bound = 1 / math.sqrt(weight[0].numel())
+                bias.uniform_(-bound, bound, generator=generator)
+    model = load_model(None, resolved.to_dict(), device, state=unet.state_dict())
+    model.checkpoint_hash = f"random-init-seed{seed}"
+    return model
+
+
+class ADMBackbone(Backbone):
+    """Activations of chosen decoder blocks of a guided-diffusion UNet at chosen steps: cells `t{t}_block{b}`.
+    One forward per (image batch, step) serves every chosen block; hooks live only for that forward."""
+
+    kind = "ddpm"
+    layer_title = "decoder block"
+    normalisation = "x / 255 * 2 - 1 (guided-diffusion)"
+
+    def __init__(self, model: LoadedModel, blocks: list[int], steps: list[int], noise: NoisePolicy,
+                 input_activations: bool = False, kind: str = "ddpm", checkpoint: Path | None = None):
+        self.model, self.kind = model, kind
+        self.diffusion = Diffusion(model.flags)
+        for t in steps:
+            self.diffusion.check_step(t)
+        self.blocks, self.noise, self.input_activations = list(blocks), noise, input_activations
+        self.checkpoint = checkpoint
+        self.all_layers = [f"block{b}" for b in range(model.flags.decoder_blocks)]
+        self.cells = [Cell(f"block{b}", t) for t in steps for b in self.blocks]
+        self.image_size = model.flags.image_size
+
+    @classmethod
+    def build(cls, spec, purpose: str, native_size: int | None) -> ADMBackbone:
+        if spec.image_size is not None:
+            raise ProbeError(f"--image-size: the {spec.kind} backbone takes the model's image_size; drop --image-size")
+        noise = NoisePolicy.parse(spec.noise or "shared", spec.seed)
+        if spec.kind == "random":
+            flags = spec.model_flags if spec.model_flags is not None else default_model_files()[1]
+            model = random_unet(flags, spec.seed, spec.device)
+            checkpoint = None
+        else:
+            checkpoint, flags = (spec.checkpoint, spec.model_flags) if spec.checkpoint else default_model_files()
+            model = load_model(checkpoint, flags, spec.device)
+        n, steps_total = model.flags.decoder_blocks, Diffusion(model.flags).num_steps
+        defaults = {
+            "segment": (scaled_blocks(PAPER_BLOCKS, n), scaled_steps(PAPER_STEPS, steps_total)),
+            "grid": (list(range(n)), scaled_steps(GRID_STEPS, steps_total)),
+            "kmeans": (scaled_blocks(KMEANS_BLOCKS, n), scaled_steps(KMEANS_STEPS, steps_total)),
+            "features": (list(range(n)), scaled_steps(FEATURE_STEPS, steps_total)),
+        }[purpose]
+        available = [f"block{b}" for b in range(n)]
+        layers = select_layers(spec.layers, available, [f"block{b}" for b in defaults[0]])
+        steps = select_steps(spec.steps, steps_total, defaults[1])
+        return cls(model, [available.index(layer) for layer in layers], steps, noise, spec.input_activations,
+                   spec.kind, checkpoint)
+
+    @property
+    def identity(self) -> dict:
+        identity = {"backbone": self.kind, "version": self.version, "checkpoint": self.model.checkpoint_hash,
+                    "flags": self.model.flags.to_dict(), "noise": str(self.noise), "seed": self.noise.seed,
+                    "input_activations": self.input_activations}
+        return identity
+
+    def features(self, images: torch.Tensor, stems: list[str], step: int | None) -> dict[str, torch.Tensor]:
+        dev = self.model.device
+        x0 = images.to(dev, torch.float32)
+        noises = [n.to(dev) for n in self.noise.noises(stems, tuple(images.shape[1:]))]
+        modules = {b: self.model.unet.output_blocks[b] for b in self.blocks}
+        tt = torch.full((len(images),), step, dtype=torch.long, device=dev)
+        sums: dict[int, torch.Tensor] = {}
+        for noise in noises:
+            with capture(modules, self.input_activations) as captured:
+                self.model.unet(self.diffusion.q_sample(x0, tt, noise), self.diffusion.model_timesteps(tt),
+                                last_block=max(self.blocks))
+            for b, act in captured.items():
+                sums[b] = act.float() if b not in sums else sums[b] + act.float()
+        return {Cell(f"block{b}", step).name: (sums[b] / len(noises)).cpu() for b in self.blocks}

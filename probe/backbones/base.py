@@ -1,0 +1,162 @@
+"""The backbone contract: a source of named feature maps at native resolution.
+
+A backbone lists its cells (a layer label and, for diffusion models, a step t), says its input size and input
+normalisation, exposes a versioned `identity` (everything that determines its activations: cache keys and
+manifests), and maps a batch of images to `{cell name: (B, C, h, w)}`. Everything downstream (the store, the
+sampler, segment, grid, kmeans, features, predict) sees only this contract.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from probe.errors import ProbeError
+
+CELL_PART = re.compile(r"(\d+)(?:-(\d+))?|[a-z]+\d+(?:\.\d+)?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One feature map: a layer (e.g. `block5`, `layer2.0`, `rgb3x3`) at a diffusion step (None: no steps)."""
+
+    layer: str
+    step: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.layer if self.step is None else f"t{self.step}_{self.layer}"
+
+
+class Backbone(ABC):
+    """A source of named feature maps. Subclasses set `kind` (the registry name), `layer_title` (what a layer
+    is, for figures), `normalisation`, `image_size` and `cells`, and implement `identity` and `features`."""
+
+    kind: ClassVar[str]
+    layer_title: ClassVar[str] = "layer"
+    normalisation: ClassVar[str]
+    version: ClassVar[int] = 1  # bumped whenever the same identity would give other activations
+    image_size: int
+    cells: list[Cell]
+    all_layers: list[str]  # every layer the network has, in depth order
+
+    @property
+    @abstractmethod
+    def identity(self) -> dict:
+        """Everything that determines the activations (JSON-serialisable), including kind and version."""
+
+    @abstractmethod
+    def features(self, images: torch.Tensor, stems: list[str], step: int | None) -> dict[str, torch.Tensor]:
+        """{cell name: (B, C, h, w) float32 on the CPU} for the chosen cells at `step`; `images` (B, 3, H, W) are
+        in [-1, 1] (the toolkit's loaded form): each backbone applies its own input normalisation."""
+
+    def __call__(self, images: torch.Tensor, stems: list[str], step: int | None = None) -> dict[str, torch.Tensor]:
+        if step not in self.steps:
+            raise ProbeError(f"step {step} is not among this backbone's steps {self.steps}")
+        with torch.no_grad():
+            return self.features(images, stems, step)
+
+    @property
+    def names(self) -> list[str]:
+        return [cell.name for cell in self.cells]
+
+    @property
+    def steps(self) -> list[int | None]:
+        """The distinct steps of the cells, in order ([None] for a backbone without steps)."""
+        return list(dict.fromkeys(cell.step for cell in self.cells))
+
+    @property
+    def layers(self) -> list[str]:
+        """The distinct layers of the cells, in depth order."""
+        return list(dict.fromkeys(cell.layer for cell in self.cells))
+
+    def names_for_step(self, step: int | None) -> list[str]:
+        return [cell.name for cell in self.cells if cell.step == step]
+
+    def cell_name(self, layer: str, step: int | None) -> str:
+        return Cell(layer, step).name
+
+    def layer_index(self, layer: str) -> int:
+        """A layer's depth position among all of the network's layers."""
+        return self.all_layers.index(layer)
+
+
+def identity_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_cell_syntax(text: str | None, what: str) -> None:
+    """Fail on a malformed --blocks / --steps value before anything is loaded (names are checked later)."""
+    if not text or text.strip().lower() == "all":
+        return
+    for part in text.split(","):
+        if not CELL_PART.fullmatch(part.strip()):
+            raise ProbeError(f"--{what} {text!r}: {part.strip()!r} is not a number, a range or a layer name; "
+                             "write e.g. 5,6,7 or 0-17 or all")
+
+
+def select_layers(text: str | None, available: list[str], default: list[str], what: str = "blocks") -> list[str]:
+    """Layers chosen by --blocks: `all`, indices into `available` (`5,6`), ranges (`0-17`) or names (`block5`,
+    `layer2.0`), in depth order; None gives `default`."""
+    if not text:
+        return list(default)
+    check_cell_syntax(text, what)
+    if text.strip().lower() == "all":
+        return list(available)
+    chosen: set[str] = set()
+    for part in (p.strip() for p in text.split(",")):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if match:
+            low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+            if high >= len(available):
+                raise ProbeError(f"--{what} {high} is out of range: this model has {what} 0..{len(available) - 1}")
+            chosen.update(available[low:high + 1])
+        elif part in available:
+            chosen.add(part)
+        else:
+            raise ProbeError(f"--{what} {part!r} is not a layer of this model: use 0..{len(available) - 1} or a name "
+                             f"among {', '.join(available[:3])}, ..., {available[-1]}")
+    return [layer for layer in available if layer in chosen]
+
+
+def select_steps(text: str | None, diffusion_steps: int, default: list[int]) -> list[int]:
+    """Steps chosen by --steps (`50,150,250`, `0-10`, `all`), sorted; None gives `default`."""
+    if not text:
+        return list(default)
+    check_cell_syntax(text, "steps")
+    if text.strip().lower() == "all":
+        return list(range(diffusion_steps))
+    values: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ProbeError(f"--steps {text!r}: {part!r} is not a number; write e.g. 50,150,250")
+        values.update(range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1))
+    bad = [v for v in sorted(values) if v >= diffusion_steps]
+    if bad:
+        raise ProbeError(f"--steps {bad[0]} is out of range: this model has steps 0..{diffusion_steps - 1}")
+    return sorted(values)
+
+
+@contextlib.contextmanager
+def capture(modules: dict[str, torch.nn.Module], inputs: bool = False):
+    """Record each module's output (or its first input) into a dict during the with-block; hooks removed after."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for key, module in modules.items():
+        if inputs:
+            handles.append(module.register_forward_pre_hook(lambda m, args, k=key: captured.__setitem__(k, args[0])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, out, k=key: captured.__setitem__(k, out)))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
