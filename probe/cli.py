@@ -226,6 +226,8 @@ def grid(
     Examples: probe grid   |   probe grid --backbone random --out runs/grid_random   |   probe grid --backbone mae   |
     probe grid --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --steps 50,250,500,750
     """
+    import pandas as pd
+
     from probe.grid import GridOptions, run_grid
     from probe.sources import backbone_spec, open_source
 
@@ -236,7 +238,7 @@ def grid(
                           members=members, size_threshold=size_threshold)
     table = run_grid(source, options, seed, out, cache, not quiet, overwrite=overwrite)
     best = table[table.group == "all"].sort_values("miou").iloc[-1]
-    at = "" if best.step is None or best.step != best.step else f" at t={int(best.step)}"
+    at = "" if pd.isna(best.step) else f" at t={int(best.step)}"
     typer.echo(f"best cell: {best.layer}{at}, mIoU {best.miou:.2f}%  -> {out}")
 
 

@@ -187,3 +187,29 @@ def test_default_split_sizes_adapt_to_a_small_dataset(tmp_path, tiny_domain, fix
                                  "--train-number", "10", "--out", str(tmp_path / "explicit"), "--quiet"])
     assert result.exit_code == 2 and "10 images asked for" in result.output and "holds 4" in result.output
     assert not (tmp_path / "explicit").exists()
+
+
+def test_grid_and_kmeans_on_a_backbone_without_steps(tmp_path, tiny_domain):
+    mae = ["--backbone", "mae", "--checkpoint", FIXTURES / "mae_tiny32.pt", "--model-flags", "--num_heads 4"]
+    out = tmp_path / "grid"
+    result = run("grid", "--data", tiny_domain, *mae, "--train-number", 4, "--test-number", 3, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "grid.csv")
+    assert list(table[table.group == "all"].layer) == [f"block{b}" for b in range(6)]  # every block, depth order
+    assert table.step.isna().all() and "best cell: block" in result.output and " at t=" not in result.output
+    assert json.loads((out / "grid.json").read_text())["features"]["backbone"] == "mae"
+    out = tmp_path / "km"
+    result = run("kmeans", "--data", tiny_domain, *mae, "--n-images", 1, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(np.load(out / "clusters.npz").files) == ["000/block1", "000/block2", "000/block4", "000/block5"]
+    out = tmp_path / "seg"
+    result = run("segment", "--data", tiny_domain, *mae, "--members", 2, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(out)
+    assert metrics["features"]["names"] == [f"block{b}" for b in range(6)] and metrics["features"]["dim"] == 6 * 64
+    predicted = tmp_path / "predicted"
+    result = run("predict", "--ensemble", out / "ensemble", "--images", tiny_domain / "real" / "test",
+                 "--out", predicted, "--quiet")
+    assert result.exit_code == 0, result.output
+    for stem, pred in label_maps(predicted / "predictions").items():
+        assert np.array_equal(pred, np.load(out / "predictions" / f"{stem}.npy"))
