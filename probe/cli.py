@@ -20,10 +20,12 @@ app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode="rich",
 )
 ddpm_app = typer.Typer(help="Train and sample the guided-diffusion-compatible DDPMs the toolkit probes.", no_args_is_help=True)
+mae_app = typer.Typer(help="Train an MAE (the paper's MAE baseline) whose weights load with --backbone mae.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: write the embedded default domain.", no_args_is_help=True)
 cache_app = typer.Typer(help="The cache: activations per backbone and the default domain ($PROBE_CACHE, "
                                  "default ~/.cache/probe).", no_args_is_help=True)
 app.add_typer(ddpm_app, name="ddpm")
+app.add_typer(mae_app, name="mae")
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 console = Console(stderr=True)
@@ -347,6 +349,48 @@ def ddpm_train(
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_rate=ema_rate, save_every=save_every, seed=seed)
     path = train_ddpm(images, ModelFlags(**parse_flags(model_flags)), out, config, resume, device, not quiet)
     typer.echo(f"EMA weights: {path}")
+
+
+@mae_app.command("train")
+@user_errors(resumable=True)
+def mae_train(
+    images: Path = typer.Option(..., "--images", help="Folder of training images at --image-size."),
+    out: Path = typer.Option(..., "--out", help="Run folder (new, or this command's earlier run with --resume): checkpoint.pt, mae.pt, loss.csv."),
+    image_size: int = typer.Option(32, "--image-size"),
+    patch_size: int = typer.Option(4, "--patch-size"),
+    embed_dim: int = typer.Option(128, "--embed-dim"),
+    depth: int = typer.Option(12, "--depth"),
+    num_heads: Optional[int] = typer.Option(None, "--num-heads", help="Default: embed-dim / 64, what --backbone mae assumes."),
+    decoder_embed_dim: int = typer.Option(128, "--decoder-embed-dim"),
+    decoder_depth: int = typer.Option(2, "--decoder-depth"),
+    steps: int = typer.Option(2000, "--steps", help="Total training steps."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default: 1.5e-4 x batch / 256, the MAE recipe."),
+    mask_ratio: float = typer.Option(0.75, "--mask-ratio"),
+    save_every: int = typer.Option(100, "--save-every", help="Steps between checkpoints."),
+    seed: int = Seed, device: str = Device,
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    quiet: bool = Quiet,
+):
+    """Train an MAE (masked-patch reconstruction: mask ratio 0.75, normalised-pixel loss, AdamW 0.9/0.95, weight
+    decay 0.05) on a folder of images; OUT/mae.pt loads with --backbone mae --checkpoint OUT/mae.pt. The defaults
+    are the shipped default MAE's (probe/weights/default_mae.json).
+
+    Example: probe data default --out data/faces --pool 10000 && probe mae train --images data/faces/pool --out runs/mae
+    """
+    from probe.mae_train import MAETrainConfig, train_mae
+    from probe.models.vit import MAEConfig, default_heads
+
+    if not 0 < mask_ratio < 1:
+        raise ProbeError(f"--mask-ratio {mask_ratio}: give a fraction between 0 and 1, e.g. 0.75")
+    heads = num_heads or default_heads(embed_dim)
+    model = MAEConfig(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=heads,
+                      decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+                      decoder_num_heads=default_heads(decoder_embed_dim))
+    config = MAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, mask_ratio=mask_ratio, save_every=save_every,
+                            seed=seed)
+    path = train_mae(images, model, out, config, resume, device, not quiet)
+    typer.echo(f"MAE weights: {path}")
 
 
 @ddpm_app.command("sample")

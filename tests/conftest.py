@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 # The authors' reference activations and model (tests/fixtures/README.md says how they were made).
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -24,6 +25,17 @@ def tiny_domain(tmp_path_factory) -> Path:
 
     return write_default_domain(tmp_path_factory.mktemp("data") / "faces", size=32, pool=0, train=4, test=3,
                                 seed=0, progress=False)
+
+
+@pytest.fixture()
+def images(tmp_path) -> Path:
+    """Six random 16x16 training images in a folder (for the trainers)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -195,16 +195,6 @@ def test_masked_loss_decreases_without_touching_the_global_rng():
     assert torch.equal(torch.random.get_rng_state(), global_state)
 
 
-@pytest.fixture()
-def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
-
-
 def test_resumed_mae_run_equals_uninterrupted_run(tmp_path, images):
     options = {"batch_size": 4, "save_every": 2, "seed": 3, "lr": 1e-3}
     whole = train_mae(images, TINY, tmp_path / "whole", MAETrainConfig(steps=4, **options), progress=False)

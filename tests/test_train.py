@@ -1,9 +1,7 @@
 """The DDPM trainer: a run killed after a checkpoint and resumed ends exactly where an uninterrupted run ends."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from probe.errors import ProbeError
 from probe.models import UNet, load_model
@@ -11,16 +9,6 @@ from probe.models.flags import ModelFlags, parse_flags
 from probe.train import CHECKPOINT, EMA_WEIGHTS, TrainConfig, train_ddpm
 
 TINY = "--image_size 16 --num_channels 32 --channel_mult 1,2 --num_res_blocks 1 --attention_resolutions 8"
-
-
-@pytest.fixture()
-def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return folder
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, images):
@@ -44,3 +32,33 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, images):
     with pytest.raises(ProbeError, match="--resume"):
         train_ddpm(images, flags, tmp_path / "split", TrainConfig(steps=6, **config), progress=False)
     assert load_model(tmp_path / "split" / EMA_WEIGHTS, TINY).flags.image_size == 16  # loads like any checkpoint
+
+
+def test_mae_train_command_writes_weights_the_mae_backbone_loads(tmp_path, images):
+    from typer.testing import CliRunner
+
+    from probe.backbones import BackboneSpec, build_backbone
+    from probe.cli import app
+
+    out = tmp_path / "mae"
+    args = ["mae", "train", "--images", str(images), "--out", str(out), "--image-size", "16", "--embed-dim", "64",
+            "--depth", "2", "--decoder-embed-dim", "32", "--decoder-depth", "1", "--batch-size", "4", "--steps", "3",
+            "--save-every", "2", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert [line.split(",")[0] for line in (out / "loss.csv").read_text().split()] == ["step", "2", "3"]
+    backbone = build_backbone(BackboneSpec("mae", out / "mae.pt"), "segment", 16)
+    assert backbone.names == ["block0", "block1"] and backbone.identity["architecture"]["num_heads"] == 1
+    maps = backbone(torch.zeros(1, 3, 16, 16), ["x"], None)
+    assert maps["block1"].shape == (1, 64, 4, 4)
+    again = CliRunner().invoke(app, args)  # an existing run needs --resume
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = CliRunner().invoke(app, [*args[:-3], "5", "--save-every", "2", "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("mine")
+    refused = CliRunner().invoke(app, [*args[:4], "--out", str(foreign), *args[6:]])
+    assert refused.exit_code == 2 and "holds files probe did not write" in refused.output
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
