@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Few-shot segmentation on the default with three feature backbones, 3 seeds each (mean ± std, as the paper),
-# and the trained DDPM twice more: with the first layer's products in float32 (the default, auto, takes bfloat16
-# on CPUs that multiply it natively) and with the members trained one by one (--sequential) instead of batched.
+# Few-shot segmentation on the default with every shipped backbone (the paper's Table 2 form: DDPM beside MAE, and
+# the two controls), 3 seeds each (mean ± std, as the paper), and the trained DDPM twice more: with the first
+# layer's products in float32 (the default, auto, takes bfloat16 on CPUs that multiply it natively) and with the
+# members trained one by one (--sequential) instead of batched.
 set -euo pipefail
 results=analysis/results/backbones
-for backbone in ddpm random pixels; do
+for backbone in ddpm mae random pixels; do
   probe segment --backbone "$backbone" --seeds 0,1,2 --out "$results/$backbone" --overwrite --quiet
 done
 probe segment --precision float32 --seeds 0,1,2 --out "$results/ddpm_float32" --overwrite --quiet
@@ -12,11 +13,18 @@ probe segment --sequential --seeds 0,1,2 --out "$results/ddpm_sequential" --over
 python - <<'PY'
 import pandas as pd
 from probe import plots
-runs = {"ddpm": "ddpm", "random": "random", "pixels": "pixels", "ddpm_float32": "ddpm, float32 products",
+runs = {"ddpm": "ddpm", "mae": "mae", "random": "random", "pixels": "pixels", "ddpm_float32": "ddpm, float32 products",
         "ddpm_sequential": "ddpm, members one by one"}
 table = pd.concat(pd.read_csv(f"analysis/results/backbones/{run}/seeds.csv").assign(backbone=label)
                   for run, label in runs.items())
 table.to_csv("analysis/results/backbones/seeds.csv", index=False)
-print(table.groupby("backbone", sort=False)["miou"].agg(mean="mean", std=lambda m: m.std(ddof=0)).round(2))  # population std
-plots.seed_bars(table, "figures/backbones.png", title="Few-shot segmentation on the default domain (3 seeds)")
+summary = table.groupby("backbone", sort=False)["miou"].agg(mean="mean", std=lambda m: m.std(ddof=0))  # population std
+lines = ["| backbone | mIoU, % (mean ± std, 3 seeds) | seeds 0, 1, 2 |", "|---|---|---|"]
+for name, row in summary.iterrows():
+    seeds = ", ".join(f"{v:.1f}" for v in table[table.backbone == name]["miou"])
+    lines.append(f"| {name} | {row['mean']:.1f} ± {row['std']:.1f} | {seeds} |")
+open("analysis/results/backbones/table.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+plots.seed_bars(table[table.backbone.isin(["ddpm", "mae", "random", "pixels"])], "figures/backbones.png",
+                title="Few-shot segmentation on the default domain (3 seeds)")
 PY

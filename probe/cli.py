@@ -14,9 +14,10 @@ from rich.console import Console
 from probe.errors import ProbeError
 
 app = typer.Typer(
-    help="Look inside diffusion models: per-block/per-step probes (grid), k-means (kmeans) and the few-shot "
-         "segmenter (segment) of Baranchuk et al., ICLR 2022. With no data options every command runs on the "
-         "embedded default: a synthetic face-parts domain and a small DDPM shipped with the package.",
+    help="Look inside diffusion models: per-layer/per-step probes (grid), k-means (kmeans) and the few-shot "
+         "segmenter (segment) of Baranchuk et al., ICLR 2022, on a DDPM or the paper's baselines (--backbone ddpm, "
+         "random, pixels, mae, swav, swav_w2). With no data options every command runs on the embedded default: a "
+         "synthetic face-parts domain and a small DDPM shipped with the package.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode="rich",
 )
 ddpm_app = typer.Typer(help="Train and sample the guided-diffusion-compatible DDPMs the toolkit probes.", no_args_is_help=True)
@@ -222,8 +223,8 @@ def grid(
     overwrite: bool = Overwrite,
     quiet: bool = Quiet,
 ):
-    """mIoU of an MLP probe for every (layer, step) of a backbone (one column for mae, swav, pixels): heatmaps for
-    all, small and large classes and the per-step line plot (the paper's Fig. 2 and 3).
+    """mIoU of an MLP probe for every (layer, step) of a backbone, one column for mae, swav and pixels: heatmaps
+    for all, small and large classes and the per-step line plot (the paper's Fig. 2 and 3).
 
     Examples: probe grid   |   probe grid --backbone random --out runs/grid_random   |   probe grid --backbone mae   |
     probe grid --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --steps 50,250,500,750

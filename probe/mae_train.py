@@ -9,7 +9,6 @@ random resized crops. Every random draw (weights, batches, flips, masks) comes f
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.models.vit import MAEConfig, MaskedAutoencoder, imagenet_normalize, resolve_device
+from probe.outputs import working_dir, write_json
 from probe.progress import progress_bar
 from probe.train import load_image_folder, save_atomic
 
@@ -62,14 +62,14 @@ def train_mae(images: Path, model_config: MAEConfig, out: Path, config: MAETrain
     killed run loses at most one checkpoint interval. Returns the path of mae.pt.
     """
     out = Path(out)
-    data = load_image_folder(images, model_config.img_size)
     state_path = out / CHECKPOINT
     if state_path.exists() and not resume:
         raise ProbeError(f"{state_path} exists: pass --resume to continue that run or choose another --out")
     if config.steps < 1 or config.batch_size < 1 or config.save_every < 1:
         raise ProbeError(f"MAE training needs steps, batch size and save interval >= 1 (got {config.steps}, "
                          f"{config.batch_size}, {config.save_every}): fix the training options")
-    out.mkdir(parents=True, exist_ok=True)
+    working_dir(out, command="mae train", inputs=[images])
+    data = load_image_folder(images, model_config.img_size)
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(config.seed)
     model = MaskedAutoencoder(model_config, gen, config.mask_ratio, config.norm_pix_loss).to(dev).train()
@@ -85,7 +85,7 @@ def train_mae(images: Path, model_config: MAEConfig, out: Path, config: MAETrain
         optimizer.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"])
         step = int(saved["step"])
-    (out / "config.json").write_text(json.dumps({"mae": asdict(model_config), "train": asdict(config)}, indent=1))
+    write_json(out / "config.json", {"mae": asdict(model_config), "train": asdict(config)})
     with open(out / "loss.csv", "a") as log, progress_bar(progress) as bar:
         if step == 0:
             log.write("step,loss,seconds\n")

@@ -31,8 +31,10 @@ def probe(*args, cache: Path, cwd: Path | None = None, **extra) -> subprocess.Co
 
 
 def start(*args, cache: Path) -> subprocess.Popen:
+    """The command in the background, with Ctrl-C's default meaning even when the tests themselves run in the
+    background (where a shell starts them with SIGINT ignored, and children inherit that)."""
     return subprocess.Popen([str(PROBE), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environment(cache))
+                            env=environment(cache), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -41,9 +41,9 @@ def test_mae_train_command_writes_weights_the_mae_backbone_loads(tmp_path, image
     from probe.cli import app
 
     out = tmp_path / "mae"
-    args = ["mae", "train", "--images", str(images), "--out", str(out), "--image-size", "16", "--embed-dim", "64",
-            "--depth", "2", "--decoder-embed-dim", "32", "--decoder-depth", "1", "--batch-size", "4", "--steps", "3",
-            "--save-every", "2", "--quiet"]
+    model = ["--image-size", "16", "--embed-dim", "64", "--depth", "2", "--decoder-embed-dim", "32", "--decoder-depth",
+             "1", "--batch-size", "4", "--save-every", "2", "--quiet"]
+    args = ["mae", "train", "--images", str(images), "--out", str(out), *model, "--steps", "3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert [line.split(",")[0] for line in (out / "loss.csv").read_text().split()] == ["step", "2", "3"]
@@ -53,12 +53,12 @@ def test_mae_train_command_writes_weights_the_mae_backbone_loads(tmp_path, image
     assert maps["block1"].shape == (1, 64, 4, 4)
     again = CliRunner().invoke(app, args)  # an existing run needs --resume
     assert again.exit_code == 2 and "--resume" in again.output
-    resumed = CliRunner().invoke(app, [*args[:-3], "5", "--save-every", "2", "--resume", "--quiet"])
+    resumed = CliRunner().invoke(app, [*args[:-1], "5", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
     foreign = tmp_path / "thesis"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("mine")
-    refused = CliRunner().invoke(app, [*args[:4], "--out", str(foreign), *args[6:]])
+    refused = CliRunner().invoke(app, ["mae", "train", "--images", str(images), "--out", str(foreign), *model])
     assert refused.exit_code == 2 and "holds files probe did not write" in refused.output
     assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
