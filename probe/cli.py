@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from probe.errors import ProbeError
 
@@ -57,10 +58,10 @@ def user_errors(command=None, *, resumable: bool = False):
         try:
             return command(*args, **kwargs)
         except ProbeError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            console.print(f"[bold yellow]interrupted:[/] {_interrupt_note(kwargs.get('out'), resumable)}",
+            console.print(f"[bold yellow]interrupted:[/] {escape(_interrupt_note(kwargs.get('out'), resumable))}",
                           highlight=False, soft_wrap=True)
             sys.exit(130)
     return wrapper
@@ -305,6 +306,56 @@ def predict(
     table = run_predict(ensemble, load_images(images, resolution), out, cache, device, not quiet,
                         overwrite=overwrite, inputs=[images])
     typer.echo(f"segmented {len(table)} images, mean uncertainty {table['uncertainty'].mean():.4f} -> {out}")
+
+
+def _sweep_options(ray: Optional[str], threads: Optional[int], gpus_per_cell: float) -> None:
+    if threads is not None and threads < 1:
+        raise ProbeError(f"--threads {threads}: give 1 or more")
+    if gpus_per_cell < 0:
+        raise ProbeError(f"--gpus-per-cell {gpus_per_cell}: give 0 or more")
+
+
+Ray = typer.Option(None, "--ray", help="Run the cells on Ray: local (a cluster on this machine's cores), auto (the running cluster) or its address. Default: in this process.")
+Threads = typer.Option(None, "--threads", help="Torch threads per cell (default: all cores in this process, 1 per Ray task). Recorded per cell; the mIoU depends slightly on it.")
+GpusPerCell = typer.Option(0.0, "--gpus-per-cell", help="GPUs each Ray task reserves (with --device cuda).")
+
+
+@app.command()
+@user_errors
+def efficiency(
+    dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
+    backbones: str = typer.Option("ddpm,random,pixels", "--backbones", help="Backbones, comma-separated; a checkpoint after = (ddpm=lsun_horse.pt,mae=mae.pth)."),
+    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    train_numbers: str = typer.Option("1,2,5,10,20", "--train-numbers", help="Numbers of labelled training images (each subset drawn per seed from the train split)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds: each draws its subsets, noise and initialisation."),
+    members: int = typer.Option(10, "--members", help="MLPs per ensemble."),
+    ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
+    device: str = Device, cache: Optional[Path] = Cache,
+    out: Path = typer.Option(Path("runs/efficiency"), "--out", help="Sweep folder: cells/ as they finish, then efficiency.csv, table.md, efficiency.png. A rerun resumes."),
+    quiet: bool = Quiet,
+):
+    """mIoU against the number of labelled training images per backbone (the paper's Table 4): a resumable sweep
+    of `probe segment` fits, in this process or on Ray.
+
+    Examples: probe efficiency --train-numbers 1,5,20 --seeds 0,1   |   probe efficiency --ray local --threads 1   |
+    probe efficiency --dataset horse21 --data-root datasets/ --backbones ddpm=lsun_horse.pt,pixels
+    """
+    from probe.experiments import SweepData
+    from probe.experiments.efficiency import backbone_list, run_efficiency
+    from probe.outputs import check_out
+
+    check_out(out, inputs=[data, data_root, checkpoint, cache], command="efficiency")
+    _sweep_options(ray, threads, gpus_per_cell)
+    base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
+    numbers, seed_list = _ints(train_numbers, "train-numbers"), _ints(seeds, "seeds")
+    if not numbers or not seed_list:
+        raise ProbeError("--train-numbers and --seeds need at least one value each")
+    sweep_data = SweepData(dataset, str(data_root) if data_root else None, str(data) if data else None,
+                           str(cache) if cache else None)
+    table = run_efficiency(sweep_data, backbone_list(backbones, base), numbers, seed_list, out, members=members,
+                           ray=ray, threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet)
+    summary = table.groupby(["backbone", "train_number"], sort=False)["miou"].mean().round(1)
+    typer.echo(" | ".join(f"{b} {n}: {m}" for (b, n), m in summary.items()) + f"  -> {out}/table.md")
 
 
 @data_app.command("default")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -89,3 +90,56 @@ class Diffusion:
         if self.rescale_timesteps and len(self.timestep_map) == self.original_steps:
             return t.float() * (1000.0 / self.original_steps)
         return t
+
+    # --- deterministic DDIM (eta 0): one step, a walk along a schedule, and the inversion ---------------------
+
+    def eps(self, unet: torch.nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The UNet's noise prediction for x at step index `step` (the first C output channels: with learn_sigma
+        the rest are the variance)."""
+        tt = torch.full((len(x),), int(step), dtype=torch.long, device=x.device)
+        return unet(x, self.model_timesteps(tt))[:, :x.shape[1]]
+
+    def ddim_step(self, x: torch.Tensor, eps: torch.Tensor, step: int, to_step: int | None,
+                  clip: bool = False) -> torch.Tensor:
+        """One eta-0 DDIM move of x from step index `step` to `to_step` (either direction; None: the clean end,
+        abar = 1) given the model's eps at `step`: x0 = (x - sqrt(1 - abar) eps) / sqrt(abar), then
+        sqrt(abar') x0 + sqrt(1 - abar') eps. With `clip` (sampling), x0 is clamped to [-1, 1] and eps recomputed
+        from it, as guided-diffusion's clip_denoised. float32 coefficients, as probe.train.ddim_sample."""
+        abar = torch.from_numpy(self.alphas_cumprod).float()
+        a_t = abar[step]
+        a_to = abar[to_step] if to_step is not None else torch.tensor(1.0)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
+
+    def ddim_walk(self, unet: torch.nn.Module, x: torch.Tensor, schedule: list[int | None],
+                  clip: bool = False) -> torch.Tensor:
+        """x (at step schedule[0]) moved along `schedule` by DDIM steps, the eps of each step predicted at the
+        step it leaves: increasing schedules invert, decreasing ones sample (a final None ends at abar = 1).
+        `ddim_walk(unet, noise, list(np.linspace(T - 1, 0, n).round().astype(int)) + [None], clip=True)` is
+        probe.train.ddim_sample's loop (before its final clamp)."""
+        for step, to_step in itertools.pairwise(schedule):
+            x = self.ddim_step(x, self.eps(unet, x, step), step, to_step, clip)
+        return x
+
+    def ddim_invert(self, unet: torch.nn.Module, x0: torch.Tensor, t: int, count: int | None = None) -> torch.Tensor:
+        """x_t by deterministic DDIM inversion of x0 (taken as the state at step 0) in `count` even steps
+        (None: every step 0, 1, ..., t). Sampling back along the reversed schedule
+        (`ddim_walk(unet, x_t, inversion_schedule(t, count)[::-1])`) approximately recovers x0."""
+        self.check_step(t)
+        return self.ddim_walk(unet, x0, inversion_schedule(t, count))
+
+
+def inversion_schedule(t: int, count: int | None = None) -> list[int]:
+    """The steps 0 = p_0 < p_1 < ... < p_k = t a DDIM inversion from x0 to step t visits: k = min(count, t) even
+    jumps (p_i = i t / k rounded half up; None: every step). t = 0 gives [0] (x0 itself, no jump)."""
+    if count is not None and count < 1:
+        raise ProbeError(f"DDIM inversion needs at least 1 step, not {count}")
+    if t < 0:
+        raise ProbeError(f"DDIM inversion to step {t}: steps are >= 0")
+    k = t if count is None else min(count, t)
+    if k == 0:
+        return [0]
+    return [(2 * i * t + k) // (2 * k) for i in range(k + 1)]

@@ -182,6 +182,30 @@ def grid_lines(table: pd.DataFrame, path: str | Path, group: str = "all", title:
 
 
 @_styled
+def efficiency_lines(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Figure:
+    """mIoU against the number of labelled training images, one line per backbone at the mean over seeds with a
+    ± std band (population std), the paper's Table 4 as a figure."""
+    _require_columns(table, ["backbone", "train_number", "seed", "miou"])
+    stats = table.groupby(["backbone", "train_number"], sort=False)["miou"].agg(mean="mean", std=lambda v: v.std(ddof=0))
+    fig = Figure(figsize=(5.2, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    backbones = list(dict.fromkeys(table["backbone"]))
+    for backbone, colour in zip(backbones, sns.color_palette("colorblind", len(backbones))):
+        rows = stats.loc[backbone].sort_index()
+        ax.plot(rows.index, rows["mean"], marker="o", markersize=3, color=colour, label=backbone)
+        ax.fill_between(rows.index, rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour, alpha=0.2,
+                        linewidth=0)
+    numbers = sorted(table["train_number"].unique())
+    ax.set(xscale="log", xlabel="labelled training images", ylabel="mIoU, %",
+           title=title or "mIoU against the number of labelled images")
+    ax.set_xticks(numbers, [str(n) for n in numbers])
+    ax.minorticks_off()
+    ax.grid(axis="y", linewidth=0.4, alpha=0.5)
+    fig.legend(loc="outside right center", title="backbone")
+    return _save(fig, path)
+
+
+@_styled
 def segmentation_panel(
     image: np.ndarray,
     gt: np.ndarray | None,

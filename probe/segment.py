@@ -94,6 +94,7 @@ class SegmentOptions:
     members: int = 10
     batched: bool = True
     precision: str = "auto"
+    train_draw: bool = False  # draw the training images with the run's seed instead of taking the first by name
 
     def to_dict(self) -> dict:
         return {**asdict(self), "backbone": self.backbone.to_dict()}
@@ -105,13 +106,40 @@ def resolved_spec(spec: BackboneSpec, backbone: Backbone) -> BackboneSpec:
     return replace(spec, layers=",".join(backbone.layers), steps=",".join(map(str, steps)) or None)
 
 
-def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None,
-                 progress: bool) -> dict:
-    """One complete fit and evaluation with one seed; writes every output into `out` and returns the metrics."""
+@dataclass
+class Evaluation:
+    """One fit and score: the metrics (JSON-ready) and what produced them."""
+
+    metrics: dict
+    fitted: Fitted
+    backbone: Backbone
+    spec: BackboneSpec
+    train: list[LabeledImage]
+    test: list[LabeledImage]
+
+
+def training_images(source: Source, options: SegmentOptions, resolution: int, seed: int) -> list[LabeledImage]:
+    """The first `train_number` images of the train split by name (the authors' choice), or with `train_draw` that
+    many drawn without replacement by a generator seeded by `seed` (in name order)."""
+    if not options.train_draw:
+        return source.split("train", resolution, options.train_number, SPLIT_NUMBER)
+    pool = source.split("train", resolution, None)
+    number = options.train_number or min(SPLIT_NUMBER, len(pool))
+    if not 1 <= number <= len(pool):
+        raise ProbeError(f"{number} training images asked for but the train split of {source.name} holds {len(pool)}; "
+                         f"ask for 1..{len(pool)}")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(pool), size=number, replace=False))
+    return [pool[i] for i in chosen]
+
+
+def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | None = None, progress: bool = True,
+             backbone: Backbone | None = None) -> Evaluation:
+    """Extract, fit the ensemble on the train images and score it on the test images, with one seed. `backbone`:
+    an already built one (a sweep's worker keeps its models), else built from `options.backbone` and `seed`."""
     spec = replace(options.backbone, seed=seed)
-    backbone = build_backbone(spec, "segment", source.native_size)
+    backbone = backbone or build_backbone(spec, "segment", source.native_size)
     resolution = backbone.image_size
-    train = source.split("train", resolution, options.train_number, SPLIT_NUMBER)
+    train = training_images(source, options, resolution, seed)
     test = source.split("test", resolution, options.test_number, SPLIT_NUMBER)
     store = ActivationStore(backbone, cache)
     started = time.perf_counter()
@@ -138,6 +166,15 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
         "train_images": [im.stem for im in train],
         "test_images": [im.stem for im in test],
     }
+    return Evaluation(metrics, fitted, backbone, spec, train, test)
+
+
+def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None,
+                 progress: bool) -> dict:
+    """One complete fit and evaluation with one seed; writes every output into `out` and returns the metrics."""
+    evaluation = evaluate(source, options, seed, cache, progress)
+    metrics, fitted, backbone, spec = evaluation.metrics, evaluation.fitted, evaluation.backbone, evaluation.spec
+    test, per_class = evaluation.test, metrics["per_class"]
     write_json(out / "metrics.json", metrics)
     pd.DataFrame({"class": list(per_class), "iou": list(per_class.values())}).to_csv(out / "per_class.csv", index=False)
     (out / "predictions").mkdir()
@@ -149,7 +186,7 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
                                  title=f"{image.stem}  uncertainty {unc:.3f}")
     fitted.ensemble.save(out / "ensemble", {
         "class_names": source.class_names, "palette": np.asarray(source.palette).tolist(),
-        "ignore_label": source.ignore_label, "resolution": resolution, "feature_names": backbone.names,
+        "ignore_label": source.ignore_label, "resolution": backbone.image_size, "feature_names": backbone.names,
         "backbone": resolved_spec(spec, backbone).to_dict(), "identity": backbone.identity,
     })
     return metrics

@@ -6,17 +6,19 @@ weights drawn from a generator seeded by --seed, the control that says what the 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, capture, select_layers, select_steps
-from probe.diffusion import Diffusion
+from probe.backbones.base import Backbone, Cell, capture, loaded, select_layers, select_steps
+from probe.diffusion import Diffusion, inversion_schedule
 from probe.errors import ProbeError
 from probe.models import LoadedModel, UNet, load_model
 from probe.models.flags import parse_flags, resolve_flags
@@ -29,6 +31,9 @@ GRID_STEPS = (0, 50, 100, 200, 300, 400, 600, 800, 999)
 KMEANS_BLOCKS = (6, 8, 10, 12)
 KMEANS_STEPS = (50, 200, 400, 600, 800)
 FEATURE_STEPS = (50, 150, 250)
+INVERSION_CACHE_BYTES = 512 * 2**20  # inverted x_t kept per backbone so the chain to t continues from an earlier t
+NOISE_FORMS = ("shared, per-image, mean-of-K (e.g. mean-of-4), ddim-inversion (DDIM inversion through every step "
+               "0, 1, ..., t) or ddim-inversion-K (K >= 1 even DDIM steps from 0 to t, e.g. ddim-inversion-10)")
 
 
 def default_model_files() -> tuple[Path, Path]:
@@ -52,12 +57,16 @@ def scaled_steps(steps: tuple[int, ...], diffusion_steps: int) -> list[int]:
 
 @dataclass(frozen=True)
 class NoisePolicy:
-    """How the noise of q_sample is drawn: 'shared' (one tensor for all images and steps, as the authors),
-    'per-image' (seeded by the image's name), 'mean-of-K' (activations averaged over K shared draws)."""
+    """How x_t is reached from x0: q_sample with noise drawn 'shared' (one tensor for all images and steps, as
+    the authors), 'per-image' (seeded by the image's name) or 'mean-of-K' (activations averaged over K shared
+    draws); or 'ddim-inversion' (no noise: deterministic eta-0 DDIM inversion of x0 with the same UNet, in
+    `inversion_steps` even steps from 0 to t, None: every step; the seed has no effect but stays in the identity).
+    Text forms: shared, per-image, mean-of-K, ddim-inversion, ddim-inversion-K."""
 
     kind: str = "shared"
     draws: int = 1
     seed: int = 0
+    inversion_steps: int | None = None
 
     @classmethod
     def parse(cls, text: str, seed: int) -> NoisePolicy:
@@ -66,13 +75,26 @@ class NoisePolicy:
         match = re.fullmatch(r"mean-of-(\d+)", text)
         if match and int(match.group(1)) >= 1:
             return cls("mean-of-K", int(match.group(1)), seed)
-        raise ProbeError(f"--noise {text!r}: use shared, per-image or mean-of-K (e.g. mean-of-4)")
+        if text == "ddim-inversion":
+            return cls("ddim-inversion", 1, seed, None)
+        match = re.fullmatch(r"ddim-inversion-(.*)", text)
+        if match:
+            value = match.group(1)
+            if not re.fullmatch(r"\d+", value) or int(value) < 1:
+                raise ProbeError(f"--noise {text!r}: the inversion step count {value!r} is not a whole number >= 1; "
+                                 f"use {NOISE_FORMS}")
+            return cls("ddim-inversion", 1, seed, int(value))
+        raise ProbeError(f"--noise {text!r}: use {NOISE_FORMS}")
 
     def __str__(self) -> str:
+        if self.kind == "ddim-inversion":
+            return self.kind if self.inversion_steps is None else f"ddim-inversion-{self.inversion_steps}"
         return f"mean-of-{self.draws}" if self.kind == "mean-of-K" else self.kind
 
     def noises(self, stems: list[str], shape: tuple[int, int, int]) -> list[torch.Tensor]:
         """One (B, C, H, W) noise tensor per draw."""
+        if self.kind == "ddim-inversion":
+            raise ValueError("ddim-inversion draws no noise: x_t comes from ADMBackbone.inverted")
         if self.kind == "per-image":
             per_image = [torch.randn(1, *shape, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(s.encode()))) for s in stems]
             return [torch.cat(per_image)]
@@ -121,6 +143,7 @@ class ADMBackbone(Backbone):
         self.all_layers = [f"block{b}" for b in range(model.flags.decoder_blocks)]
         self.cells = [Cell(f"block{b}", t) for t in steps for b in self.blocks]
         self.image_size = model.flags.image_size
+        self._chains: OrderedDict[str, tuple[tuple[int, ...], torch.Tensor]] = OrderedDict()  # see inverted
 
     @classmethod
     def build(cls, spec, purpose: str, native_size: int | None) -> ADMBackbone:
@@ -133,7 +156,7 @@ class ADMBackbone(Backbone):
             checkpoint = None
         else:
             checkpoint, flags = (spec.checkpoint, spec.model_flags) if spec.checkpoint else default_model_files()
-            model = load_model(checkpoint, flags, spec.device)
+            model = loaded(checkpoint, [flags, spec.device], lambda: load_model(checkpoint, flags, spec.device))
         n, steps_total = model.flags.decoder_blocks, Diffusion(model.flags).num_steps
         defaults = {
             "segment": (scaled_blocks(PAPER_BLOCKS, n), scaled_steps(PAPER_STEPS, steps_total)),
@@ -157,14 +180,40 @@ class ADMBackbone(Backbone):
     def features(self, images: torch.Tensor, stems: list[str], step: int | None) -> dict[str, torch.Tensor]:
         dev = self.model.device
         x0 = images.to(dev, torch.float32)
-        noises = [n.to(dev) for n in self.noise.noises(stems, tuple(images.shape[1:]))]
-        modules = {b: self.model.unet.output_blocks[b] for b in self.blocks}
         tt = torch.full((len(images),), step, dtype=torch.long, device=dev)
+        if self.noise.kind == "ddim-inversion":
+            inputs = [self.inverted(x0, step)]
+        else:
+            inputs = [self.diffusion.q_sample(x0, tt, n.to(dev))
+                      for n in self.noise.noises(stems, tuple(images.shape[1:]))]
+        modules = {b: self.model.unet.output_blocks[b] for b in self.blocks}
         sums: dict[int, torch.Tensor] = {}
-        for noise in noises:
+        for x_t in inputs:
             with capture(modules, self.input_activations) as captured:
-                self.model.unet(self.diffusion.q_sample(x0, tt, noise), self.diffusion.model_timesteps(tt),
-                                last_block=max(self.blocks))
+                self.model.unet(x_t, self.diffusion.model_timesteps(tt), last_block=max(self.blocks))
             for b, act in captured.items():
                 sums[b] = act.float() if b not in sums else sums[b] + act.float()
-        return {Cell(f"block{b}", step).name: (sums[b] / len(noises)).cpu() for b in self.blocks}
+        return {Cell(f"block{b}", step).name: (sums[b] / len(inputs)).cpu() for b in self.blocks}
+
+    def inverted(self, x0: torch.Tensor, step: int) -> torch.Tensor:
+        """x_step by DDIM inversion of the batch x0 (on the model's device) along inversion_schedule(step, K).
+        The chain continues from this batch's (same pixels) last inversion when its schedule is a prefix of this
+        one: with every step (K = None) the store's steps 50, 150, 250 cost 250 UNet passes, not 450, and give
+        the same numbers as starting from x0 (the same operations on the same inputs). One state per batch is
+        kept, the least recently used batches dropped beyond INVERSION_CACHE_BYTES (then chains restart)."""
+        schedule = tuple(inversion_schedule(step, self.noise.inversion_steps))
+        pixels = x0.detach().cpu().contiguous()
+        key = hashlib.sha256(repr((tuple(pixels.shape), str(pixels.dtype))).encode() + pixels.numpy().tobytes()).hexdigest()
+        start, x = 0, x0
+        if key in self._chains:
+            done, state = self._chains[key]
+            if len(done) <= len(schedule) and schedule[:len(done)] == done:
+                start, x = len(done) - 1, state.to(x0.device)
+        x = self.diffusion.ddim_walk(self.model.unet, x, list(schedule[start:]))
+        if len(schedule) > 1:
+            self._chains[key] = (schedule, x.detach().to("cpu", copy=True))
+            self._chains.move_to_end(key)
+            while len(self._chains) > 1 and sum(s.numel() * s.element_size()
+                                                for _, s in self._chains.values()) > INVERSION_CACHE_BYTES:
+                self._chains.popitem(last=False)
+        return x

@@ -14,12 +14,15 @@ import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import torch
 
 from probe.errors import ProbeError
 
+T = TypeVar("T")
 CELL_PART = re.compile(r"(\d+)(?:-(\d+))?|[a-z]+\d+(?:\.\d+)?", re.IGNORECASE)
 
 
@@ -86,6 +89,22 @@ class Backbone(ABC):
     def layer_index(self, layer: str) -> int:
         """A layer's depth position among all of the network's layers."""
         return self.all_layers.index(layer)
+
+
+_LOADED: dict[tuple, object] = {}
+LOADED_LIMIT = 4  # networks kept per process (a sweep's worker reuses them across cells)
+
+
+def loaded(checkpoint: Path | None, options: object, load: Callable[[], T]) -> T:
+    """`load()`, once per process for the same checkpoint file (path, size, modification time) and options: a
+    sweep's cells reuse the network instead of reading it again. Networks are only ever used for inference."""
+    stat = Path(checkpoint).stat() if checkpoint is not None else None
+    key = (str(checkpoint), stat and (stat.st_size, stat.st_mtime_ns), json.dumps(options, sort_keys=True, default=str))
+    if key not in _LOADED:
+        if len(_LOADED) >= LOADED_LIMIT:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = load()
+    return _LOADED[key]
 
 
 def identity_hash(identity: dict) -> str:

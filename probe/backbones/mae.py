@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, select_layers
+from probe.backbones.base import Backbone, Cell, loaded, select_layers
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
 from probe.models.flags import parse_flags
@@ -39,14 +39,15 @@ class MAEBackbone(Backbone):
     def __init__(self, checkpoint: Path, num_heads: int | None, blocks: list[int] | None, purpose: str,
                  device: str = "cpu"):
         self.checkpoint = Path(checkpoint)
-        self.encoder = load_mae(self.checkpoint, num_heads=num_heads, device=device)
+        self.encoder = loaded(self.checkpoint, [num_heads, device],
+                              lambda: load_mae(self.checkpoint, num_heads=num_heads, device=device))
         self.device = torch.device(device)
         config = self.encoder.config
         self.config = config
         self.image_size = config.img_size
         self.all_layers = [f"block{b}" for b in range(config.depth)]
         self.blocks = blocks
-        self.digest = file_hash(self.checkpoint)
+        self.digest = loaded(self.checkpoint, "sha256", lambda: file_hash(self.checkpoint))
 
     @classmethod
     def build(cls, spec, purpose: str, native_size: int | None) -> MAEBackbone:

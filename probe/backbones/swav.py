@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, select_layers
+from probe.backbones.base import Backbone, Cell, loaded, select_layers
 from probe.backbones.mae import imagenet_input
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
@@ -24,10 +24,10 @@ class SwAVBackbone(Backbone):
 
     def __init__(self, checkpoint: Path, image_size: int, kind: str, device: str = "cpu"):
         self.checkpoint, self.kind, self.image_size = Path(checkpoint), kind, image_size
-        self.network = load_swav(self.checkpoint, device=device)
+        self.network = loaded(self.checkpoint, [device], lambda: load_swav(self.checkpoint, device=device))
         self.device = torch.device(device)
         self.all_layers = self.network.layer_names()
-        self.digest = file_hash(self.checkpoint)
+        self.digest = loaded(self.checkpoint, "sha256", lambda: file_hash(self.checkpoint))
 
     @classmethod
     def build(cls, spec, purpose: str, native_size: int | None) -> SwAVBackbone:

@@ -1,0 +1,73 @@
+"""The paper's sweeps as lists of runner cells. Every cell is one `probe segment` fit and score (`segment_work`),
+configured by a JSON dict, so a sweep runs in this process or on Ray with the same numbers."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from probe.backbones import BackboneSpec
+from probe.segment import SegmentOptions, evaluate
+from probe.sources import backbone_spec, open_source
+
+
+@dataclass
+class SweepData:
+    """The data options of a sweep (as for `probe segment`) and where activations are cached."""
+
+    dataset: str | None = None
+    data_root: str | None = None
+    data: str | None = None
+    cache: str | None = None
+
+
+def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | None, test_number: int | None = None,
+                   members: int = 10, precision: str = "auto", train_draw: bool = False, **extra) -> dict:
+    """A cell's config: everything `segment_work` needs, JSON-ready (the seed is the cell's). `extra` entries
+    (e.g. a corruption) are passed to `segment_work` as they are."""
+    source = open_source(data.dataset, data.data_root, data.data)
+    full = backbone_spec(source, spec).to_dict()
+    full.pop("seed")
+    label = "_".join([spec.kind, *(f"{k}{v}" for k, v in extra.items()), f"n{train_number or 'all'}"])
+    return {"label": label, "data": vars(data), "backbone": full, "train_number": train_number,
+            "test_number": test_number, "members": members, "precision": precision, "train_draw": train_draw, **extra}
+
+
+@functools.lru_cache(maxsize=8)
+def _source(data_json: str):
+    data = json.loads(data_json)
+    return open_source(data["dataset"], data["data_root"], data["data"])
+
+
+def segment_work(spec: dict, threads: int) -> dict:
+    """One cell: fit and score one ensemble as `probe segment` does; returns its metrics (mIoU, per class, times,
+    the images used). The data source and the networks are loaded once per process."""
+    data = spec["data"]
+    source = _source(json.dumps({k: data[k] for k in ("dataset", "data_root", "data")}, sort_keys=True))
+    backbone = {**spec["backbone"], "checkpoint": Path(spec["backbone"]["checkpoint"])
+                if spec["backbone"]["checkpoint"] else None}
+    options = SegmentOptions(backbone=BackboneSpec(**backbone), train_number=spec["train_number"],
+                             test_number=spec["test_number"], members=spec["members"], precision=spec["precision"],
+                             train_draw=spec["train_draw"])
+    cache = Path(data["cache"]) if data["cache"] else None
+    metrics = evaluate(source, options, spec["seed"], cache, progress=False).metrics
+    return {key: metrics[key] for key in ("miou", "per_class", "seconds", "training_pixels", "precision",
+                                          "train_images", "test_images")}
+
+
+def mean_std_table(table: pd.DataFrame, rows: str, columns: str, value: str = "miou") -> str:
+    """A markdown table of `value` as mean ± std (population) over seeds, `rows` x `columns`, like the paper's."""
+    stats = table.groupby([rows, columns], sort=False)[value].agg(mean="mean", std=lambda v: v.std(ddof=0))
+    row_keys = list(dict.fromkeys(table[rows]))
+    column_keys = list(dict.fromkeys(table[columns]))
+    lines = [f"| {rows} | " + " | ".join(f"{columns} {c}" for c in column_keys) + " |",
+             "|---|" + "---|" * len(column_keys)]
+    for r in row_keys:
+        cells = [f"{stats.loc[(r, c), 'mean']:.1f} ± {stats.loc[(r, c), 'std']:.1f}" if (r, c) in stats.index else ""
+                 for c in column_keys]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

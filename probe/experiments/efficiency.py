@@ -1,0 +1,70 @@
+"""`probe efficiency` (the paper's Table 4): mIoU against the number of labelled training images, per backbone,
+each training subset drawn per seed from the train split."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from probe import plots
+from probe.backbones import BackboneSpec, build_backbone
+from probe.data.layout import find_split_dir, list_images
+from probe.errors import ProbeError
+from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
+from probe.outputs import atomic_write
+from probe.runner import Cell, run_sweep
+from probe.sources import backbone_spec, open_source
+
+TRAIN_NUMBERS = (1, 2, 5, 10, 20)
+
+
+def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int],
+                     members: int = 10) -> list[Cell]:
+    """One cell per (backbone, number of training images, seed). Every backbone is built once first, so a bad
+    option or checkpoint fails before the sweep starts."""
+    source = open_source(data.dataset, data.data_root, data.data)
+    for spec in specs:
+        build_backbone(backbone_spec(source, spec), "segment", source.native_size)
+    available = len(list_images(find_split_dir(source.root, "train")))
+    too_many = [n for n in train_numbers if not 1 <= n <= available]
+    if too_many:
+        raise ProbeError(f"--train-numbers {too_many[0]}: the train split holds {available} images; "
+                         f"give numbers in 1..{available}")
+    return [Cell(segment_config(data, spec, train_number=n, members=members, train_draw=True), seed)
+            for spec in specs for n in train_numbers for seed in seeds]
+
+
+def run_efficiency(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int], out: Path,
+                   *, members: int = 10, ray: str | None = None, threads: int | None = None,
+                   gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) the sweep in `out`; write efficiency.csv (tidy), table.md and efficiency.png."""
+    cells = efficiency_cells(data, specs, train_numbers, seeds, members)
+    records = run_sweep(cells, segment_work, out, command="efficiency", ray=ray, threads=threads,
+                        gpus_per_cell=gpus_per_cell, progress=progress)
+    table = pd.DataFrame([{"backbone": r["config"]["backbone"]["kind"], "train_number": r["config"]["train_number"],
+                           "seed": r["config"]["seed"], "miou": r["result"]["miou"], "threads": r["threads"]}
+                          for r in records])
+    atomic_write(out / "efficiency.csv", lambda p: table.to_csv(p, index=False))
+    markdown = mean_std_table(table, "backbone", "train_number")
+    atomic_write(out / "table.md", lambda p: p.write_text(markdown))
+    plots.efficiency_lines(table, out / "efficiency.png")
+    return table
+
+
+def backbone_list(text: str, base: BackboneSpec) -> list[BackboneSpec]:
+    """`ddpm,mae=mae.pth,pixels`: one spec per name, its checkpoint after `=` (ddpm without one takes `base`'s);
+    the guided-diffusion flags of `base` go to ddpm and random, the other options to all."""
+    specs = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        kind, _, checkpoint = part.partition("=")
+        unet = kind in ("ddpm", "random")
+        if checkpoint:
+            given = Path(checkpoint)
+        else:
+            given = base.checkpoint if kind == "ddpm" else None
+        specs.append(replace(base, kind=kind, checkpoint=given, model_flags=base.model_flags if unet else None))
+    if not specs:
+        raise ProbeError(f"--backbones {text!r}: name at least one backbone, e.g. ddpm,random,pixels")
+    return specs

@@ -1,0 +1,89 @@
+"""The paper's sweeps on the runner: tables, figures, resumption, and the same numbers as `probe segment`."""
+
+import json
+import logging
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FIXTURES, read_metrics
+from probe.cli import app
+
+runner = CliRunner()
+FIXTURE_DDPM = f"ddpm={FIXTURES / 'adm_tiny32.pt'}"
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def efficiency(tiny_domain, out, *extra):
+    return run("efficiency", "--data", tiny_domain, "--backbones", f"pixels,{FIXTURE_DDPM}", "--model-flags",
+               FIXTURES / "adm_tiny32.json", "--train-numbers", "1,4", "--seeds", "0,1", "--members", 1,
+               "--threads", 1, "--out", out, "--quiet", *extra)
+
+
+def test_efficiency_table_figure_and_resume(tmp_path, tiny_domain, caplog):
+    out = tmp_path / "eff"
+    result = efficiency(tiny_domain, out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "efficiency.csv")
+    assert len(table) == 2 * 2 * 2 and set(table.backbone) == {"pixels", "ddpm"} and (table.threads == 1).all()
+    cells = sorted((out / "cells").glob("*.json"))
+    assert len(cells) == 8
+    records = [json.loads(c.read_text()) for c in cells]
+    drawn = {(r["config"]["backbone"]["kind"], r["config"]["seed"]): r["result"]["train_images"]
+             for r in records if r["config"]["train_number"] == 1}
+    assert drawn[("pixels", 0)] != drawn[("pixels", 1)] or drawn[("ddpm", 0)] != drawn[("ddpm", 1)]  # per seed
+    assert all(len(r["result"]["train_images"]) == r["config"]["train_number"] for r in records)
+    markdown = (out / "table.md").read_text().splitlines()
+    assert markdown[0] == "| backbone | train_number 1 | train_number 4 |" and markdown[2].startswith("| pixels | ")
+    mean = table[(table.backbone == "ddpm") & (table.train_number == 4)].miou.mean()
+    std = table[(table.backbone == "ddpm") & (table.train_number == 4)].miou.std(ddof=0)
+    assert f"{mean:.1f} ± {std:.1f}" in markdown[3]
+    assert (out / "efficiency.png").stat().st_size > 10_000
+
+    # four training images of four: the whole split, so the cell is `probe segment --train-number 4`
+    segment = tmp_path / "segment"
+    result = run("segment", "--data", tiny_domain, "--checkpoint", FIXTURES / "adm_tiny32.pt", "--model-flags",
+                 FIXTURES / "adm_tiny32.json", "--train-number", 4, "--members", 1, "--seed", 1, "--out", segment,
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    cell = table[(table.backbone == "ddpm") & (table.train_number == 4) & (table.seed == 1)].miou.item()
+    assert cell == pytest.approx(read_metrics(segment)["miou"], abs=1e-9)
+
+    before = table.miou.tolist()
+    cells[0].unlink()
+    cells[5].write_text("{ half a file")
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="probe")
+    result = efficiency(tiny_domain, out)  # a rerun resumes: no --overwrite needed
+    assert result.exit_code == 0, result.output
+    assert "efficiency: 6 cells reused, 2 computed" in caplog.text and "computing that cell again" in caplog.text
+    assert pd.read_csv(out / "efficiency.csv").miou.tolist() == before
+
+
+def test_efficiency_bad_input(tmp_path, tiny_domain, monkeypatch):
+    out = tmp_path / "eff"
+    for extra, words in ((["--train-numbers", "1,10"], "--train-numbers 10: the train split holds 4 images"),
+                         (["--backbones", "pixels,vit"], "--backbone 'vit'"),
+                         (["--threads", "0"], "--threads 0")):
+        result = run("efficiency", "--data", tiny_domain, "--backbones", "pixels", "--out", out, "--quiet", *extra)
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert not out.exists()
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = run("efficiency", "--data", tiny_domain, "--backbones", "pixels", "--train-numbers", "1", "--ray", "local",
+                 "--out", out)
+    assert result.exit_code == 2 and "pip install -e '.[ray]'" in result.output and not out.exists()
+
+
+@pytest.mark.slow
+def test_efficiency_on_ray_equals_in_process(tmp_path, tiny_domain):
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert efficiency(tiny_domain, here).exit_code == 0
+    result = efficiency(tiny_domain, there, "--ray", "local")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(here / "efficiency.csv").equals(pd.read_csv(there / "efficiency.csv"))
+    assert (here / "table.md").read_text() == (there / "table.md").read_text()
