@@ -97,7 +97,7 @@ Checkpoint = typer.Option(None, "--checkpoint", help="The backbone's checkpoint:
 ModelFlagsOpt = typer.Option(None, "--model-flags", help="ddpm/random: guided-diffusion flags string or JSON file (flags left out are inferred from the checkpoint); mae: \"--num_heads N\".")
 Blocks = typer.Option(None, "--blocks", help="Layers: indices (5,6,7,8,12), ranges (0-17), names (block5, layer2.0) or all. ddpm: decoder blocks (output_blocks); mae: encoder blocks; swav: ResNet sublayers in order.")
 Steps = typer.Option(None, "--steps", help="Diffusion steps t, e.g. 50,150,250 (ddpm and random only).")
-Noise = typer.Option(None, "--noise", help="ddpm/random: shared (default: one seeded noise for all images and steps, as the authors), per-image, or mean-of-K.")
+Noise = typer.Option(None, "--noise", help="ddpm/random: shared (default: one seeded noise for all images and steps, as the authors), per-image, mean-of-K, or ddim-inversion[-K] (x_t by deterministic DDIM inversion in K steps).")
 InputActivations = typer.Option(False, "--input-activations", help="ddpm/random: take each block's input instead of its output.")
 ImageSize = typer.Option(None, "--image-size", help="pixels/swav: the input size (default: the dataset's; 256 for the paper's datasets). The others take their model's size.")
 Seed = typer.Option(0, "--seed", help="Seed of every random choice (noise, random weights, initialisation, shuffles).")
@@ -356,6 +356,49 @@ def efficiency(
                            ray=ray, threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet)
     summary = table.groupby(["backbone", "train_number"], sort=False)["miou"].mean().round(1)
     typer.echo(" | ".join(f"{b} {n}: {m}" for (b, n), m in summary.items()) + f"  -> {out}/table.md")
+
+
+@app.command()
+@user_errors
+def variants(
+    dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
+    backbone: str = typer.Option("ddpm", "--backbone", help="A diffusion backbone: ddpm or random."),
+    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    blocks: Optional[str] = Blocks, steps: Optional[str] = Steps,
+    draws: int = typer.Option(4, "--draws", help="K of the mean-of-K variant (activations averaged over K noise draws)."),
+    inversion_steps: int = typer.Option(25, "--inversion-steps", help="DDIM steps from 0 to t of the inversion variant."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds: noise, initialisation and shuffles."),
+    train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images (default: up to 20)."),
+    members: int = typer.Option(10, "--members", help="MLPs per ensemble."),
+    ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
+    device: str = Device, cache: Optional[Path] = Cache,
+    out: Path = typer.Option(Path("runs/variants"), "--out", help="Sweep folder: cells/ as they finish, then variants.csv, table.md, variants.png. A rerun resumes."),
+    quiet: bool = Quiet,
+):
+    """The extraction variants side by side (the paper's Table 5, extended): shared noise (the authors'), noise per
+    image, the mean over K draws, and x_t reached by deterministic DDIM inversion of x0; mean ± std over seeds.
+
+    Examples: probe variants   |   probe variants --seeds 0,1 --draws 8 --inversion-steps 50 --ray local --threads 1
+    """
+    from probe.experiments import SweepData
+    from probe.experiments.variants import run_variants, variant_names
+    from probe.outputs import check_out
+
+    check_out(out, inputs=[data, data_root, checkpoint, cache], command="variants")
+    _sweep_options(ray, threads, gpus_per_cell)
+    if draws < 1 or inversion_steps < 1:
+        raise ProbeError(f"--draws {draws} / --inversion-steps {inversion_steps}: give 1 or more")
+    seed_list = _ints(seeds, "seeds")
+    if not seed_list:
+        raise ProbeError("--seeds needs at least one value, e.g. 0,1,2")
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, None, False, None, 0, device)
+    sweep_data = SweepData(dataset, str(data_root) if data_root else None, str(data) if data else None,
+                           str(cache) if cache else None)
+    table = run_variants(sweep_data, spec, variant_names(draws, inversion_steps), seed_list, out,
+                         train_number=train_number, members=members, ray=ray, threads=threads,
+                         gpus_per_cell=gpus_per_cell, progress=not quiet)
+    summary = table.groupby("variant", sort=False)["miou"].mean().round(1)
+    typer.echo(" | ".join(f"{v}: {m}" for v, m in summary.items()) + f"  -> {out}/table.md")
 
 
 @data_app.command("default")

@@ -368,26 +368,27 @@ def samples_figure(
 
 
 @_styled
-def seed_bars(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Figure:
-    """mIoU per backbone: a bar at the mean over seeds with a ± std error bar, and each seed as a dot."""
-    _require_columns(table, ["backbone", "seed", "miou"])
+def seed_bars(table: pd.DataFrame, path: str | Path, title: str | None = None, group: str = "backbone") -> Figure:
+    """mIoU per `group` (a backbone, an extraction variant): a bar at the mean over seeds with a ± std error bar,
+    and each seed as a dot."""
+    _require_columns(table, [group, "seed", "miou"])
     if table.empty:
-        raise ProbeError("seed_bars got an empty table: pass one row per (backbone, seed)")
-    backbones = list(pd.unique(table["backbone"]))
-    grouped = table.groupby("backbone", sort=False)["miou"]
+        raise ProbeError(f"seed_bars got an empty table: pass one row per ({group}, seed)")
+    names = list(pd.unique(table[group]))
+    grouped = table.groupby(group, sort=False)["miou"]
     stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=0)})  # population std, as metrics.mean_std
-    fig = Figure(figsize=(1.4 + 1.0 * len(backbones), 3.0), layout="constrained")
+    fig = Figure(figsize=(1.4 + 1.0 * len(names), 3.0), layout="constrained")
     ax = fig.add_subplot()
-    positions = np.arange(len(backbones))
+    positions = np.arange(len(names))
     ax.bar(positions, stats["mean"], width=0.6, yerr=stats["std"], capsize=4, error_kw={"linewidth": 1},
-           color=sns.color_palette("colorblind", len(backbones)), alpha=0.85)
-    for position, backbone in zip(positions, backbones):
-        scores = table.loc[table["backbone"] == backbone].sort_values("seed")["miou"].to_numpy()
+           color=sns.color_palette("colorblind", len(names)), alpha=0.85)
+    for position, name in zip(positions, names):
+        scores = table.loc[table[group] == name].sort_values("seed")["miou"].to_numpy()
         offsets = np.linspace(-0.18, 0.18, len(scores)) if len(scores) > 1 else np.zeros(1)
         ax.scatter(position + offsets, scores, s=10, color="0.15", zorder=3, linewidths=0)
-        mean, std = stats.loc[backbone]
+        mean, std = stats.loc[name]
         ax.annotate(f"{mean:.1f} ± {std:.1f}", (position, max(mean + std, scores.max())), xytext=(0, 3),
                     textcoords="offset points", ha="center", va="bottom", fontsize=7)
-    ax.set(xticks=positions, xticklabels=backbones, xlabel="backbone", ylabel="mIoU, %", title=title or "")
+    ax.set(xticks=positions, xticklabels=names, xlabel=group, ylabel="mIoU, %", title=title or "")
     ax.set_ylim(0, 1.15 * max(table["miou"].max(), (stats["mean"] + stats["std"]).max()))
     return _save(fig, path)

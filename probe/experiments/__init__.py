@@ -32,7 +32,8 @@ def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | N
     source = open_source(data.dataset, data.data_root, data.data)
     full = backbone_spec(source, spec).to_dict()
     full.pop("seed")
-    label = "_".join([spec.kind, *(f"{k}{v}" for k, v in extra.items()), f"n{train_number or 'all'}"])
+    label = "_".join([spec.kind, *([spec.noise] if spec.noise else []), *(f"{k}{v}" for k, v in extra.items()),
+                      f"n{train_number or 'all'}"])
     return {"label": label, "data": vars(data), "backbone": full, "train_number": train_number,
             "test_number": test_number, "members": members, "precision": precision, "train_draw": train_draw, **extra}
 

@@ -1,0 +1,44 @@
+"""`probe variants` (the paper's Table 5, extended): the extraction variants side by side on one backbone: shared
+noise (the authors' default), per-image noise, the mean of K draws, and x_t reached by DDIM inversion."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from probe import plots
+from probe.backbones import BackboneSpec, build_backbone
+from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
+from probe.outputs import atomic_write
+from probe.runner import Cell, run_sweep
+from probe.sources import backbone_spec, open_source
+
+
+def variant_names(draws: int, inversion_steps: int | None) -> list[str]:
+    """The --noise values compared: shared, per-image, mean-of-K, ddim-inversion[-S]."""
+    inversion = f"ddim-inversion-{inversion_steps}" if inversion_steps else "ddim-inversion"
+    return ["shared", "per-image", f"mean-of-{draws}", inversion]
+
+
+def run_variants(data: SweepData, spec: BackboneSpec, variants: list[str], seeds: list[int], out: Path, *,
+                 train_number: int | None = None, members: int = 10, ray: str | None = None,
+                 threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) one cell per (variant, seed) in `out`; write variants.csv, table.md and variants.png."""
+    source = open_source(data.dataset, data.data_root, data.data)
+    specs = [replace(spec, noise=variant) for variant in variants]
+    for variant_spec in specs:  # a bad variant or checkpoint fails before the sweep starts
+        build_backbone(backbone_spec(source, variant_spec), "segment", source.native_size)
+    cells = [Cell(segment_config(data, variant_spec, train_number=train_number, members=members), seed)
+             for variant_spec in specs for seed in seeds]
+    records = run_sweep(cells, segment_work, out, command="variants", ray=ray, threads=threads,
+                        gpus_per_cell=gpus_per_cell, progress=progress)
+    table = pd.DataFrame([{"variant": r["config"]["backbone"]["noise"], "seed": r["config"]["seed"],
+                           "miou": r["result"]["miou"], "threads": r["threads"]} for r in records])
+    atomic_write(out / "variants.csv", lambda p: table.to_csv(p, index=False))
+    markdown = mean_std_table(table.assign(metric="mIoU, %"), "variant", "metric")
+    atomic_write(out / "table.md", lambda p: p.write_text(markdown))
+    plots.seed_bars(table, out / "variants.png", title=f"Extraction variants ({spec.kind}, {len(seeds)} seeds)",
+                    group="variant")
+    return table
