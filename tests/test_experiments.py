@@ -87,3 +87,26 @@ def test_efficiency_on_ray_equals_in_process(tmp_path, tiny_domain):
     assert result.exit_code == 0, result.output
     assert pd.read_csv(here / "efficiency.csv").equals(pd.read_csv(there / "efficiency.csv"))
     assert (here / "table.md").read_text() == (there / "table.md").read_text()
+
+
+def test_variants_table_and_the_shared_variant_is_probe_segment(tmp_path, tiny_domain):
+    model = ["--checkpoint", FIXTURES / "adm_tiny32.pt", "--model-flags", FIXTURES / "adm_tiny32.json",
+             "--blocks", "2,5", "--steps", "50", "--members", 1]
+    out = tmp_path / "variants"
+    result = run("variants", "--data", tiny_domain, *model, "--seeds", "0,1", "--draws", 2, "--inversion-steps", 2,
+                 "--threads", 1, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "variants.csv")
+    assert list(dict.fromkeys(table.variant)) == ["shared", "per-image", "mean-of-2", "ddim-inversion-2"]
+    assert len(table) == 8 and (table.threads == 1).all()
+    assert table[table.variant == "ddim-inversion-2"].miou.tolist() != table[table.variant == "shared"].miou.tolist()
+    lines = (out / "table.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| shared", "| per-image", "| mean-of-2", "| ddim-inversion-2"]
+    assert (out / "variants.png").stat().st_size > 10_000
+    segment = tmp_path / "segment"
+    result = run("segment", "--data", tiny_domain, *model, "--seed", 1, "--out", segment, "--quiet")
+    assert result.exit_code == 0, result.output
+    shared = table[(table.variant == "shared") & (table.seed == 1)].miou.item()
+    assert shared == pytest.approx(read_metrics(segment)["miou"], abs=1e-9)
+    bad = run("variants", "--data", tiny_domain, "--backbone", "pixels", "--out", tmp_path / "bad", "--quiet")
+    assert bad.exit_code == 2 and "--noise" in bad.output and not (tmp_path / "bad").exists()
