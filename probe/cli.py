@@ -401,6 +401,55 @@ def variants(
     typer.echo(" | ".join(f"{v}: {m}" for v, m in summary.items()) + f"  -> {out}/table.md")
 
 
+@app.command()
+@user_errors
+def robustness(
+    dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
+    backbones: str = typer.Option("ddpm,random,pixels", "--backbones", help="Backbones, comma-separated; a checkpoint after = (ddpm=lsun_horse.pt,mae=mae.pth)."),
+    checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
+    corruptions: str = typer.Option("all", "--corruptions", help="ImageNet-C corruptions: all (the 19 of imagecorruptions) or a comma list, e.g. gaussian_noise,fog,jpeg_compression."),
+    severities: str = typer.Option("1,2,3,4,5", "--severities", help="Corruption severities in 1..5: all or a comma list."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds: each fits its ensemble (noise, initialisation) and corrupts its test images."),
+    train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images, clean (default: up to 20)."),
+    test_number: Optional[int] = typer.Option(None, "--test-number", help="Test images, the first N by name, each scored clean and corrupted (default: up to 20)."),
+    members: int = typer.Option(10, "--members", help="MLPs per ensemble."),
+    ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
+    device: str = Device, cache: Optional[Path] = Cache,
+    out: Path = typer.Option(Path("runs/robustness"), "--out", help="Sweep folder: cells/ as they finish, then robustness.csv, table.md, robustness.png. A rerun resumes."),
+    quiet: bool = Quiet,
+):
+    """Robustness to image corruptions (the paper's Fig. 6): per backbone and seed one ensemble fit on clean
+    images (as `probe segment`), scored on the clean test images and on each ImageNet-C corruption at each
+    severity; the mIoU drop relative to clean per severity, averaged over corruptions, mean ± std over seeds.
+    Images must be at least 32x32. Corrupted activations go to the cache like any image's.
+
+    Examples: probe robustness --corruptions gaussian_noise,fog --severities 1,3,5 --seeds 0   |
+    probe robustness --ray local --threads 1   |
+    probe robustness --dataset horse21 --data-root datasets/ --backbones ddpm=lsun_horse.pt,pixels
+    """
+    from probe.corruptions import parse_corruptions, parse_severities
+    from probe.experiments import SweepData
+    from probe.experiments.efficiency import backbone_list
+    from probe.experiments.robustness import run_robustness
+    from probe.outputs import check_out
+
+    check_out(out, inputs=[data, data_root, checkpoint, cache], command="robustness")
+    _sweep_options(ray, threads, gpus_per_cell)
+    names, levels, seed_list = parse_corruptions(corruptions), parse_severities(severities), _ints(seeds, "seeds")
+    if not seed_list:
+        raise ProbeError("--seeds needs at least one value, e.g. 0,1,2")
+    base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
+    sweep_data = SweepData(dataset, str(data_root) if data_root else None, str(data) if data else None,
+                           str(cache) if cache else None)
+    table = run_robustness(sweep_data, backbone_list(backbones, base), names, levels, seed_list, out,
+                           train_number=train_number, test_number=test_number, members=members, ray=ray,
+                           threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet)
+    clean = table.drop_duplicates(["backbone", "seed"]).groupby("backbone", sort=False)["clean_miou"].mean()
+    drop = table.groupby(["backbone", "severity"], sort=False)["drop"].mean().round(1)
+    typer.echo(" | ".join(f"{b}: clean {clean[b]:.1f}, drop " + ", ".join(f"s{s} {d}" for s, d in drop[b].items())
+                          for b in clean.index) + f"  -> {out}/table.md")
+
+
 @data_app.command("default")
 @user_errors
 def data_default(

@@ -206,6 +206,34 @@ def efficiency_lines(table: pd.DataFrame, path: str | Path, title: str | None = 
 
 
 @_styled
+def robustness_lines(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Figure:
+    """mIoU drop (clean minus corrupted) against corruption severity, one line per backbone: each seed's drop
+    averaged over the corruptions, then the mean over seeds with a ± std band (population std), the paper's Fig. 6."""
+    _require_columns(table, ["backbone", "seed", "corruption", "severity", "drop"])
+    if table.empty:
+        raise ProbeError("robustness_lines got an empty table: pass one row per (backbone, seed, corruption, severity)")
+    per_seed = table.groupby(["backbone", "seed", "severity"], sort=False)["drop"].mean()
+    stats = per_seed.groupby(["backbone", "severity"], sort=False).agg(mean="mean", std=lambda v: v.std(ddof=0))
+    fig = Figure(figsize=(5.2, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    backbones = list(dict.fromkeys(table["backbone"]))
+    for backbone, colour in zip(backbones, sns.color_palette("colorblind", len(backbones))):
+        rows = stats.loc[backbone].sort_index()
+        ax.plot(rows.index, rows["mean"], marker="o", markersize=3, color=colour, label=backbone)
+        ax.fill_between(rows.index, rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour, alpha=0.2,
+                        linewidth=0)
+    severities = sorted(table["severity"].unique())
+    corruptions = table["corruption"].nunique()
+    ax.axhline(0, color="0.5", linewidth=0.6)
+    ax.set(xlabel="corruption severity", ylabel="mIoU drop, points",
+           title=title or f"mIoU drop under corruption (mean over {corruptions} corruptions)")
+    ax.set_xticks(severities, [str(s) for s in severities])
+    ax.grid(axis="y", linewidth=0.4, alpha=0.5)
+    fig.legend(loc="outside right center", title="backbone")
+    return _save(fig, path)
+
+
+@_styled
 def segmentation_panel(
     image: np.ndarray,
     gt: np.ndarray | None,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from probe.backbones import BackboneSpec
-from probe.segment import SegmentOptions, evaluate
-from probe.sources import backbone_spec, open_source
+from probe.segment import Evaluation, SegmentOptions, evaluate
+from probe.sources import Source, backbone_spec, open_source
 
 
 @dataclass
@@ -44,9 +44,9 @@ def _source(data_json: str):
     return open_source(data["dataset"], data["data_root"], data["data"])
 
 
-def segment_work(spec: dict, threads: int) -> dict:
-    """One cell: fit and score one ensemble as `probe segment` does; returns its metrics (mIoU, per class, times,
-    the images used). The data source and the networks are loaded once per process."""
+def evaluate_cell(spec: dict) -> tuple[Evaluation, Source, Path | None]:
+    """A segment cell's fit and score (the Evaluation), its data source and its activation store folder. The data
+    source and the networks are loaded once per process."""
     data = spec["data"]
     source = _source(json.dumps({k: data[k] for k in ("dataset", "data_root", "data")}, sort_keys=True))
     backbone = {**spec["backbone"], "checkpoint": Path(spec["backbone"]["checkpoint"])
@@ -55,7 +55,13 @@ def segment_work(spec: dict, threads: int) -> dict:
                              test_number=spec["test_number"], members=spec["members"], precision=spec["precision"],
                              train_draw=spec["train_draw"])
     cache = Path(data["cache"]) if data["cache"] else None
-    metrics = evaluate(source, options, spec["seed"], cache, progress=False).metrics
+    return evaluate(source, options, spec["seed"], cache, progress=False), source, cache
+
+
+def segment_work(spec: dict, threads: int) -> dict:
+    """One cell: fit and score one ensemble as `probe segment` does; returns its metrics (mIoU, per class, times,
+    the images used)."""
+    metrics = evaluate_cell(spec)[0].metrics
     return {key: metrics[key] for key in ("miou", "per_class", "seconds", "training_pixels", "precision",
                                           "train_images", "test_images")}
 

@@ -1,0 +1,133 @@
+"""`probe robustness` (the paper's Fig. 6): the ensemble trained on clean images, scored on the test images
+corrupted by the ImageNet-C corruptions at severities 1-5; the mIoU drop relative to clean per severity, averaged
+over corruptions, per backbone.
+
+A cell is one (backbone, seed): ONE ensemble fit on the clean train images (exactly `probe segment`'s), scored on
+the clean test images and on every (corruption, severity) version of them. The corrupted images keep their stems
+(the store keys images by a hash of their pixels, so each version gets its own activations) and are corrupted with
+a seed of (run seed, stem, corruption, severity), so a sweep gives the same numbers in-process and on Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from probe import plots
+from probe.backbones import BackboneSpec, build_backbone
+from probe.corruptions import corrupt, corruption_seed
+from probe.data.layout import LabeledImage, _scaled_pixels, find_split_dir, list_images
+from probe.ensemble import PixelEnsemble
+from probe.errors import ProbeError
+from probe.experiments import SweepData, evaluate_cell, mean_std_table, segment_config
+from probe.metrics import SegmentationScore
+from probe.outputs import atomic_write
+from probe.runner import Cell, run_sweep
+from probe.segment import predict_image
+from probe.sources import backbone_spec, open_source, to_uint8_image
+from probe.store import ActivationStore, PixelSampler
+
+
+def corrupted_images(images: list[LabeledImage], name: str, severity: int, seed: int) -> list[LabeledImage]:
+    """`images` corrupted by `name` at `severity` (each with its own seed from `seed`, its stem, the corruption and
+    the severity), as model inputs scaled as a loaded image is; stems and label maps kept."""
+    versions = []
+    for image in images:
+        pixels = corrupt(to_uint8_image(image), name, severity, corruption_seed(seed, image.stem, name, severity))
+        versions.append(LabeledImage(image.stem, _scaled_pixels(Image.fromarray(pixels), image.image.shape[-1]),
+                                     image.labels))
+    return versions
+
+
+def score_images(ensemble: PixelEnsemble, store: ActivationStore, names: list[str], images: list[LabeledImage],
+                 num_classes: int, ignore_label: int) -> SegmentationScore:
+    """The fitted `ensemble` scored on `images` (their activations already in `store`), image by image as
+    segment.fit_and_predict scores the test images."""
+    size = images[0].image.shape[-1]
+    score = SegmentationScore(num_classes, ignore_label)
+    for image in images:
+        prediction, _ = predict_image(ensemble, PixelSampler.from_store(store, [image], names, size))
+        score.update(prediction, image.labels)
+    return score
+
+
+def robustness_work(spec: dict, threads: int) -> dict:
+    """One cell: fit on the clean train images and score on the clean test images as `probe segment` does, then
+    score the same ensemble on every (corruption, severity) version of the test images. mIoU in %."""
+    evaluation, source, cache = evaluate_cell(spec)
+    store = ActivationStore(evaluation.backbone, cache)
+    corrupted = []
+    for name in spec["corruptions"]:
+        for severity in spec["severities"]:
+            images = corrupted_images(evaluation.test, name, severity, spec["seed"])
+            store.fill(images, progress=False)
+            score = score_images(evaluation.fitted.ensemble, store, evaluation.backbone.names, images,
+                                 source.num_classes, source.ignore_label)
+            corrupted.append({"corruption": name, "severity": severity, "miou": 100 * score.miou})
+    metrics = evaluation.metrics
+    return {"clean": metrics["miou"], "corrupted": corrupted, "train_images": metrics["train_images"],
+            "test_images": metrics["test_images"]}
+
+
+def robustness_cells(data: SweepData, specs: list[BackboneSpec], corruptions: list[str], severities: list[int],
+                     seeds: list[int], *, train_number: int | None = None, test_number: int | None = None,
+                     members: int = 10) -> list[Cell]:
+    """One cell per (backbone, seed). Every backbone is built first and the image counts and the corruptions'
+    image size are checked, so a bad option fails before the sweep starts."""
+    if not corruptions or not severities or not seeds:
+        raise ProbeError("--corruptions, --severities and --seeds need at least one value each")
+    source = open_source(data.dataset, data.data_root, data.data)
+    for split, number in (("train", train_number), ("test", test_number)):
+        available = len(list_images(find_split_dir(source.root, split)))
+        if number is not None and not 1 <= number <= available:
+            raise ProbeError(f"--{split}-number {number}: the {split} split holds {available} images; "
+                             f"give a number in 1..{available}")
+    for spec in specs:
+        size = build_backbone(backbone_spec(source, spec), "segment", source.native_size).image_size
+        corrupt(np.zeros((size, size, 3), dtype=np.uint8), corruptions[0], severities[0], 0)  # too small: an error
+    severities = sorted(severities)
+    return [Cell({**segment_config(data, spec, train_number=train_number, test_number=test_number, members=members),
+                  "corruptions": list(corruptions), "severities": severities}, seed)
+            for spec in specs for seed in seeds]
+
+
+def robustness_table(records: list[dict]) -> pd.DataFrame:
+    """The tidy table of the cell records: one row per (backbone, seed, corruption, severity)."""
+    return pd.DataFrame([{"backbone": r["config"]["backbone"]["kind"], "seed": r["config"]["seed"],
+                          "corruption": row["corruption"], "severity": row["severity"], "miou": row["miou"],
+                          "clean_miou": r["result"]["clean"], "drop": r["result"]["clean"] - row["miou"],
+                          "threads": r["threads"]}
+                         for r in records for row in r["result"]["corrupted"]])
+
+
+def drop_markdown(table: pd.DataFrame) -> str:
+    """table.md: the mIoU drop per backbone x severity (each seed's mean over the corruptions, then mean ± std over
+    seeds), and the clean mIoU per backbone."""
+    per_seed = table.groupby(["backbone", "seed", "severity"], sort=False)["drop"].mean().reset_index()
+    per_seed = per_seed.sort_values("severity", kind="stable")
+    clean = table.drop_duplicates(["backbone", "seed"]).assign(metric="clean mIoU, %")
+    corruptions = list(dict.fromkeys(table["corruption"]))
+    seeds = sorted(table["seed"].unique())
+    return (f"mIoU drop (clean minus corrupted, points), averaged over {len(corruptions)} corruptions "
+            f"({', '.join(corruptions)}); mean ± std over seeds {', '.join(map(str, seeds))}\n\n"
+            + mean_std_table(per_seed, "backbone", "severity", value="drop")
+            + "\n" + mean_std_table(clean, "backbone", "metric", value="clean_miou"))
+
+
+def run_robustness(data: SweepData, specs: list[BackboneSpec], corruptions: list[str], severities: list[int],
+                   seeds: list[int], out: Path, *, train_number: int | None = None, test_number: int | None = None,
+                   members: int = 10, ray: str | None = None, threads: int | None = None, gpus_per_cell: float = 0,
+                   progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) the sweep in `out`; write robustness.csv (tidy), table.md and robustness.png."""
+    cells = robustness_cells(data, specs, corruptions, severities, seeds, train_number=train_number,
+                             test_number=test_number, members=members)
+    records = run_sweep(cells, robustness_work, out, command="robustness", ray=ray, threads=threads,
+                        gpus_per_cell=gpus_per_cell, progress=progress)
+    table = robustness_table(records)
+    atomic_write(out / "robustness.csv", lambda p: table.to_csv(p, index=False))
+    markdown = drop_markdown(table)
+    atomic_write(out / "table.md", lambda p: p.write_text(markdown))
+    plots.robustness_lines(table, out / "robustness.png")
+    return table
