@@ -106,6 +106,17 @@ Out = typer.Option(..., "--out", help="Output folder: new or empty, or a previou
 Overwrite = typer.Option(False, "--overwrite", help="Replace --out when it holds a previous result of probe (never a folder of other files).")
 Cache = typer.Option(None, "--cache", help="Activation store folder (default $PROBE_CACHE/activations, ~/.cache/probe).")
 Quiet = typer.Option(False, "--quiet", help="No progress bars.")
+TorchThreads = typer.Option(None, "--threads", help="Torch threads (default: all cores). On a shared machine keep threads x processes <= cores; recorded in metrics.json.")
+
+
+def _torch_threads(threads: Optional[int]) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ProbeError(f"--threads {threads}: give 1 or more")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
@@ -143,7 +154,7 @@ def features(
     batch_size: int = typer.Option(4, "--batch-size", help="Images per forward."),
     device: str = Device,
     out: Path = Out, overwrite: bool = Overwrite,
-    quiet: bool = Quiet,
+    threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
 ):
     """Export a backbone's feature maps: OUT/<stem>.npz with one (C, h, w) array per cell at native resolution,
     named t{t}_block{b} (ddpm), block{b} (mae) or layer{L}.{j} (swav).
@@ -157,6 +168,7 @@ def features(
     from probe.extract import export_features
 
     _check_out(out, overwrite, images, checkpoint)
+    _torch_threads(threads)
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
     chosen = build_backbone(spec, "features", native_size(images))
     written = export_features(chosen, load_images(images, chosen.image_size), out, dtype, batch_size, not quiet,
@@ -182,7 +194,7 @@ def segment(
     device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/segment"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
     overwrite: bool = Overwrite,
-    quiet: bool = Quiet,
+    threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
 ):
     """Few-shot segmentation: a backbone's pixel features (the paper's: UNet decoder blocks {5,6,7,8,12} at
     t {50,150,250}), an ensemble of 10 MLPs, majority vote, mIoU (%) as the authors compute it.
@@ -196,6 +208,7 @@ def segment(
     from probe.sources import backbone_spec, open_source
 
     _check_out(out, overwrite, data, data_root, checkpoint, cache)
+    _torch_threads(threads)
     resolve_precision(precision, device, not sequential)  # a wrong choice fails now, not after extraction
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
     seed_list = _ints(seeds, "seeds") or [seed]
@@ -222,7 +235,7 @@ def grid(
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/grid"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
     overwrite: bool = Overwrite,
-    quiet: bool = Quiet,
+    threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
 ):
     """mIoU of an MLP probe for every (layer, step) of a backbone, one column for mae, swav and pixels: heatmaps
     for all, small and large classes and the per-step line plot (the paper's Fig. 2 and 3).
@@ -236,6 +249,7 @@ def grid(
     from probe.sources import backbone_spec, open_source
 
     _check_out(out, overwrite, data, data_root, checkpoint, cache)
+    _torch_threads(threads)
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
     source = open_source(dataset, data_root, data)
     options = GridOptions(backbone=backbone_spec(source, spec), train_number=train_number, test_number=test_number,
@@ -261,7 +275,7 @@ def kmeans(
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/kmeans"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
     overwrite: bool = Overwrite,
-    quiet: bool = Quiet,
+    threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
 ):
     """faiss k-means over the pixel features of each cell: kmeans.png and clusters.npz (the paper's Fig. 4).
 
@@ -273,6 +287,7 @@ def kmeans(
 
     image_files = [Path(p) for p in images.split(",") if p] if images else []
     _check_out(out, overwrite, data, data_root, checkpoint, cache, *image_files)
+    _torch_threads(threads)
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
     source = open_source(dataset, data_root, data)
     maps = run_kmeans(source, backbone_spec(source, spec), k, seed, fit_on, out, image_files=image_files,
@@ -287,7 +302,7 @@ def predict(
     ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble folder written by probe segment (OUT/ensemble)."),
     images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),
     device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = Out, overwrite: bool = Overwrite, quiet: bool = Quiet,
+    out: Path = Out, overwrite: bool = Overwrite, threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
 ):
     """Segment new images with a saved ensemble: OUT/predictions/<stem>.npy, visualizations, uncertainty.csv.
 
@@ -299,6 +314,7 @@ def predict(
     from probe.segment import run_predict
 
     _check_out(out, overwrite, ensemble, images, cache)
+    _torch_threads(threads)
     manifest = ensemble / "manifest.json"
     if not manifest.is_file():
         raise ProbeError(f"{manifest} not found: pass --ensemble with the ensemble/ folder that probe segment wrote")
