@@ -213,3 +213,20 @@ def test_grid_and_kmeans_on_a_backbone_without_steps(tmp_path, tiny_domain):
     assert result.exit_code == 0, result.output
     for stem, pred in label_maps(predicted / "predictions").items():
         assert np.array_equal(pred, np.load(out / "predictions" / f"{stem}.npy"))
+
+
+def test_the_shipped_mae_runs_without_a_checkpoint(tmp_path):
+    out = tmp_path / "seg"
+    result = run("segment", "--backbone", "mae", "--train-number", 4, "--test-number", 4, "--members", 2,
+                 "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(out)
+    assert metrics["features"]["backbone"] == "mae" and metrics["features"]["names"] == [f"block{b}" for b in range(12)]
+    assert metrics["features"]["dim"] == 12 * 128 and metrics["features"]["architecture"]["patch_size"] == 4
+    result = run("grid", "--backbone", "mae", "--blocks", "5,11", "--train-number", 4, "--test-number", 4,
+                 "--out", tmp_path / "grid", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(pd.read_csv(tmp_path / "grid" / "grid.csv").layer.unique()) == ["block11", "block5"]
+    result = run("kmeans", "--backbone", "mae", "--n-images", 1, "--out", tmp_path / "km", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(np.load(tmp_path / "km" / "clusters.npz").files) == [f"000/block{b}" for b in (11, 3, 6, 8)]
