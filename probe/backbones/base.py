@@ -98,6 +98,8 @@ LOADED_LIMIT = 4  # networks kept per process (a sweep's worker reuses them acro
 def loaded(checkpoint: Path | None, options: object, load: Callable[[], T]) -> T:
     """`load()`, once per process for the same checkpoint file (path, size, modification time) and options: a
     sweep's cells reuse the network instead of reading it again. Networks are only ever used for inference."""
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        return load()  # the loader says what is missing, in one line
     stat = Path(checkpoint).stat() if checkpoint is not None else None
     key = (str(checkpoint), stat and (stat.st_size, stat.st_mtime_ns), json.dumps(options, sort_keys=True, default=str))
     if key not in _LOADED:
