@@ -620,11 +620,12 @@ def cache_clear(
 
 
 def _size(nbytes: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
+    """Bytes in B, kB, MB or GB (powers of 1000)."""
+    for unit in ("B", "kB", "MB"):
+        if nbytes < 1000:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1000
-    return ""
+    return f"{nbytes:.1f} GB"
 
 
 def _age(timestamp: float) -> str:

@@ -181,6 +181,15 @@ def grid_lines(table: pd.DataFrame, path: str | Path, group: str = "all", title:
     return _save(fig, path)
 
 
+def _lines_with_bands(ax, stats: pd.DataFrame, groups: list[str]) -> None:
+    """One line per group at `stats["mean"]` with a `stats["std"]` band; `stats` is indexed by (group, x)."""
+    for group, colour in zip(groups, sns.color_palette("colorblind", len(groups))):
+        rows = stats.loc[group].sort_index()
+        ax.plot(rows.index, rows["mean"], marker="o", markersize=3, color=colour, label=group)
+        ax.fill_between(rows.index, rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour, alpha=0.2,
+                        linewidth=0)
+
+
 @_styled
 def efficiency_lines(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Figure:
     """mIoU against the number of labelled training images, one line per backbone at the mean over seeds with a
@@ -189,12 +198,7 @@ def efficiency_lines(table: pd.DataFrame, path: str | Path, title: str | None = 
     stats = table.groupby(["backbone", "train_number"], sort=False)["miou"].agg(mean="mean", std=lambda v: v.std(ddof=0))
     fig = Figure(figsize=(5.2, 3.2), layout="constrained")
     ax = fig.add_subplot()
-    backbones = list(dict.fromkeys(table["backbone"]))
-    for backbone, colour in zip(backbones, sns.color_palette("colorblind", len(backbones))):
-        rows = stats.loc[backbone].sort_index()
-        ax.plot(rows.index, rows["mean"], marker="o", markersize=3, color=colour, label=backbone)
-        ax.fill_between(rows.index, rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour, alpha=0.2,
-                        linewidth=0)
+    _lines_with_bands(ax, stats, list(dict.fromkeys(table["backbone"])))
     numbers = sorted(table["train_number"].unique())
     ax.set(xscale="log", xlabel="labelled training images", ylabel="mIoU, %",
            title=title or "mIoU against the number of labelled images")
@@ -216,12 +220,7 @@ def robustness_lines(table: pd.DataFrame, path: str | Path, title: str | None = 
     stats = per_seed.groupby(["backbone", "severity"], sort=False).agg(mean="mean", std=lambda v: v.std(ddof=0))
     fig = Figure(figsize=(5.2, 3.2), layout="constrained")
     ax = fig.add_subplot()
-    backbones = list(dict.fromkeys(table["backbone"]))
-    for backbone, colour in zip(backbones, sns.color_palette("colorblind", len(backbones))):
-        rows = stats.loc[backbone].sort_index()
-        ax.plot(rows.index, rows["mean"], marker="o", markersize=3, color=colour, label=backbone)
-        ax.fill_between(rows.index, rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour, alpha=0.2,
-                        linewidth=0)
+    _lines_with_bands(ax, stats, list(dict.fromkeys(table["backbone"])))
     severities = sorted(table["severity"].unique())
     corruptions = table["corruption"].nunique()
     ax.axhline(0, color="0.5", linewidth=0.6)
