@@ -324,11 +324,20 @@ def predict(
     typer.echo(f"segmented {len(table)} images, mean uncertainty {table['uncertainty'].mean():.4f} -> {out}")
 
 
-def _sweep_options(ray: Optional[str], threads: Optional[int], gpus_per_cell: float) -> None:
+def _sweep_start(command: str, out: Path, dataset: Optional[str], data_root: Optional[Path], data: Optional[Path],
+                 cache: Optional[Path], checkpoint: Optional[Path], ray: Optional[str], threads: Optional[int],
+                 gpus_per_cell: float):
+    """Check a sweep's folder and runner options before anything loads; the sweep's data options."""
+    from probe.experiments import SweepData
+    from probe.outputs import check_out
+
+    check_out(out, inputs=[data, data_root, checkpoint, cache], command=command)
     if threads is not None and threads < 1:
         raise ProbeError(f"--threads {threads}: give 1 or more")
     if gpus_per_cell < 0:
         raise ProbeError(f"--gpus-per-cell {gpus_per_cell}: give 0 or more")
+    return SweepData(dataset, str(data_root) if data_root else None, str(data) if data else None,
+                     str(cache) if cache else None)
 
 
 Ray = typer.Option(None, "--ray", help="Run the cells on Ray: local (a cluster on this machine's cores), auto (the running cluster) or its address. Default: in this process.")
@@ -356,18 +365,14 @@ def efficiency(
     Examples: probe efficiency --train-numbers 1,5,20 --seeds 0,1   |   probe efficiency --ray local --threads 1   |
     probe efficiency --dataset horse21 --data-root datasets/ --backbones ddpm=lsun_horse.pt,pixels
     """
-    from probe.experiments import SweepData
     from probe.experiments.efficiency import backbone_list, run_efficiency
-    from probe.outputs import check_out
 
-    check_out(out, inputs=[data, data_root, checkpoint, cache], command="efficiency")
-    _sweep_options(ray, threads, gpus_per_cell)
+    sweep_data = _sweep_start("efficiency", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                              gpus_per_cell)
     base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
     numbers, seed_list = _ints(train_numbers, "train-numbers"), _ints(seeds, "seeds")
     if not numbers or not seed_list:
         raise ProbeError("--train-numbers and --seeds need at least one value each")
-    sweep_data = SweepData(dataset, str(data_root) if data_root else None, str(data) if data else None,
-                           str(cache) if cache else None)
     table = run_efficiency(sweep_data, backbone_list(backbones, base), numbers, seed_list, out, members=members,
                            ray=ray, threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet)
     summary = table.groupby(["backbone", "train_number"], sort=False)["miou"].mean().round(1)
@@ -396,20 +401,16 @@ def variants(
 
     Examples: probe variants   |   probe variants --seeds 0,1 --draws 8 --inversion-steps 50 --ray local --threads 1
     """
-    from probe.experiments import SweepData
     from probe.experiments.variants import run_variants, variant_names
-    from probe.outputs import check_out
 
-    check_out(out, inputs=[data, data_root, checkpoint, cache], command="variants")
-    _sweep_options(ray, threads, gpus_per_cell)
+    sweep_data = _sweep_start("variants", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                              gpus_per_cell)
     if draws < 1 or inversion_steps < 1:
         raise ProbeError(f"--draws {draws} / --inversion-steps {inversion_steps}: give 1 or more")
     seed_list = _ints(seeds, "seeds")
     if not seed_list:
         raise ProbeError("--seeds needs at least one value, e.g. 0,1,2")
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, None, False, None, 0, device)
-    sweep_data = SweepData(dataset, str(data_root) if data_root else None, str(data) if data else None,
-                           str(cache) if cache else None)
     table = run_variants(sweep_data, spec, variant_names(draws, inversion_steps), seed_list, out,
                          train_number=train_number, members=members, ray=ray, threads=threads,
                          gpus_per_cell=gpus_per_cell, progress=not quiet)
@@ -444,19 +445,15 @@ def robustness(
     probe robustness --dataset horse21 --data-root datasets/ --backbones ddpm=lsun_horse.pt,pixels
     """
     from probe.corruptions import parse_corruptions, parse_severities
-    from probe.experiments import SweepData
     from probe.experiments.efficiency import backbone_list
     from probe.experiments.robustness import run_robustness
-    from probe.outputs import check_out
 
-    check_out(out, inputs=[data, data_root, checkpoint, cache], command="robustness")
-    _sweep_options(ray, threads, gpus_per_cell)
+    sweep_data = _sweep_start("robustness", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                              gpus_per_cell)
     names, levels, seed_list = parse_corruptions(corruptions), parse_severities(severities), _ints(seeds, "seeds")
     if not seed_list:
         raise ProbeError("--seeds needs at least one value, e.g. 0,1,2")
     base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
-    sweep_data = SweepData(dataset, str(data_root) if data_root else None, str(data) if data else None,
-                           str(cache) if cache else None)
     table = run_robustness(sweep_data, backbone_list(backbones, base), names, levels, seed_list, out,
                            train_number=train_number, test_number=test_number, members=members, ray=ray,
                            threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet)

@@ -4,7 +4,6 @@ configured by a JSON dict, so a sweep runs in this process or on Ray with the sa
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +23,16 @@ class SweepData:
     data: str | None = None
     cache: str | None = None
 
+    def source(self) -> Source:
+        """The data source, opened once per process."""
+        return _source(self.dataset, self.data_root, self.data)
+
 
 def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | None, test_number: int | None = None,
                    members: int = 10, precision: str = "auto", train_draw: bool = False, **extra) -> dict:
     """A cell's config: everything `segment_work` needs, JSON-ready (the seed is the cell's). `extra` entries
     (e.g. a corruption) are passed to `segment_work` as they are."""
-    source = open_source(data.dataset, data.data_root, data.data)
-    full = backbone_spec(source, spec).to_dict()
+    full = backbone_spec(data.source(), spec).to_dict()
     full.pop("seed")
     label = "_".join([spec.kind, *([spec.noise] if spec.noise else []), *(f"{k}{v}" for k, v in extra.items()),
                       f"n{train_number or 'all'}"])
@@ -39,22 +41,21 @@ def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | N
 
 
 @functools.lru_cache(maxsize=8)
-def _source(data_json: str):
-    data = json.loads(data_json)
-    return open_source(data["dataset"], data["data_root"], data["data"])
+def _source(dataset: str | None, data_root: str | None, data: str | None) -> Source:
+    return open_source(dataset, data_root, data)
 
 
 def evaluate_cell(spec: dict) -> tuple[Evaluation, Source, Path | None]:
     """A segment cell's fit and score (the Evaluation), its data source and its activation store folder. The data
     source and the networks are loaded once per process."""
-    data = spec["data"]
-    source = _source(json.dumps({k: data[k] for k in ("dataset", "data_root", "data")}, sort_keys=True))
+    data = SweepData(**spec["data"])
+    source = data.source()
     backbone = {**spec["backbone"], "checkpoint": Path(spec["backbone"]["checkpoint"])
                 if spec["backbone"]["checkpoint"] else None}
     options = SegmentOptions(backbone=BackboneSpec(**backbone), train_number=spec["train_number"],
                              test_number=spec["test_number"], members=spec["members"], precision=spec["precision"],
                              train_draw=spec["train_draw"])
-    cache = Path(data["cache"]) if data["cache"] else None
+    cache = Path(data.cache) if data.cache else None
     return evaluate(source, options, spec["seed"], cache, progress=False), source, cache
 
 

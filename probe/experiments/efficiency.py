@@ -15,7 +15,7 @@ from probe.errors import ProbeError
 from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
 from probe.outputs import atomic_write
 from probe.runner import Cell, run_sweep
-from probe.sources import backbone_spec, open_source
+from probe.sources import backbone_spec
 
 TRAIN_NUMBERS = (1, 2, 5, 10, 20)
 
@@ -24,7 +24,7 @@ def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: 
                      members: int = 10) -> list[Cell]:
     """One cell per (backbone, number of training images, seed). Every backbone is built once first, so a bad
     option or checkpoint fails before the sweep starts."""
-    source = open_source(data.dataset, data.data_root, data.data)
+    source = data.source()
     for spec in specs:
         build_backbone(backbone_spec(source, spec), "segment", source.native_size)
     available = len(list_images(find_split_dir(source.root, "train")))

@@ -26,7 +26,7 @@ from probe.metrics import SegmentationScore
 from probe.outputs import atomic_write
 from probe.runner import Cell, run_sweep
 from probe.segment import predict_image
-from probe.sources import backbone_spec, open_source, to_uint8_image
+from probe.sources import backbone_spec, to_uint8_image
 from probe.store import ActivationStore, PixelSampler
 
 
@@ -78,7 +78,7 @@ def robustness_cells(data: SweepData, specs: list[BackboneSpec], corruptions: li
     image size are checked, so a bad option fails before the sweep starts."""
     if not corruptions or not severities or not seeds:
         raise ProbeError("--corruptions, --severities and --seeds need at least one value each")
-    source = open_source(data.dataset, data.data_root, data.data)
+    source = data.source()
     for split, number in (("train", train_number), ("test", test_number)):
         available = len(list_images(find_split_dir(source.root, split)))
         if number is not None and not 1 <= number <= available:

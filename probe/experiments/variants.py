@@ -13,7 +13,7 @@ from probe.backbones import BackboneSpec, build_backbone
 from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
 from probe.outputs import atomic_write
 from probe.runner import Cell, run_sweep
-from probe.sources import backbone_spec, open_source
+from probe.sources import backbone_spec
 
 
 def variant_names(draws: int, inversion_steps: int | None) -> list[str]:
@@ -26,7 +26,7 @@ def run_variants(data: SweepData, spec: BackboneSpec, variants: list[str], seeds
                  train_number: int | None = None, members: int = 10, ray: str | None = None,
                  threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) one cell per (variant, seed) in `out`; write variants.csv, table.md and variants.png."""
-    source = open_source(data.dataset, data.data_root, data.data)
+    source = data.source()
     specs = [replace(spec, noise=variant) for variant in variants]
     for variant_spec in specs:  # a bad variant or checkpoint fails before the sweep starts
         build_backbone(backbone_spec(source, variant_spec), "segment", source.native_size)
