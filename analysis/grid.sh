@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # mIoU of a probe per (decoder block, step) on the default: trained DDPM and random-weights control, with the
 # authors' shared noise (all 9 default steps), and with fresh noise per image at the extreme steps 0 and 999.
+# Each grid is a sweep folder that resumes (add --ray local to spread its cells): delete it to start over.
 set -euo pipefail
 results=analysis/results/grid
-probe grid --out "$results/ddpm" --overwrite --quiet
-probe grid --backbone random --out "$results/random" --overwrite --quiet
-probe grid --noise per-image --steps 0,999 --out "$results/ddpm_per_image" --overwrite --quiet
-probe grid --backbone random --noise per-image --steps 0,999 --out "$results/random_per_image" --overwrite --quiet
+probe grid --out "$results/ddpm" --quiet
+probe grid --backbone random --out "$results/random" --quiet
+probe grid --noise per-image --steps 0,999 --out "$results/ddpm_per_image" --quiet
+probe grid --backbone random --noise per-image --steps 0,999 --out "$results/random_per_image" --quiet
 for name in grid_all grid_small grid_large grid_lines; do cp "$results/ddpm/$name.png" "figures/$name.png"; done
 cp "$results/random/grid_all.png" figures/grid_all_random.png

@@ -68,13 +68,19 @@ def user_errors(command=None, *, resumable: bool = False):
 
 
 def _interrupt_note(out: Path | None, resumable: bool) -> str:
-    """What an interrupted command kept: --out untouched (or its checkpoints) and the activations it cached."""
+    """What an interrupted command kept: --out untouched (or its checkpoints, or a sweep's finished cells) and the
+    activations it cached."""
+    from probe.outputs import read_marker
     from probe.store import ActivationStore
 
     notes = []
-    if out is not None:
-        notes.append(f"{out} keeps the checkpoints saved so far; rerun with --resume to continue" if resumable
-                     else f"nothing was written to {out}")
+    if out is not None and resumable:
+        notes.append(f"{out} keeps the checkpoints saved so far; rerun with --resume to continue")
+    elif out is not None and (read_marker(out) or {}).get("mode") == "working":
+        cells = len(list((Path(out) / "cells").glob("*.json")))
+        notes.append(f"{out} keeps the {cells} cells finished so far; rerun the same command to compute the rest")
+    elif out is not None:
+        notes.append(f"nothing was written to {out}")
     if ActivationStore.written:
         notes.append(f"the {ActivationStore.written} activation files extracted so far stay in the cache and a rerun "
                      "reuses them")
@@ -92,12 +98,13 @@ def _check_out(out: Path, overwrite: bool, *inputs: Optional[Path]) -> None:
 Dataset = typer.Option(None, "--dataset", help="A paper dataset: bedroom28, ffhq34, cat15, horse21, celeba19, ade_bedroom30.")
 DataRoot = typer.Option(None, "--data-root", help="Folder holding the paper datasets (<data-root>/horse_21/real/train ...).")
 Data = typer.Option(None, "--data", help="Any dataset folder in the authors' layout (train/ and test/ with .npy label maps). Without --checkpoint the embedded default DDPM is used (images resized to 32x32).")
-Backbone = typer.Option("ddpm", "--backbone", help="ddpm (a guided-diffusion UNet; default: the shipped DDPM), random (the same UNet, seeded random weights), pixels (3x3 RGB), mae (an MAE ViT; default: the shipped MAE), swav or swav_w2 (a SwAV ResNet).")
-Checkpoint = typer.Option(None, "--checkpoint", help="The backbone's checkpoint: guided-diffusion .pt, MAE {'model': ...} or SwAV {'state_dict': ...}.")
+Backbone = typer.Option("ddpm", "--backbone", help="ddpm (a guided-diffusion UNet; default: the shipped DDPM), random (the same UNet, seeded random weights), pixels (3x3 RGB), mae (an MAE ViT; default: the shipped MAE), swav or swav_w2 (a SwAV ResNet), diffusers (a diffusers UNet2DModel folder, e.g. google/ddpm-ema-bedroom-256), sd (a Stable Diffusion pipeline folder); diffusers and sd need pip install -e \".[diffusers]\".")
+Checkpoint = typer.Option(None, "--checkpoint", help="The backbone's checkpoint: guided-diffusion .pt, MAE {'model': ...} or SwAV {'state_dict': ...}; diffusers: the model folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json) or its pipeline folder; sd: the pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
+Prompt = typer.Option(None, "--prompt", help="sd only: the text prompt the UNet is conditioned on (default: empty), encoded once with the pipeline's text encoder.")
 ModelFlagsOpt = typer.Option(None, "--model-flags", help="ddpm/random: guided-diffusion flags string or JSON file (flags left out are inferred from the checkpoint); mae: \"--num_heads N\".")
-Blocks = typer.Option(None, "--blocks", help="Layers: indices (5,6,7,8,12), ranges (0-17), names (block5, layer2.0) or all. ddpm: decoder blocks (output_blocks); mae: encoder blocks; swav: ResNet sublayers in order.")
-Steps = typer.Option(None, "--steps", help="Diffusion steps t, e.g. 50,150,250 (ddpm and random only).")
-Noise = typer.Option(None, "--noise", help="ddpm/random: shared (default: one seeded noise for all images and steps, as the authors), per-image, mean-of-K, or ddim-inversion[-K] (x_t by deterministic DDIM inversion in K steps).")
+Blocks = typer.Option(None, "--blocks", help="Layers: indices (5,6,7,8,12), ranges (0-17), names (block5, layer2.0) or all. ddpm: decoder blocks (output_blocks); diffusers/sd: the layers of up_blocks in order, block b = up{i}.{j} (the j-th resnet of up_blocks[i] with its attention, and its upsampler on the last; with 3 layers per up block, as google/ddpm-ema and SD 1.x/2.x, block b = up{b//3}.{b%3}; up{i}.{j} names work too); mae: encoder blocks; swav: ResNet sublayers in order.")
+Steps = typer.Option(None, "--steps", help="Diffusion steps t, e.g. 50,150,250 (ddpm, random, diffusers, sd; of the scheduler's num_train_timesteps for diffusers/sd).")
+Noise = typer.Option(None, "--noise", help="ddpm/random/diffusers/sd: shared (default: one seeded noise for all images and steps, as the authors), per-image, mean-of-K, or ddim-inversion[-K] (x_t by deterministic DDIM inversion in K steps; ddpm/random only).")
 InputActivations = typer.Option(False, "--input-activations", help="ddpm/random: take each block's input instead of its output.")
 ImageSize = typer.Option(None, "--image-size", help="pixels/swav: the input size (default: the dataset's; 256 for the paper's datasets). The others take their model's size.")
 Seed = typer.Option(0, "--seed", help="Seed of every random choice (noise, random weights, initialisation, shuffles).")
@@ -130,7 +137,7 @@ def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
 
 def _spec(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str], blocks: Optional[str],
           steps: Optional[str], noise: Optional[str], input_activations: bool, image_size: Optional[int], seed: int,
-          device: str):
+          device: str, prompt: Optional[str] = None):
     """The backbone options as a BackboneSpec; the syntax of --blocks / --steps is checked before anything loads."""
     from probe.backbones import BackboneSpec, check_cell_syntax
 
@@ -138,7 +145,31 @@ def _spec(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str],
     check_cell_syntax(steps, "steps")
     return BackboneSpec(kind=backbone, checkpoint=checkpoint, model_flags=model_flags, layers=blocks, steps=steps,
                         noise=noise, seed=seed, input_activations=input_activations, image_size=image_size,
-                        device=device)
+                        device=device, prompt=prompt)
+
+
+def _sweep_start(command: str, out: Path, dataset: Optional[str], data_root: Optional[Path], data: Optional[Path],
+                 cache: Optional[Path], checkpoint: Optional[Path], ray: Optional[str], threads: Optional[int],
+                 gpus_per_cell: float, *inputs: Optional[Path]):
+    """Check a sweep's folder and runner options before anything loads; the sweep's data options. `inputs`: other
+    folders the sweep reads."""
+    from probe.experiments import SweepData
+    from probe.outputs import check_out
+
+    check_out(out, inputs=[data, data_root, checkpoint, cache, *inputs], command=command)
+    if threads is not None and threads < 1:
+        raise ProbeError(f"--threads {threads}: give 1 or more")
+    if gpus_per_cell < 0:
+        raise ProbeError(f"--gpus-per-cell {gpus_per_cell}: give 0 or more")
+    def absolute(path: Optional[Path]) -> Optional[str]:  # as a Ray worker, whose folder differs, must see it
+        return str(Path(path).expanduser().absolute()) if path else None
+
+    return SweepData(dataset, absolute(data_root), absolute(data), absolute(cache))
+
+
+Ray = typer.Option(None, "--ray", help="Run the cells on Ray: local (a cluster on this machine's cores), auto (the running cluster) or its address. Default: in this process.")
+Threads = typer.Option(None, "--threads", help="Torch threads per cell (default: all cores in this process, 1 per Ray task). Recorded per cell; the mIoU depends slightly on it.")
+GpusPerCell = typer.Option(0.0, "--gpus-per-cell", help="GPUs each Ray task reserves (with --device cuda).")
 
 
 @app.command()
@@ -146,7 +177,8 @@ def _spec(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str],
 def features(
     images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),
     backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: ddpm all decoder blocks; mae the last 12 encoder blocks; swav every other sublayer). Indices, ranges, names or all."),
+    prompt: Optional[str] = Prompt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: ddpm all decoder blocks; mae the last 12 encoder blocks; swav every other sublayer). Indices, ranges, names or all. diffusers/sd: block b is the b-th layer of up_blocks, up{b//3}.{b%3} with 3 layers per up block (google/ddpm-ema, SD 1.x/2.x); up{i}.{j} names work too."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250)."),
     seed: int = Seed, input_activations: bool = InputActivations, noise: Optional[str] = Noise,
     image_size: Optional[int] = typer.Option(None, "--image-size", help="pixels/swav: the input size (default: the images' own)."),
@@ -169,7 +201,8 @@ def features(
 
     _check_out(out, overwrite, images, checkpoint)
     _torch_threads(threads)
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
+                 prompt=prompt)
     chosen = build_backbone(spec, "features", native_size(images))
     written = export_features(chosen, load_images(images, chosen.image_size), out, dtype, batch_size, not quiet,
                               overwrite=overwrite, inputs=[images, checkpoint])
@@ -180,8 +213,10 @@ def features(
 @user_errors
 def segment(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Train on the train split of this dataset folder (e.g. the output of probe synthesize) instead of the data's own; the test split stays the data's. Its classes must be the data's."),
     backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: ddpm blocks 5,6,7,8,12 of 18, scaled to the model's depth; mae the last 12 encoder blocks; swav every other sublayer). Indices, ranges, names or all."),
+    prompt: Optional[str] = Prompt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: ddpm blocks 5,6,7,8,12 of 18, scaled to the model's depth; mae the last 12 encoder blocks; swav every other sublayer). Indices, ranges, names or all. diffusers/sd: block b is the b-th layer of up_blocks, up{b//3}.{b%3} with 3 layers per up block (google/ddpm-ema, SD 1.x/2.x); up{i}.{j} names work too."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250 of T = 1000, scaled to T)."),
     train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images (default: up to 20)."),
     test_number: Optional[int] = typer.Option(None, "--test-number", help="Test images, the first N by name (default: up to 20)."),
@@ -189,34 +224,61 @@ def segment(
     sequential: bool = typer.Option(False, "--sequential", help="Train members one by one as the authors (default: batched, same algorithm)."),
     precision: str = typer.Option("auto", "--precision", help="Products of the ensemble's first layer: float32, bfloat16 (batched only; float32 master weights) or auto (bfloat16 where the hardware multiplies it natively)."),
     seed: int = Seed,
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat the whole fit per seed (e.g. 0,1,2) and report mean ± std."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Repeat the whole fit per seed (e.g. 0,1,2) and report mean ± std. Several seeds are a resumable sweep: --out gets seed_<s>/ as each finishes, and a rerun resumes."),
     noise: Optional[str] = Noise, input_activations: bool = InputActivations, image_size: Optional[int] = ImageSize,
+    ray: Optional[str] = typer.Option(None, "--ray", help="With several --seeds: run the seeds on Ray: local, auto or an address (on a cluster, --out and the cache must be on a shared filesystem)."),
+    gpus_per_cell: float = GpusPerCell,
     device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = typer.Option(Path("runs/segment"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
+    out: Path = typer.Option(Path("runs/segment"), "--out", help="Output folder: new or empty, or a previous result with --overwrite (one seed); the sweep folder (several seeds)."),
     overwrite: bool = Overwrite,
-    threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: all cores; with several --seeds on Ray, 1 per seed). On a shared machine keep threads x processes <= cores; recorded in metrics.json."),
+    quiet: bool = Quiet,
 ):
     """Few-shot segmentation: a backbone's pixel features (the paper's: UNet decoder blocks {5,6,7,8,12} at
     t {50,150,250}), an ensemble of 10 MLPs, majority vote, mIoU (%) as the authors compute it.
 
     Examples: probe segment   |   probe segment --seeds 0,1,2 --backbone mae   |
+    probe segment --seeds 0,1,2 --ray local --threads 1   |
     probe segment --data my_dataset/ --out runs/mine (the embedded default model)   |
+    probe segment --train-data runs/synth --out runs/on_synthetic (train on probe synthesize's images)   |
     probe segment --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --out runs/horse
     """
     from probe.ensemble import resolve_precision
     from probe.segment import SegmentOptions, run_segment
     from probe.sources import backbone_spec, open_source
 
-    _check_out(out, overwrite, data, data_root, checkpoint, cache)
-    _torch_threads(threads)
-    resolve_precision(precision, device, not sequential)  # a wrong choice fails now, not after extraction
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
     seed_list = _ints(seeds, "seeds") or [seed]
+    sweep = len(seed_list) > 1
+    if not sweep and (ray is not None or gpus_per_cell):
+        raise ProbeError("--ray / --gpus-per-cell run the seeds of --seeds as a sweep: give several seeds, "
+                         "e.g. --seeds 0,1,2")
+    if sweep and overwrite:
+        raise ProbeError(f"--overwrite: with several --seeds, --out {out} is a sweep folder that a rerun resumes; "
+                         "to start over, delete it or choose another folder")
+    if sweep:
+        sweep_data = _sweep_start("segment", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                                  gpus_per_cell, train_data)
+    else:
+        _check_out(out, overwrite, data, data_root, checkpoint, cache, train_data)
+        _torch_threads(threads)
+    resolve_precision(precision, device, not sequential)  # a wrong choice fails now, not after extraction
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
+                 prompt=prompt)
     source = open_source(dataset, data_root, data)
-    options = SegmentOptions(backbone=backbone_spec(source, spec), train_number=train_number, test_number=test_number,
-                             members=members, batched=not sequential, precision=precision)
-    result = run_segment(source, options, seed_list, out, cache, not quiet, overwrite=overwrite)
-    spread = f" ± {result['miou_std']:.2f} over seeds {result['seeds']}" if "miou_std" in result else ""
+    if train_data is not None:
+        source.check_training_data(train_data)
+    options = SegmentOptions(backbone=spec, train_number=train_number, test_number=test_number, members=members,
+                             batched=not sequential, precision=precision,
+                             train_data=str(train_data.expanduser().absolute()) if train_data else None)
+    if sweep:
+        from probe.experiments.seeds import run_seeds
+
+        result = run_seeds(sweep_data, options, seed_list, out, ray=ray, threads=threads,
+                           gpus_per_cell=gpus_per_cell, progress=not quiet)
+    else:
+        options.backbone = backbone_spec(source, spec)
+        result = run_segment(source, options, seed_list[0], out, cache, not quiet, overwrite=overwrite)
+    spread = f" ± {result['miou_std']:.2f} over seeds {result['seeds']}" if sweep else ""
     typer.echo(f"mIoU {result['miou']:.2f}%{spread}  ({source.name}, backbone {backbone})  -> {out}")
 
 
@@ -225,7 +287,8 @@ def segment(
 def grid(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
     backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: all of the backbone's)."),
+    prompt: Optional[str] = Prompt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: all of the backbone's). diffusers/sd: block b is the b-th layer of up_blocks, up{b//3}.{b%3} with 3 layers per up block (google/ddpm-ema, SD 1.x/2.x); up{i}.{j} names work too."),
     steps: Optional[str] = typer.Option(None, "--steps", help="ddpm/random steps (default 0,50,100,200,300,400,600,800,999, scaled to the model's T)."),
     train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images per probe (default: up to 20)."),
     test_number: Optional[int] = typer.Option(None, "--test-number", help="Held-out images that score each probe (default: up to 20)."),
@@ -233,28 +296,30 @@ def grid(
     size_threshold: Optional[float] = typer.Option(None, "--size-threshold", help="Mean-area fraction below which a class is small (default: the median)."),
     noise: Optional[str] = Noise, input_activations: bool = InputActivations, image_size: Optional[int] = ImageSize,
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = typer.Option(Path("runs/grid"), "--out", help="Output folder: new or empty, or a previous result with --overwrite."),
-    overwrite: bool = Overwrite,
-    threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
+    ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
+    out: Path = typer.Option(Path("runs/grid"), "--out", help="Sweep folder: cells/ as each probe finishes, then grid.csv, grid_per_class.csv, the heatmaps. A rerun resumes."),
+    quiet: bool = Quiet,
 ):
     """mIoU of an MLP probe for every (layer, step) of a backbone, one column for mae, swav and pixels: heatmaps
-    for all, small and large classes and the per-step line plot (the paper's Fig. 2 and 3).
+    for all, small and large classes and the per-step line plot (the paper's Fig. 2 and 3). Each probe is a cell
+    of a resumable sweep, in this process or on Ray.
 
     Examples: probe grid   |   probe grid --backbone random --out runs/grid_random   |   probe grid --backbone mae   |
-    probe grid --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --steps 50,250,500,750
+    probe grid --ray local --threads 1   |
+    probe grid --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --steps 50,250,500,750 --ray auto
     """
     import pandas as pd
 
     from probe.grid import GridOptions, run_grid
-    from probe.sources import backbone_spec, open_source
+    from probe.sources import backbone_spec
 
-    _check_out(out, overwrite, data, data_root, checkpoint, cache)
-    _torch_threads(threads)
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
-    source = open_source(dataset, data_root, data)
-    options = GridOptions(backbone=backbone_spec(source, spec), train_number=train_number, test_number=test_number,
-                          members=members, size_threshold=size_threshold)
-    table = run_grid(source, options, seed, out, cache, not quiet, overwrite=overwrite)
+    sweep_data = _sweep_start("grid", out, dataset, data_root, data, cache, checkpoint, ray, threads, gpus_per_cell)
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
+                 prompt=prompt)
+    options = GridOptions(backbone=backbone_spec(sweep_data.source(), spec), train_number=train_number,
+                          test_number=test_number, members=members, size_threshold=size_threshold)
+    table = run_grid(sweep_data, options, seed, out, ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
+                     progress=not quiet)
     best = table[table.group == "all"].sort_values("miou").iloc[-1]
     at = "" if pd.isna(best.step) else f" at t={int(best.step)}"
     typer.echo(f"best cell: {best.layer}{at}, mIoU {best.miou:.2f}%  -> {out}")
@@ -265,7 +330,8 @@ def grid(
 def kmeans(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
     backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers, the rows of the figure (default: ddpm blocks 6,8,10,12 of 18, scaled; mae four blocks up to the last; swav the last sublayer of each stage)."),
+    prompt: Optional[str] = Prompt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers, the rows of the figure (default: ddpm blocks 6,8,10,12 of 18, scaled; mae four blocks up to the last; swav the last sublayer of each stage). diffusers/sd: block b is the b-th layer of up_blocks, up{b//3}.{b%3} with 3 layers per up block (google/ddpm-ema, SD 1.x/2.x); up{i}.{j} names work too."),
     steps: Optional[str] = typer.Option(None, "--steps", help="ddpm/random steps, the columns (default 50,200,400,600,800 of T = 1000, scaled)."),
     k: int = typer.Option(5, "--k", help="Clusters."),
     images: Optional[str] = typer.Option(None, "--images", help="Comma-separated image files (default: the test split)."),
@@ -288,7 +354,8 @@ def kmeans(
     image_files = [Path(p) for p in images.split(",") if p] if images else []
     _check_out(out, overwrite, data, data_root, checkpoint, cache, *image_files)
     _torch_threads(threads)
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device)
+    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
+                 prompt=prompt)
     source = open_source(dataset, data_root, data)
     maps = run_kmeans(source, backbone_spec(source, spec), k, seed, fit_on, out, image_files=image_files,
                       n_images=n_images, cache=cache, progress=not quiet, overwrite=overwrite)
@@ -299,18 +366,21 @@ def kmeans(
 @app.command()
 @user_errors
 def predict(
-    ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble folder written by probe segment (OUT/ensemble)."),
+    ensemble: Path = typer.Option(..., "--ensemble", help="An ensemble folder written by probe segment (OUT/ensemble), or a DeepLabV3 written by probe deeplab (OUT/model)."),
     images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),
     device: str = Device, cache: Optional[Path] = Cache,
     out: Path = Out, overwrite: bool = Overwrite, threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
 ):
-    """Segment new images with a saved ensemble: OUT/predictions/<stem>.npy, visualizations, uncertainty.csv.
+    """Segment new images with a saved ensemble: OUT/predictions/<stem>.npy, visualizations, uncertainty.csv (or
+    with a DeepLabV3 from probe deeplab: predictions and visualizations).
 
-    Example: probe predict --ensemble runs/segment/ensemble --images new_images/ --out runs/predicted
+    Examples: probe predict --ensemble runs/segment/ensemble --images new_images/ --out runs/predicted   |
+    probe predict --ensemble runs/deeplab/model --images new_images/ --out runs/predicted_deeplab
     """
     import json
 
     from probe.data.layout import load_images
+    from probe.deeplab import is_deeplab, predict_deeplab
     from probe.segment import run_predict
 
     _check_out(out, overwrite, ensemble, images, cache)
@@ -319,30 +389,13 @@ def predict(
     if not manifest.is_file():
         raise ProbeError(f"{manifest} not found: pass --ensemble with the ensemble/ folder that probe segment wrote")
     resolution = json.loads(manifest.read_text())["resolution"]
+    if is_deeplab(ensemble):
+        stems = predict_deeplab(ensemble, load_images(images, resolution), out, device, not quiet,
+                                overwrite=overwrite, inputs=[images])
+        return typer.echo(f"segmented {len(stems)} images with DeepLabV3 -> {out}")
     table = run_predict(ensemble, load_images(images, resolution), out, cache, device, not quiet,
                         overwrite=overwrite, inputs=[images])
     typer.echo(f"segmented {len(table)} images, mean uncertainty {table['uncertainty'].mean():.4f} -> {out}")
-
-
-def _sweep_start(command: str, out: Path, dataset: Optional[str], data_root: Optional[Path], data: Optional[Path],
-                 cache: Optional[Path], checkpoint: Optional[Path], ray: Optional[str], threads: Optional[int],
-                 gpus_per_cell: float):
-    """Check a sweep's folder and runner options before anything loads; the sweep's data options."""
-    from probe.experiments import SweepData
-    from probe.outputs import check_out
-
-    check_out(out, inputs=[data, data_root, checkpoint, cache], command=command)
-    if threads is not None and threads < 1:
-        raise ProbeError(f"--threads {threads}: give 1 or more")
-    if gpus_per_cell < 0:
-        raise ProbeError(f"--gpus-per-cell {gpus_per_cell}: give 0 or more")
-    return SweepData(dataset, str(data_root) if data_root else None, str(data) if data else None,
-                     str(cache) if cache else None)
-
-
-Ray = typer.Option(None, "--ray", help="Run the cells on Ray: local (a cluster on this machine's cores), auto (the running cluster) or its address. Default: in this process.")
-Threads = typer.Option(None, "--threads", help="Torch threads per cell (default: all cores in this process, 1 per Ray task). Recorded per cell; the mIoU depends slightly on it.")
-GpusPerCell = typer.Option(0.0, "--gpus-per-cell", help="GPUs each Ray task reserves (with --device cuda).")
 
 
 @app.command()
@@ -461,6 +514,80 @@ def robustness(
     drop = table.groupby(["backbone", "severity"], sort=False)["drop"].mean().round(1)
     typer.echo(" | ".join(f"{b}: clean {clean[b]:.1f}, drop " + ", ".join(f"s{s} {d}" for s, d in drop[b].items())
                           for b in clean.index) + f"  -> {out}/table.md")
+
+
+@app.command()
+@user_errors
+def synthesize(
+    ensemble: Path = typer.Option(Path("runs/segment/ensemble"), "--ensemble", help="An ensemble folder written by probe segment with a diffusion backbone (ddpm): its DDPM draws the images, its features and MLPs label them."),
+    n: int = typer.Option(1000, "--n", help="Images to draw."),
+    sampler: str = typer.Option("ddpm", "--sampler", help="ddpm (ancestral, every step of the model's schedule, as the authors) or ddim:K (K deterministic DDIM steps, e.g. ddim:50: faster)."),
+    seed: int = typer.Option(0, "--seed", help="Image i draws all of its noise from a generator seeded by (seed, i): the same seed gives the same files."),
+    drop_uncertain: float = typer.Option(0.1, "--drop-uncertain", help="Share of the most uncertain images moved to OUT/dropped/ (the authors leave out 0.1); 0 keeps all."),
+    chunk_size: int = typer.Option(32, "--chunk-size", help="Images sampled as one batch: one resumable cell of the runner."),
+    ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
+    device: str = Device,
+    out: Path = typer.Option(Path("runs/synthesize"), "--out", help="Run folder: train/<i>.png + <i>.npy as chunks finish, then dropped/, uncertainty.csv, classes.txt, palette.json, preview.png. A rerun resumes."),
+    quiet: bool = Quiet,
+):
+    """Synthesize a labelled dataset (the authors' DatasetDDPM data): images drawn from the ensemble's DDPM, labelled
+    pixel by pixel by the ensemble's majority vote with each image's Jensen-Shannon uncertainty (as probe predict),
+    written in the toolkit's layout. Chunks stream to disk (memory does not grow with --n) and are cells of the
+    sweep runner: a killed run resumes at the first unfinished chunk, --ray spreads them over a cluster's GPUs
+    (--out and the ensemble on a shared filesystem).
+
+    Examples: probe segment && probe synthesize --n 64 --out runs/synth   |
+    probe synthesize --ensemble runs/horse21/ensemble --n 10000 --sampler ddim:100 --out runs/horse_synth   |
+    probe synthesize --ensemble runs/horse21/ensemble --n 10000 --ray auto --gpus-per-cell 1 --device cuda
+    """
+    from probe.synthesize import SynthesizeOptions, run_synthesize
+
+    if threads is not None and threads < 1:
+        raise ProbeError(f"--threads {threads}: give 1 or more")
+    if gpus_per_cell < 0:
+        raise ProbeError(f"--gpus-per-cell {gpus_per_cell}: give 0 or more")
+    options = SynthesizeOptions(n=n, sampler=sampler, seed=seed, drop_uncertain=drop_uncertain, chunk_size=chunk_size,
+                                device=device)
+    table = run_synthesize(ensemble, options, out, ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
+                           progress=not quiet)
+    typer.echo(f"{len(table)} images, {int(table['kept'].sum())} kept in {out}/train, mean uncertainty "
+               f"{table['uncertainty'].mean():.4f}  -> {out}")
+
+
+@app.command()
+@user_errors(resumable=True)
+def deeplab(
+    train_data: Path = typer.Option(..., "--train-data", help="A dataset folder whose train/ split trains the network (e.g. the output of probe synthesize); its classes must be the test data's."),
+    dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
+    arch: str = typer.Option("resnet101", "--arch", help="resnet101 (the authors') or resnet50 (faster)."),
+    epochs: int = typer.Option(20, "--epochs"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    val_number: Optional[int] = typer.Option(None, "--val-number", help="Real training images that pick the best epoch (default: all of them, as the authors)."),
+    test_number: Optional[int] = typer.Option(None, "--test-number", help="Real test images, the first N by name (default: up to 20)."),
+    seed: int = Seed, device: str = Device,
+    out: Path = typer.Option(Path("runs/deeplab"), "--out", help="Run folder: checkpoint.pt per epoch, best.pt, history.csv/png, then model/ (for probe predict), metrics.json, per_class.csv."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt (the last finished epoch)."),
+    threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
+):
+    """DatasetDDPM: a DeepLabV3 (random init, no auxiliary head; Adam, cross-entropy, the authors' recipe) trained
+    on --train-data; the epoch with the best mIoU on the real training images is kept and scored on the real test
+    split (the data options, default: the embedded default) with the authors' mIoU. probe predict --ensemble
+    OUT/model segments new images with it.
+
+    Examples: probe deeplab --train-data runs/synth --arch resnet50 --out runs/deeplab   |
+    probe deeplab --train-data runs/horse_synth --dataset horse21 --data-root datasets/ --device cuda --out runs/dl
+    """
+    from probe.deeplab import DeepLabOptions, run_deeplab
+    from probe.sources import open_source
+
+    _torch_threads(threads)
+    options = DeepLabOptions(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                             val_number=val_number, test_number=test_number)
+    metrics = run_deeplab(train_data, open_source(dataset, data_root, data), options, out, resume=resume,
+                          progress=not quiet)
+    typer.echo(f"mIoU {metrics['miou']:.2f}% (best epoch {metrics['best_epoch']}, validation mIoU "
+               f"{metrics['val_miou']:.2f}%)  -> {out}")
 
 
 @data_app.command("default")

@@ -6,6 +6,7 @@ Most corruptions draw from numpy's global RNG; impulse_noise (scikit-image) and 
 seed argument. corrupt() seeds all of them and gives numpy's global state back, so callers' draws are unaffected.
 """
 
+import warnings
 import zlib
 
 import numpy as np
@@ -20,7 +21,8 @@ CORRUPTIONS: tuple[str, ...] = (
 )
 SEVERITIES = (1, 2, 3, 4, 5)
 MIN_SIZE = 32  # imagecorruptions refuses smaller images (its constants are ImageNet-C's, set for 224 pixels)
-_OWN_SEED = ("impulse_noise", "glass_blur")  # the corruptions that take a seed instead of using numpy's global RNG
+_OWN_SEED = ("impulse_noise", "glass_blur")
+REDRAWS = 5  # draws of a corruption before giving up on an image  # the corruptions that take a seed instead of using numpy's global RNG
 
 
 def _check_name(name: str) -> None:
@@ -69,6 +71,7 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndarra
     """`image`, uint8 (H, W, 3) with H, W >= 32, corrupted by `name` at `severity`: uint8, same shape.
 
     The same (image, name, severity, seed) always gives the same bytes; numpy's global RNG state is left as found.
+    A draw that produced invalid (NaN) pixels is redrawn with the next seed derived from `seed`.
     """
     _check_name(name)
     _check_severity(severity)
@@ -77,12 +80,27 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int) -> np.ndarra
     if min(image.shape[:2]) < MIN_SIZE:
         raise ProbeError(f"{name} needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels (ImageNet-C's corruptions), "
                          f"got {image.shape[0]}x{image.shape[1]}: use larger images")
+    for attempt in range(REDRAWS):
+        corrupted = _draw(image, name, severity, int(np.random.SeedSequence([seed, attempt]).generate_state(1)[0]))
+        if corrupted is not None:
+            return corrupted
+    raise ProbeError(f"{name} at severity {severity} gave an invalid image {REDRAWS} times for seed {seed}: "
+                     "use larger images or leave it out of --corruptions")
+
+
+def _draw(image: np.ndarray, name: str, severity: int, seed32: int) -> np.ndarray | None:
+    """One corruption with numpy's global RNG seeded by `seed32`, or None when it divided 0 by 0 (spatter's mud
+    can on small images: its NaN pixels would be cast to arbitrary bytes)."""
     import imagecorruptions  # 0.6 s to import (numba, OpenCV, scikit-image): only when corrupting
 
-    seed32 = int(np.random.SeedSequence(seed).generate_state(1)[0])
     state = np.random.get_state()
     np.random.seed(seed32)
     try:
-        return imagecorruptions.corrupt(image, severity, name, **({"seed": seed32} if name in _OWN_SEED else {}))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            corrupted = imagecorruptions.corrupt(image, severity, name,
+                                                 **({"seed": seed32} if name in _OWN_SEED else {}))
     finally:
         np.random.set_state(state)
+    invalid = any("invalid value" in str(warning.message) for warning in caught)
+    return None if invalid else corrupted

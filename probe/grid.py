@@ -1,5 +1,6 @@
 """Per-cell probing (the paper's Fig. 2 and 3): an MLP probe per (layer, diffusion step) of a backbone (one column
-for backbones without steps), scored by mIoU over all, small and large classes."""
+for backbones without steps), scored by mIoU over all, small and large classes. Each probe is a cell of the sweep
+runner, so a grid resumes where it stopped and fans out over a Ray cluster."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage
 from probe.errors import ProbeError
-from probe.outputs import output_dir, write_json
-from probe.progress import progress_bar
-from probe.segment import SPLIT_NUMBER, fit_and_predict
-from probe.sources import Source
+from probe.experiments import SweepData
+from probe.outputs import atomic_write, write_json
+from probe.runner import Cell, run_sweep
+from probe.segment import SPLIT_NUMBER, fit_and_predict, resolved_spec
 from probe.store import ActivationStore
 
 def class_areas(images: list[LabeledImage], num_classes: int, ignore_label: int) -> np.ndarray:
@@ -49,54 +50,71 @@ class GridOptions:
     size_threshold: float | None = None
 
 
-def run_grid(source: Source, options: GridOptions, seed: int, out: Path, cache: Path | None = None,
-             progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
-    """Fit one probe per (layer, step), step by step through the store; write tables and figures to `out`."""
+def grid_work(spec: dict, threads: int) -> dict:
+    """One cell of the grid: the probe of one (layer, step), fit on the train images and scored on the test images;
+    its IoU (%) per class. Every cell builds the same backbone (all of the grid's layers and steps), so the cells
+    share one store folder and the first cell of a step extracts that step for all layers."""
+    source = SweepData(**spec["data"]).source()
+    backbone = build_backbone(BackboneSpec.from_dict(spec["backbone"], seed=spec["seed"]), "grid", source.native_size)
+    train = source.split("train", backbone.image_size, spec["train_number"], SPLIT_NUMBER)
+    test = source.split("test", backbone.image_size, spec["test_number"], SPLIT_NUMBER)
+    store = ActivationStore(backbone, spec["data"]["cache"])
+    store.fill(train + test, progress=False, steps=[spec["step"]])
+    fitted = fit_and_predict(store, [backbone.cell_name(spec["layer"], spec["step"])], train, test,
+                             source.num_classes, source.ignore_label, spec["members"], spec["seed"],
+                             device=spec["backbone"]["device"], progress=False)
+    return {"per_class": {source.class_names[c]: 100 * iou for c, iou in zip(fitted.score.class_ids, fitted.score.iou)},
+            "seconds": fitted.seconds}
+
+
+def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray: str | None = None,
+             threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
+    """Fit one probe per (layer, step), each a cell of the sweep runner (resumable, in this process or on Ray);
+    write tables and figures to the sweep folder `out`; return the table of mIoU per cell and class group."""
     started = time.time()
+    source = data.source()
     backbone = build_backbone(replace(options.backbone, seed=seed), "grid", source.native_size)
-    device = options.backbone.device
+    spec = resolved_spec(options.backbone, backbone).to_dict()
+    spec.pop("seed")
     train = source.split("train", backbone.image_size, options.train_number, SPLIT_NUMBER)
     test = source.split("test", backbone.image_size, options.test_number, SPLIT_NUMBER)
     areas = class_areas(train + test, source.num_classes, source.ignore_label)
     groups, cut = size_groups(areas, options.size_threshold)
-    store = ActivationStore(backbone, cache)
-    rows = []
-    with output_dir(out, command="grid", overwrite=overwrite, inputs=[*source.inputs, cache]) as tmp:
-        with progress_bar(progress) as bar:
-            task = bar.add_task("probing layer x step", total=len(backbone.cells))
-            for t in backbone.steps:
-                store.fill(train + test, progress=False, steps=[t])
-                for layer in backbone.layers:
-                    name = backbone.cell_name(layer, t)
-                    fitted = fit_and_predict(store, [name], train, test, source.num_classes, source.ignore_label,
-                                             options.members, seed, device=device, progress=False)
-                    for c, iou in zip(fitted.score.class_ids, fitted.score.iou):
-                        rows.append({"layer": layer, "layer_index": backbone.layer_index(layer), "step": t,
-                                     "class": source.class_names[c], "group": groups[c], "iou": 100 * iou})
-                    bar.update(task, advance=1, description=f"probing {name}")
-        per_class = pd.DataFrame(rows).astype({"step": "Int64"})
-        keys = ["layer_index", "layer", "step"]
-        table = pd.concat([
-            per_class.groupby(keys, as_index=False, dropna=False)["iou"].mean().assign(group="all"),
-            per_class.groupby([*keys, "group"], as_index=False, dropna=False)["iou"].mean(),
-        ]).rename(columns={"iou": "miou"})[["layer", "layer_index", "step", "group", "miou"]]
-        per_class.to_csv(tmp / "grid_per_class.csv", index=False)
-        table.to_csv(tmp / "grid.csv", index=False)
-        pd.DataFrame([{"class": source.class_names[c], "label": c, "mean_area": areas[c], "group": g}
-                      for c, g in groups.items()]).to_csv(tmp / "class_groups.csv", index=False)
-        vmin, vmax = table["miou"].min(), table["miou"].max()
-        for group in ("all", "small", "large"):
-            plots.grid_heatmap(table, tmp / f"grid_{group}.png", group=group, layer_title=backbone.layer_title,
-                               title=f"mIoU of a probe per {backbone.layer_title} and step: {group} classes",
-                               vmin=vmin, vmax=vmax)
-        plots.grid_lines(table, tmp / "grid_lines.png", group="all", layer_title=backbone.layer_title)
-        best = table[table.group == "all"].sort_values("miou").iloc[-1]
-        write_json(tmp / "grid.json", {
-            "dataset": source.name, "seed": seed, "options": {**asdict(options), "backbone": options.backbone.to_dict()},
-            "layers": backbone.layers, "steps": backbone.steps, "size_threshold": cut, "features": backbone.identity,
-            "best": {"layer": best.layer, "step": None if pd.isna(best.step) else int(best.step),
-                     "miou": float(best.miou)},
-            "seconds": round(time.time() - started, 1),
-            "train_images": [im.stem for im in train], "test_images": [im.stem for im in test],
-        })
+    # layer-major: the cells running at once on Ray are at different steps, so each step is extracted once
+    cells = [Cell({"label": backbone.cell_name(layer, t), "data": vars(data), "backbone": spec, "layer": layer,
+                   "step": t, "train_number": options.train_number, "test_number": options.test_number,
+                   "members": options.members}, seed) for layer in backbone.layers for t in backbone.steps]
+    records = run_sweep(cells, grid_work, out, command="grid", ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
+                        progress=progress)
+    index = {name: c for c, name in enumerate(source.class_names)}
+    per_class = pd.DataFrame([
+        {"layer": r["config"]["layer"], "layer_index": backbone.layer_index(r["config"]["layer"]),
+         "step": r["config"]["step"], "class": name, "group": groups[index[name]], "iou": iou}
+        for r in records for name, iou in r["result"]["per_class"].items()]).astype({"step": "Int64"})
+    keys = ["layer_index", "layer", "step"]
+    table = pd.concat([
+        per_class.groupby(keys, as_index=False, dropna=False)["iou"].mean().assign(group="all"),
+        per_class.groupby([*keys, "group"], as_index=False, dropna=False)["iou"].mean(),
+    ]).rename(columns={"iou": "miou"})[["layer", "layer_index", "step", "group", "miou"]]
+    atomic_write(out / "grid_per_class.csv", lambda p: per_class.to_csv(p, index=False))
+    atomic_write(out / "grid.csv", lambda p: table.to_csv(p, index=False))
+    class_table = pd.DataFrame([{"class": source.class_names[c], "label": c, "mean_area": areas[c], "group": g}
+                                for c, g in groups.items()])
+    atomic_write(out / "class_groups.csv", lambda p: class_table.to_csv(p, index=False))
+    vmin, vmax = table["miou"].min(), table["miou"].max()
+    for group in ("all", "small", "large"):
+        plots.grid_heatmap(table, out / f"grid_{group}.png", group=group, layer_title=backbone.layer_title,
+                           title=f"mIoU of a probe per {backbone.layer_title} and step: {group} classes",
+                           vmin=vmin, vmax=vmax)
+    plots.grid_lines(table, out / "grid_lines.png", group="all", layer_title=backbone.layer_title)
+    best = table[table.group == "all"].sort_values("miou").iloc[-1]
+    write_json(out / "grid.json", {
+        "dataset": source.name, "seed": seed, "options": {**asdict(options), "backbone": options.backbone.to_dict()},
+        "layers": backbone.layers, "steps": backbone.steps, "size_threshold": cut, "features": backbone.identity,
+        "best": {"layer": best.layer, "step": None if pd.isna(best.step) else int(best.step),
+                 "miou": float(best.miou)},
+        "cells": len(cells), "threads": sorted({r["threads"] for r in records}),
+        "seconds": round(time.time() - started, 1),
+        "train_images": [im.stem for im in train], "test_images": [im.stem for im in test],
+    })
     return table

@@ -15,7 +15,7 @@ from probe.backbones import Backbone, BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage
 from probe.ensemble import PixelEnsemble, runtime_info
 from probe.errors import ProbeError
-from probe.metrics import SegmentationScore, mean_std
+from probe.metrics import SegmentationScore
 from probe.outputs import output_dir, write_json
 from probe.progress import progress_bar
 from probe.sources import Source, to_uint8_image
@@ -95,6 +95,7 @@ class SegmentOptions:
     batched: bool = True
     precision: str = "auto"
     train_draw: bool = False  # draw the training images with the run's seed instead of taking the first by name
+    train_data: str | None = None  # a dataset folder whose train split trains (e.g. synthesized images); None: the source's
 
     def to_dict(self) -> dict:
         return {**asdict(self), "backbone": self.backbone.to_dict()}
@@ -120,14 +121,16 @@ class Evaluation:
 
 def training_images(source: Source, options: SegmentOptions, resolution: int, seed: int) -> list[LabeledImage]:
     """The first `train_number` images of the train split by name (the authors' choice), or with `train_draw` that
-    many drawn without replacement by a generator seeded by `seed` (in name order)."""
+    many drawn without replacement by a generator seeded by `seed` (in name order). The train split is the
+    source's, or that of the `train_data` folder."""
+    root = Path(options.train_data) if options.train_data else None
     if not options.train_draw:
-        return source.split("train", resolution, options.train_number, SPLIT_NUMBER)
-    pool = source.split("train", resolution, None)
+        return source.split("train", resolution, options.train_number, SPLIT_NUMBER, root=root)
+    pool = source.split("train", resolution, None, root=root)
     number = options.train_number or min(SPLIT_NUMBER, len(pool))
     if not 1 <= number <= len(pool):
-        raise ProbeError(f"{number} training images asked for but the train split of {source.name} holds {len(pool)}; "
-                         f"ask for 1..{len(pool)}")
+        raise ProbeError(f"{number} training images asked for but the train split of {root or source.name} holds "
+                         f"{len(pool)}; ask for 1..{len(pool)}")
     chosen = np.sort(np.random.default_rng(seed).choice(len(pool), size=number, replace=False))
     return [pool[i] for i in chosen]
 
@@ -159,6 +162,7 @@ def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | N
         "precision": fitted.ensemble.precision,
         "runtime": runtime_info(spec.device),
         "dataset": source.name,
+        "trained_on": options.train_data or source.name,
         "seed": seed,
         "features": {"names": backbone.names, "dim": int(sum(store.read(train[0], n).shape[0] for n in backbone.names)),
                      **backbone.identity},
@@ -169,10 +173,9 @@ def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | N
     return Evaluation(metrics, fitted, backbone, spec, train, test)
 
 
-def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None,
-                 progress: bool) -> dict:
-    """One complete fit and evaluation with one seed; writes every output into `out` and returns the metrics."""
-    evaluation = evaluate(source, options, seed, cache, progress)
+def write_evaluation(evaluation: Evaluation, source: Source, out: Path) -> None:
+    """Every output of one fit into the folder `out`: metrics.json, per_class.csv, predictions/, visualizations/
+    and the ensemble/ that `probe predict` loads."""
     metrics, fitted, backbone, spec = evaluation.metrics, evaluation.fitted, evaluation.backbone, evaluation.spec
     test, per_class = evaluation.test, metrics["per_class"]
     write_json(out / "metrics.json", metrics)
@@ -189,42 +192,37 @@ def segment_once(source: Source, options: SegmentOptions, seed: int, out: Path, 
         "ignore_label": source.ignore_label, "resolution": backbone.image_size, "feature_names": backbone.names,
         "backbone": resolved_spec(spec, backbone).to_dict(), "identity": backbone.identity,
     })
-    return metrics
 
 
-def run_segment(source: Source, options: SegmentOptions, seeds: list[int], out: Path, cache: Path | None = None,
+def run_segment(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None = None,
                 progress: bool = True, overwrite: bool = False) -> dict:
-    """Fit and evaluate once per seed. One seed writes its outputs at the top of `out`; several seeds write
-    `seed_<s>/` folders plus a summary metrics.json with mean and std of mIoU, as the paper reports."""
-    with output_dir(out, command="segment", overwrite=overwrite, inputs=[*source.inputs, cache]) as tmp:
-        if len(seeds) == 1:
-            return segment_once(source, options, seeds[0], tmp, cache, progress)
-        runs = []
-        for seed in seeds:
-            folder = tmp / f"seed_{seed}"
-            folder.mkdir()
-            runs.append(segment_once(source, options, seed, folder, cache, progress))
-        mean, std = mean_std([r["miou"] for r in runs])
-        table = pd.DataFrame({"seed": seeds, "miou": [r["miou"] for r in runs], "backbone": options.backbone.kind})
-        table.to_csv(tmp / "seeds.csv", index=False)
-        summary = {"miou": mean, "miou_std": std, "seeds": seeds, "miou_per_seed": table["miou"].tolist(),
-                   "dataset": source.name, "options": options.to_dict()}
-        write_json(tmp / "metrics.json", summary)
-        return summary
+    """Fit and evaluate with one seed; write every output to `out` (as one result, swapped in at the end) and
+    return the metrics. Several seeds are a sweep: probe.experiments.seeds."""
+    inputs = [*source.inputs, cache, options.train_data]
+    with output_dir(out, command="segment", overwrite=overwrite, inputs=inputs) as tmp:
+        evaluation = evaluate(source, options, seed, cache, progress)
+        write_evaluation(evaluation, source, tmp)
+        return evaluation.metrics
+
+
+def load_predictor(ensemble_dir: Path, device: str) -> tuple[PixelEnsemble, dict, Backbone]:
+    """A saved ensemble, its manifest, and the backbone that rebuilds its features (refused when its identity is
+    no longer the manifest's: a changed checkpoint or flags)."""
+    ensemble, manifest = PixelEnsemble.load(ensemble_dir)
+    spec = BackboneSpec.from_dict(manifest["backbone"], device=device)
+    backbone = build_backbone(spec, "segment", manifest["resolution"])
+    if json.loads(json.dumps(backbone.identity)) != manifest["identity"]:
+        raise ProbeError(f"the features of {ensemble_dir} cannot be rebuilt: the {spec.kind} checkpoint "
+                         f"{spec.checkpoint or '(the shipped default)'} or its flags changed since the ensemble was "
+                         "trained; retrain with probe segment")
+    return ensemble, manifest, backbone
 
 
 def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache: Path | None, device: str,
                 progress: bool, overwrite: bool = False, inputs: list[Path] = ()) -> pd.DataFrame:
     """Segment new images with a saved ensemble; writes predictions/, visualizations/ and uncertainty.csv.
     `inputs`: the files the images came from (an output folder must not hold them)."""
-    ensemble, manifest = PixelEnsemble.load(ensemble_dir)
-    spec = BackboneSpec(**{**manifest["backbone"], "device": device})
-    spec.checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
-    backbone = build_backbone(spec, "segment", manifest["resolution"])
-    if json.loads(json.dumps(backbone.identity)) != manifest["identity"]:
-        raise ProbeError(f"the features of {ensemble_dir} cannot be rebuilt: the {spec.kind} checkpoint "
-                         f"{spec.checkpoint or '(the shipped default)'} or its flags changed since the ensemble was "
-                         "trained; retrain with probe segment")
+    ensemble, manifest, backbone = load_predictor(ensemble_dir, device)
     class_names, palette = manifest["class_names"], np.asarray(manifest["palette"], dtype=np.uint8)
     size = manifest["resolution"]
     wrong = [im.stem for im in images if im.image.shape[-1] != size]

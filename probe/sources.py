@@ -16,8 +16,8 @@ from PIL import Image
 
 from probe.backbones import BackboneSpec
 from probe.data import default_domain
-from probe.data.layout import (LabeledImage, find_split_dir, infer_num_classes, list_images, load_labeled_split,
-                               read_class_names, resolve_dataset_root)
+from probe.data.layout import (CLASSES_FILE, LabeledImage, find_split_dir, infer_num_classes, list_images,
+                               load_labeled_split, read_class_names, resolve_dataset_root)
 from probe.data.registry import DatasetInfo, lookup
 from probe.errors import ProbeError
 
@@ -48,9 +48,29 @@ class Source:
         """The folders this source reads (an output folder must not hold them)."""
         return [self.root]
 
-    def split(self, split: str, resolution: int, limit: int | None, at_most: int | None = None) -> list[LabeledImage]:
-        """The first `limit` images of a split (an error when it holds fewer), else up to `at_most`, else all."""
-        return load_labeled_split(self.root, split, resolution, self.num_classes, self.ignore_label, limit, at_most)
+    def split(self, split: str, resolution: int, limit: int | None, at_most: int | None = None,
+              root: Path | None = None) -> list[LabeledImage]:
+        """The first `limit` images of a split (an error when it holds fewer), else up to `at_most`, else all.
+        `root`: read the split from another folder labelled with this source's classes (`check_training_data`)."""
+        return load_labeled_split(root or self.root, split, resolution, self.num_classes, self.ignore_label, limit,
+                                  at_most)
+
+    def check_training_data(self, folder: Path) -> None:
+        """Refuse a --train-data folder (e.g. one `probe synthesize` wrote) that cannot train for these classes:
+        no train split, or a classes.txt naming other classes. Label values are checked as the images load."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ProbeError(f"--train-data {folder} is not a folder: pass a dataset folder with train/ "
+                             "(e.g. the output of probe synthesize)")
+        find_split_dir(folder, "train")
+        if (folder / CLASSES_FILE).is_file():
+            names = read_class_names(folder, infer_num_classes(folder))
+            if names != self.class_names:
+                raise ProbeError(f"--train-data {folder}: its {CLASSES_FILE} lists {len(names)} classes "
+                                 f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}) but the test data "
+                                 f"{self.name} has {self.num_classes} ({', '.join(self.class_names[:4])}"
+                                 f"{', ...' if self.num_classes > 4 else ''}); train on data labelled with the test "
+                                 "data's classes")
 
 
 def _palette(n: int, given=None) -> np.ndarray:

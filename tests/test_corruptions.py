@@ -118,3 +118,14 @@ def test_corrupt_refuses_bad_input():
         corrupt(_scene(32), "blurr", 1, seed=0)
     with pytest.raises(ProbeError, match="bad severity 6"):
         corrupt(_scene(32), "fog", 6, seed=0)
+
+
+def test_a_draw_with_invalid_pixels_is_redrawn_with_the_next_derived_seed():
+    from probe.corruptions import _draw
+
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    seeds = [int(np.random.SeedSequence([18, attempt]).generate_state(1)[0]) for attempt in (0, 1)]
+    assert _draw(image, "spatter", 1, seeds[0]) is None  # spatter's mud divides 0 by 0 on this 32x32 image
+    redrawn = _draw(image, "spatter", 1, seeds[1])
+    assert redrawn is not None and np.array_equal(corrupt(image, "spatter", 1, 18), redrawn)
+    assert np.array_equal(corrupt(image, "fog", 1, 18), _draw(image, "fog", 1, seeds[0]))  # a valid first draw stays

@@ -110,3 +110,96 @@ def test_variants_table_and_the_shared_variant_is_probe_segment(tmp_path, tiny_d
     assert shared == pytest.approx(read_metrics(segment)["miou"], abs=1e-9)
     bad = run("variants", "--data", tiny_domain, "--backbone", "pixels", "--out", tmp_path / "bad", "--quiet")
     assert bad.exit_code == 2 and "--noise" in bad.output and not (tmp_path / "bad").exists()
+
+
+GRID_MODEL = ["--checkpoint", FIXTURES / "adm_tiny32.pt", "--model-flags", FIXTURES / "adm_tiny32.json",
+              "--blocks", "2,5", "--steps", "50,900", "--train-number", 4, "--test-number", 3]
+
+
+def test_grid_is_a_resumable_sweep_whose_cells_are_probe_segment_fits(tmp_path, tiny_domain, caplog):
+    out = tmp_path / "grid"
+    result = run("grid", "--data", tiny_domain, *GRID_MODEL, "--threads", 1, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    cells = sorted((out / "cells").glob("*.json"))
+    assert len(cells) == 4 and json.loads((out / "grid.json").read_text())["threads"] == [1]
+    per_class = pd.read_csv(out / "grid_per_class.csv")
+    table = pd.read_csv(out / "grid.csv")
+    # one grid cell is the few-shot segmenter on that one feature map, with one member and float32 products
+    segment = tmp_path / "segment"
+    result = run("segment", "--data", tiny_domain, *GRID_MODEL[:4], "--blocks", "5", "--steps", "900",
+                 "--train-number", 4, "--test-number", 3, "--members", 1, "--precision", "float32",
+                 "--out", segment, "--quiet")
+    assert result.exit_code == 0, result.output
+    cell = table[(table.layer == "block5") & (table.step == 900) & (table.group == "all")].miou.item()
+    assert cell == pytest.approx(read_metrics(segment)["miou"], abs=1e-9)
+
+    cells[1].unlink()  # a sweep killed before its second cell finished
+    caplog.set_level(logging.INFO, logger="probe")
+    result = run("grid", "--data", tiny_domain, *GRID_MODEL, "--threads", 1, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "3 cells reused, 1 computed" in caplog.text
+    assert pd.read_csv(out / "grid_per_class.csv").equals(per_class)
+    assert pd.read_csv(out / "grid.csv").equals(table)
+
+
+@pytest.mark.slow
+def test_grid_and_segment_seeds_on_ray_equal_in_process(tmp_path, tiny_domain):
+    common = ["--data", tiny_domain, "--threads", 1, "--quiet"]
+    for there in ([], ["--ray", "local"]):
+        result = run("grid", *GRID_MODEL, *common, "--out", tmp_path / f"grid{len(there)}", *there)
+        assert result.exit_code == 0, result.output
+        result = run("segment", "--backbone", "pixels", "--members", 2, "--seeds", "0,1", *common,
+                     "--out", tmp_path / f"seeds{len(there)}", *there)
+        assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "grid0" / "grid_per_class.csv").equals(
+        pd.read_csv(tmp_path / "grid2" / "grid_per_class.csv"))
+    assert read_metrics(tmp_path / "seeds0")["miou_per_seed"] == read_metrics(tmp_path / "seeds2")["miou_per_seed"]
+
+
+def test_segment_seeds_is_a_resumable_sweep_of_whole_segment_runs(tmp_path, tiny_domain, caplog):
+    out = tmp_path / "seeds"
+    args = ["segment", "--data", tiny_domain, "--backbone", "pixels", "--members", 2, "--seeds", "0,1,2",
+            "--threads", 1, "--out", out, "--quiet"]
+    assert run(*args).exit_code == 0
+    summary = read_metrics(out)
+    single = tmp_path / "single"
+    assert run("segment", "--data", tiny_domain, "--backbone", "pixels", "--members", 2, "--seed", 2, "--threads", 1,
+               "--out", single, "--quiet").exit_code == 0
+    assert summary["miou_per_seed"][2] == read_metrics(single)["miou"] == read_metrics(out / "seed_2")["miou"]
+    assert (out / "seed_2" / "ensemble" / "manifest.json").is_file()
+    assert sorted(p.name for p in (out / "seed_1" / "predictions").iterdir()) == ["000.npy", "001.npy", "002.npy"]
+
+    seed_1 = next(p for p in (out / "cells").iterdir() if json.loads(p.read_text())["config"]["seed"] == 1)
+    seed_1.unlink()  # killed while seed 1 ran: its folder may be half-made
+    (out / "seed_1" / "metrics.json").unlink()
+    caplog.set_level(logging.INFO, logger="probe")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert "2 cells reused, 1 computed" in caplog.text and read_metrics(out) == summary
+    assert read_metrics(out / "seed_1")["miou"] == summary["miou_per_seed"][1]
+    refused = run(*args, "--overwrite")
+    assert refused.exit_code == 2 and "a sweep folder that a rerun resumes" in refused.output
+    refused = run("segment", "--data", tiny_domain, "--ray", "local", "--out", tmp_path / "one", "--quiet")
+    assert refused.exit_code == 2 and "give several seeds" in refused.output and not (tmp_path / "one").exists()
+
+
+def test_segment_trains_on_another_folder_and_tests_on_the_data(tmp_path, tiny_domain):
+    import shutil
+
+    other = tmp_path / "synthetic"
+    shutil.copytree(tiny_domain / "real" / "train", other / "train")
+    shutil.copy(tiny_domain / "classes.txt", other / "classes.txt")
+    args = ["--data", tiny_domain, "--backbone", "pixels", "--members", 2, "--quiet"]
+    assert run("segment", *args, "--out", tmp_path / "real").exit_code == 0
+    result = run("segment", *args, "--train-data", other, "--out", tmp_path / "copy")
+    assert result.exit_code == 0, result.output
+    metrics = read_metrics(tmp_path / "copy")
+    assert metrics["miou"] == read_metrics(tmp_path / "real")["miou"]  # the same images train: the same fit
+    assert metrics["trained_on"] == str(other) and metrics["test_images"] == ["000", "001", "002"]
+
+    (other / "classes.txt").write_text("\n".join(["sky", "grass"] + [f"c{i}" for i in range(8)]) + "\n")
+    result = run("segment", *args, "--train-data", other, "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and f"--train-data {other}: its classes.txt lists 10 classes (sky, grass" in result.output
+    assert "train on data labelled with the test data's classes" in result.output and not (tmp_path / "bad").exists()
+    result = run("segment", *args, "--train-data", tmp_path / "missing", "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "is not a folder" in result.output and not (tmp_path / "bad").exists()

@@ -234,3 +234,28 @@ def test_cache_info_and_clear_commands(tmp_path):
     assert cleared.returncode == 0 and "removed 2 entries" in cleared.stdout
     assert not cached_files(cache) and not list(cache.glob("default-domain-*"))
     one_error_line(probe("cache", "clear", "--older-than", "-1", cache=cache), "--older-than -1")
+
+
+def test_ctrl_c_in_a_sweep_keeps_its_finished_cells_and_the_rerun_computes_the_rest(tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "grid"
+    grid = ["grid", "--data", tmp_path / "faces", "--checkpoint", FIXTURES / "adm_tiny32.pt", "--model-flags",
+            FIXTURES / "adm_tiny32.json", "--blocks", "1,2,4,5", "--steps", "50,900", "--train-number", 4,
+            "--test-number", 3, "--members", 1, "--threads", 1, "--quiet", "--out", out]
+    made = probe("data", "default", "--size", 32, "--pool", 0, "--out", tmp_path / "faces",
+                 cache=cache)
+    assert made.returncode == 0, made.stderr
+    run = start(*grid, cache=cache)
+    deadline = time.time() + 300
+    while not list((out / "cells").glob("*.json")) and time.time() < deadline and run.poll() is None:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    finished = len(list((out / "cells").glob("*.json")))
+    assert 1 <= finished < 8 and not (out / "grid.csv").exists()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{out} keeps the {finished} cells finished so far; rerun the same command" in lines[0]
+    rerun = probe(*grid, cache=cache)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"grid: {finished} cells reused, {8 - finished} computed" in rerun.stderr
+    assert len(list((out / "cells").glob("*.json"))) == 8 and (out / "grid.csv").is_file()

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from probe.backbones.adm import ADMBackbone, NoisePolicy, default_model_files
 from probe.backbones.base import Backbone, Cell, check_cell_syntax, identity_hash
+from probe.backbones.diffusers_unet import DiffusersUNetBackbone
 from probe.backbones.mae import MAEBackbone
 from probe.backbones.pixels import PixelBackbone
+from probe.backbones.stable_diffusion import StableDiffusionBackbone
 from probe.backbones.swav import SwAVBackbone
 from probe.errors import ProbeError
 
@@ -29,6 +31,8 @@ BACKBONES = {
     "mae": MAEBackbone,
     "swav": SwAVBackbone,
     "swav_w2": SwAVBackbone,
+    "diffusers": DiffusersUNetBackbone,  # a diffusers UNet2DModel folder (google/ddpm-ema-*); needs the extra
+    "sd": StableDiffusionBackbone,  # a Stable Diffusion pipeline folder; needs the extra
 }
 PURPOSES = ("segment", "grid", "kmeans", "features")
 
@@ -48,10 +52,19 @@ class BackboneSpec:
     input_activations: bool = False
     image_size: int | None = None
     device: str = "cpu"
+    prompt: str | None = None  # sd only: the text the UNet is conditioned on (None: the empty prompt)
 
     def to_dict(self) -> dict:
         """JSON-ready, for manifests (a Path becomes a string)."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict, **changes) -> BackboneSpec:
+        """The spec `to_dict` wrote (a manifest's, a sweep cell's), with `changes` applied."""
+        spec = cls(**{**data, **changes})
+        if spec.checkpoint is not None:
+            spec.checkpoint = Path(spec.checkpoint)
+        return spec
 
 
 def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: int | None = None) -> Backbone:
@@ -63,4 +76,6 @@ def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: in
         raise ValueError(f"purpose {purpose!r} is not one of {PURPOSES}")
     if spec.image_size is not None and spec.image_size < 8:
         raise ProbeError(f"--image-size {spec.image_size}: give 8 or more pixels")
+    if spec.prompt is not None and spec.kind != "sd":
+        raise ProbeError(f"--prompt: the {spec.kind} backbone takes no text prompt (only --backbone sd); drop --prompt")
     return BACKBONES[spec.kind].build(spec, purpose, native_size)

@@ -1,0 +1,47 @@
+"""`probe segment --seeds`: the whole `probe segment` run once per seed, each seed a cell of the sweep runner
+(in this process or on Ray), each writing its complete result to `seed_<s>/` as it finishes; then the summary
+(mean ± std of mIoU over seeds, as the paper reports) at the top of the sweep folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from probe.experiments import SweepData, evaluate_cell, segment_config
+from probe.metrics import mean_std
+from probe.outputs import atomic_write, output_dir, write_json
+from probe.runner import Cell, run_sweep
+from probe.segment import SegmentOptions, write_evaluation
+
+
+def seed_work(spec: dict, threads: int) -> dict:
+    """One seed: fit and score as `probe segment` does, write its result folder `spec["folder"]` (replacing what a
+    killed run may have left there), return the mIoU and per-class IoU."""
+    evaluation, source, _ = evaluate_cell(spec)
+    with output_dir(Path(spec["folder"]), command="segment", overwrite=True) as tmp:
+        write_evaluation(evaluation, source, tmp)
+    return {key: evaluation.metrics[key] for key in ("miou", "per_class", "seconds", "train_images", "test_images")}
+
+
+def run_seeds(data: SweepData, options: SegmentOptions, seeds: list[int], out: Path, *, ray: str | None = None,
+              threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> dict:
+    """Run (or resume) one cell per seed in `out`; write seeds.csv and the summary metrics.json; return it."""
+    out = Path(out).expanduser().absolute()  # a cell's folder, as a Ray worker on another machine sees it
+    cells = [Cell({**segment_config(data, options.backbone, train_number=options.train_number,
+                                    test_number=options.test_number, members=options.members,
+                                    precision=options.precision, train_draw=options.train_draw,
+                                    batched=options.batched, train_data=options.train_data),
+                   "folder": str(out / f"seed_{seed}")}, seed) for seed in seeds]
+    records = run_sweep(cells, seed_work, out, command="segment", ray=ray, threads=threads,
+                        gpus_per_cell=gpus_per_cell, progress=progress)
+    scores = [r["result"]["miou"] for r in records]
+    table = pd.DataFrame({"seed": seeds, "miou": scores, "backbone": options.backbone.kind,
+                          "threads": [r["threads"] for r in records]})
+    atomic_write(out / "seeds.csv", lambda p: table.to_csv(p, index=False))
+    mean, std = mean_std(scores)
+    summary = {"miou": mean, "miou_std": std, "seeds": seeds, "miou_per_seed": scores,
+               "dataset": data.source().name, "trained_on": options.train_data or data.source().name,
+               "options": options.to_dict()}
+    write_json(out / "metrics.json", summary)
+    return summary
