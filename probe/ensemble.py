@@ -179,6 +179,15 @@ class StackedMLP(nn.Sequential):
         """(B, dim) features -> (M, B, classes) logits of every member."""
         return super().forward(x).transpose(0, 1)
 
+    def after_first_products(self, products: torch.Tensor) -> torch.Tensor:
+        """(B, M * hidden) float32 products of the first layer (its bias not yet added) -> (M, B, classes) logits,
+        as `forward` computes them from the features."""
+        first = self[0]
+        h = products.view(len(products), *first.bias.shape) + first.bias
+        for layer in list(self)[1:]:
+            h = layer(h)
+        return h.transpose(0, 1)
+
     @classmethod
     def from_members(cls, mlps: list[nn.Sequential], precision: str = "float32") -> StackedMLP:
         """Stack member MLPs built by `new_member` (parameters and running statistics)."""
@@ -406,11 +415,30 @@ class PixelEnsemble:
         features = torch.as_tensor(features)
         if features.ndim != 2 or features.shape[1] != self.dim_:
             raise ProbeError(f"features {tuple(features.shape)} must be (N, {self.dim_}) as in training")
+        return self._vote(lambda part: self.model_(part.to(self.device, torch.float32)), features.split(chunk))
+
+    def first_layer(self, dim: int) -> tuple[torch.Tensor, torch.dtype]:
+        """The first layer's weight as (dim, members * hidden) and the dtype its products run in, to compute its
+        products elsewhere (e.g. PixelSampler.projected, at native resolution) and finish with predict_products."""
+        self._check_fitted()
+        if dim != self.dim_:
+            raise ProbeError(f"features of dimension {dim} given, the ensemble was trained on {self.dim_}")
+        first = self.model_[0]
+        return first.weight.detach().view(self.dim_, -1), first.products
+
+    def predict_products(self, products: torch.Tensor, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """As `predict`, from the first layer's (N, members * hidden) float32 products of the features (its
+        bias not yet added), computed elsewhere with the weight of `first_layer`."""
+        self._check_fitted()
+        return self._vote(lambda part: self.model_.after_first_products(part.to(self.device)), products.split(chunk))
+
+    def _vote(self, logits_of: Callable[[torch.Tensor], torch.Tensor],
+              parts: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, np.ndarray]:
         labels, divergences = [], []
         self.model_.eval()
         with torch.no_grad():
-            for part in features.split(chunk):
-                logits = self.model_(part.to(self.device, torch.float32))
+            for part in parts:
+                logits = logits_of(part)
                 labels.append(majority_vote(logits.argmax(-1), self.num_classes).cpu())
                 divergences.append(jensen_shannon(logits).cpu())
         return torch.cat(labels).numpy().astype(np.int64), torch.cat(divergences).numpy().astype(np.float32)

@@ -78,10 +78,13 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
 
 def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 8192) -> tuple[np.ndarray, float]:
     """(H, W) labels and the uncertainty of the image of a one-image sampler, predicted in bands of rows
-    (about `band_pixels` pixels) so that memory does not grow with H x W x features."""
+    (about `band_pixels` pixels) so that memory does not grow with H x W x features. The ensemble's first layer
+    multiplies the features at their native resolution and its products are upsampled (PixelSampler.projected):
+    the same numbers as upsampling the features first, up to float rounding, for a fraction of the products."""
     size = sampler.size
     rows = max(1, band_pixels // size)
-    parts = [ensemble.predict(sampler.image_features(0, slice(r, r + rows))) for r in range(0, size, rows)]
+    projected = sampler.projected(0, *ensemble.first_layer(sampler.dim))
+    parts = [ensemble.predict_products(projected.rows(slice(r, r + rows))) for r in range(0, size, rows)]
     pred = np.concatenate([p for p, _ in parts]).reshape(size, size)
     return pred, PixelEnsemble.uncertainty(np.concatenate([j for _, j in parts]))
 

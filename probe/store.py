@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from probe.cache import IDENTITY_FILE, activations_root
 from probe.data.layout import LabeledImage
@@ -116,12 +117,19 @@ class PixelSampler:
     those pixels and concatenated. `gather` equals full bilinear upsampling followed by indexing."""
 
     def __init__(self, maps: list[torch.Tensor], size: int):
-        """`maps`: one (N_images, C, h, w) tensor per feature, at native resolution. They are kept channels-last,
-        so that each tap of a pixel reads its C values from one contiguous run of memory."""
-        self.maps = [m.permute(0, 2, 3, 1).contiguous() for m in maps]
+        """`maps`: one (N_images, C, h, w) tensor per feature, at native resolution. Maps of one native size are
+        kept together, channels-last and concatenated along the channels, so that each tap of a pixel reads the
+        values of all of them from one contiguous run of memory; `columns` says where each group's channels go in
+        a feature vector (the order of `maps`): (offset in the group, offset in the feature vector, channels) per map."""
         self.size = size
-        self.channels = [m.shape[1] for m in maps]
-        self.dim = sum(self.channels)
+        self.dim = sum(m.shape[1] for m in maps)
+        starts = np.cumsum([0] + [m.shape[1] for m in maps])
+        sizes = list(dict.fromkeys(tuple(m.shape[-2:]) for m in maps))
+        members = [[i for i, m in enumerate(maps) if tuple(m.shape[-2:]) == hw] for hw in sizes]
+        self.groups = [torch.cat([maps[i] for i in group], 1).permute(0, 2, 3, 1).contiguous() for group in members]
+        self.columns = [[(int(offset), int(starts[i]), maps[i].shape[1])
+                         for i, offset in zip(group, np.cumsum([0] + [maps[i].shape[1] for i in group]))]
+                        for group in members]
         self.taps = {s: bilinear_taps(s, size) for m in maps for s in m.shape[-2:]}
 
     @classmethod
@@ -135,18 +143,18 @@ class PixelSampler:
         y = torch.as_tensor(ys, dtype=torch.long)
         x = torch.as_tensor(xs, dtype=torch.long)
         features = torch.empty(len(img), self.dim)
-        start = 0
-        for native, channels in zip(self.maps, self.channels):
-            y0, y1, hy0, hy1 = (a[y, None] for a in self.taps[native.shape[1]])
-            x0, x1, wx0, wx1 = (a[x, None] for a in self.taps[native.shape[2]])
+        for native, columns in zip(self.groups, self.columns):
+            _, height, width, channels = native.shape
+            y0, y1, hy0, hy1 = (a[y, None] for a in self.taps[height])
+            x0, x1, wx0, wx1 = (a[x, None] for a in self.taps[width])
+            pixels = native.view(-1, channels)
 
             def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-                return native[img, yy[:, 0], xx[:, 0]].float()  # (N, C)
+                return pixels.index_select(0, (img * height + yy[:, 0]) * width + xx[:, 0]).float()  # (N, C)
 
             top = at(y0, x0) * wx0 + at(y0, x1) * wx1
             bottom = at(y1, x0) * wx0 + at(y1, x1) * wx1
-            torch.add(top * hy0, bottom * hy1, out=features[:, start:start + channels])
-            start += channels
+            place(features, columns, top.mul_(hy0).add_(bottom.mul_(hy1)))
         return features
 
     def image_features(self, index: int, rows: slice) -> torch.Tensor:
@@ -156,17 +164,64 @@ class PixelSampler:
         interpolated across the columns once and shared by every output row that reads it."""
         ys = torch.arange(self.size)[rows]
         features = torch.empty(len(ys), self.size, self.dim)
-        start = 0
-        for native, channels in zip(self.maps, self.channels):
+        for native, columns in zip(self.groups, self.columns):
             y0, y1, hy0, hy1 = (a[ys] for a in self.taps[native.shape[1]])
             x0, x1, wx0, wx1 = self.taps[native.shape[2]]
             sources, position = torch.unique(torch.cat([y0, y1]), return_inverse=True)
-            lines = native[index, sources].float()  # (S, w, C)
-            across = lines[:, x0] * wx0[:, None] + lines[:, x1] * wx1[:, None]  # (S, size, C)
-            top, bottom = across[position[: len(ys)]], across[position[len(ys):]]
-            torch.add(top * hy0[:, None, None], bottom * hy1[:, None, None], out=features[..., start:start + channels])
-            start += channels
+            for offset, start, channels in columns:  # one map at a time, written straight into its columns
+                lines = native[index, sources, :, offset:offset + channels].float()  # (S, w, C)
+                across = lines[:, x0] * wx0[:, None] + lines[:, x1] * wx1[:, None]  # (S, size, C)
+                top, bottom = across[position[: len(ys)]], across[position[len(ys):]]
+                torch.add(top * hy0[:, None, None], bottom * hy1[:, None, None], out=features[..., start:start + channels])
         return features.view(-1, self.dim)
+
+    def projected(self, index: int, weight: torch.Tensor, products: torch.dtype = torch.float32) -> ProjectedImage:
+        """Image `index`'s features times `weight` (dim, out), computed at native resolution.
+
+        Bilinear upsampling is linear, so `image_features(index, rows) @ weight` equals the upsampled products of
+        each native map with its rows of `weight`; maps of one native size share their upsampling, so they are
+        multiplied as one. Each native pixel is multiplied once instead of each output pixel, and only `out`
+        values per output pixel are upsampled per native size instead of `dim`. The products run in `products`
+        (float32 or bfloat16, summing in float32) on `weight`'s device."""
+        sums = {}
+        for native, columns in zip(self.groups, self.columns):
+            _, height, width, channels = native.shape
+            pixels = native[index].to(weight.device, products).view(height * width, channels)
+            rows = torch.cat([weight[start:start + channels] for _, start, channels in columns]).to(products)
+            sums[height, width] = (pixels @ rows).float().view(height, width, -1)
+        return ProjectedImage(sums, {s: self.taps[s] for size in sums for s in size}, self.size)
+
+
+def place(features: torch.Tensor, columns: list[tuple[int, int, int]], values: torch.Tensor) -> None:
+    """Copy a group's (N, C_group) values into their columns of (N, dim) features, one map's slice at a time."""
+    for offset, start, channels in columns:
+        features[:, start:start + channels] = values[:, offset:offset + channels]
+
+
+class ProjectedImage:
+    """One image's first-layer products at native resolution, one (h, w, out) map per native size
+    (PixelSampler.projected); `rows` upsamples and sums them for a band of output rows."""
+
+    def __init__(self, sums: dict[tuple[int, int], torch.Tensor], taps: dict, size: int):
+        self.sums, self.size = sums, size
+        device = next(iter(sums.values())).device
+        self.taps = {s: tuple(t.to(device) for t in taps[s]) for s in taps}
+
+    def rows(self, rows: slice) -> torch.Tensor:
+        """(len(rows) * size, out) float32: the products of those output pixels' upsampled features, in row-major
+        order. Each map is interpolated between its two source rows at native width (the taps of
+        PixelSampler.image_features), then across the columns by torch's bilinear kernel, which vectorises over
+        the `out` values of a pixel; both steps are bilinear interpolation (align_corners=False)."""
+        ys = torch.arange(self.size)[rows]
+        total = None
+        for (height, width), products in self.sums.items():
+            y0, y1, hy0, hy1 = (a[ys.to(a.device)] for a in self.taps[height])
+            down = products[y0] * hy0[:, None, None] + products[y1] * hy1[:, None, None]  # (R, w, out)
+            across = F.interpolate(down[None].permute(0, 3, 1, 2), size=(len(ys), self.size), mode="bilinear",
+                                   align_corners=False)  # rows map to themselves; columns are interpolated
+            band = across[0].permute(1, 2, 0)  # (R, size, out), a view of channels-last memory
+            total = band.contiguous() if total is None else total.add_(band)
+        return total.view(len(ys) * self.size, -1)
 
 
 class StorePixelSource:

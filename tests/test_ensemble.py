@@ -20,6 +20,8 @@ from probe.ensemble import (
     resolve_precision,
 )
 from probe.errors import ProbeError
+from probe.segment import predict_image
+from probe.store import PixelSampler
 
 
 def separable_problem(pixels: int, seed: int, num_classes: int = 4, dim: int = 12):
@@ -285,3 +287,45 @@ def test_precision_choice(monkeypatch):
         resolve_precision("half", "cpu")
     with pytest.raises(ProbeError, match="batched"):
         PixelEnsemble(4, precision="bfloat16", batched=False)
+
+
+def random_stacked_ensemble(dim: int, precision: str = "float32") -> PixelEnsemble:
+    """A 3-member ensemble over 5 classes with random weights and batch-norm statistics (no training needed)."""
+    generator = torch.Generator().manual_seed(0)
+    model = StackedMLP(3, dim, 5, precision)
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.data.uniform_(0.5, 1.5, generator=generator) if tensor.dim() < 3 else tensor.data.normal_(
+            0.0, 0.3, generator=generator)
+    ensemble = PixelEnsemble(5, members=3, progress=False, precision=precision)
+    ensemble.model_, ensemble.dim_ = model.eval(), dim
+    return ensemble
+
+
+def test_predict_products_equals_predict_on_the_features():
+    ensemble = random_stacked_ensemble(12)
+    features = torch.randn(400, 12, generator=torch.Generator().manual_seed(1))
+    weight, products = ensemble.first_layer(12)
+    assert weight.shape == (12, 3 * 128) and products == torch.float32
+    labels, js = ensemble.predict(features)
+    labels_from_products, js_from_products = ensemble.predict_products(features @ weight, chunk=128)
+    np.testing.assert_array_equal(labels_from_products, labels)
+    np.testing.assert_allclose(js_from_products, js, rtol=1e-4, atol=1e-6)
+    assert len(set(labels.tolist())) > 1 and js.max() > 0.01  # members disagree somewhere: a real comparison
+    with pytest.raises(ProbeError, match="dimension 11 given, the ensemble was trained on 12"):
+        ensemble.first_layer(11)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_predict_image_equals_predicting_the_upsampled_features(precision):
+    """The prediction path (first layer at native resolution, products upsampled) gives the labels and the
+    uncertainty of predicting every output pixel's upsampled features."""
+    generator = torch.Generator().manual_seed(2)
+    maps = [torch.randn(1, channels, size, size, generator=generator).half() for channels, size in ((6, 4), (4, 16), (3, 32))]
+    sampler = PixelSampler(maps, 32)
+    ensemble = random_stacked_ensemble(sampler.dim, precision)
+    labels, js = ensemble.predict(sampler.image_features(0, slice(0, 32)))
+    got, uncertainty = predict_image(ensemble, sampler, band_pixels=300)  # bands of 9 rows, the last one shorter
+    assert got.shape == (32, 32)
+    agreement = (got.ravel() == labels).mean()
+    assert agreement == 1.0 if precision == "float32" else agreement > 0.98
+    assert uncertainty == pytest.approx(PixelEnsemble.uncertainty(js), rel=1e-4 if precision == "float32" else 2e-2)

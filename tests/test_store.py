@@ -181,3 +181,39 @@ def test_cache_entries_and_clear(tmp_path, backbone, monkeypatch):
     assert not pixels.root.exists() and ActivationStore(backbone).root.is_dir()
     assert len(clear_cache()) == 1 and list(cache_entries()["name"]) == []
     assert [p.name for p in (tmp_path / "activations").iterdir()] == []
+
+
+@pytest.mark.parametrize("rows", [slice(0, 64), slice(10, 27), slice(60, 64)])
+def test_projected_rows_equal_upsampled_features_times_weight(rows):
+    """Projecting at native resolution then upsampling equals upsampling then projecting (bilinear is linear):
+    maps of one size share an upsampling; sizes below, at and above the output, non-square and non-integer."""
+    generator = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, channels, height, width, generator=generator).half()
+            for channels, height, width in ((5, 8, 8), (3, 8, 8), (4, 16, 19), (6, 64, 64), (2, 5, 7), (3, 16, 19))]
+    sampler = PixelSampler(maps, 64)
+    weight = torch.randn(sampler.dim, 24, generator=generator)
+    expected = sampler.image_features(1, rows) @ weight
+    projected = sampler.projected(1, weight)
+    assert sorted(projected.sums) == [(5, 7), (8, 8), (16, 19), (64, 64)]
+    got = projected.rows(rows)
+    assert got.shape == expected.shape == (len(range(64)[rows]) * 64, 24)
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert (got - sampler.image_features(0, rows) @ weight).abs().max() > 0.1  # the other image differs
+    rounded = sampler.projected(1, weight, torch.bfloat16).rows(rows)
+    assert 1e-4 * expected.abs().max() < (rounded - expected).abs().max() <= 2 ** -6 * expected.abs().max()
+
+
+def test_maps_of_one_size_are_read_together_and_keep_their_columns():
+    """Maps sharing a native size are gathered as one group; each map's channels stay where `maps` puts them."""
+    generator = torch.Generator().manual_seed(3)
+    maps = [torch.randn(2, channels, size, size, generator=generator).half()
+            for channels, size in ((3, 8), (2, 16), (4, 8), (1, 16), (2, 8))]
+    sampler = PixelSampler(maps, 32)
+    assert [tuple(g.shape) for g in sampler.groups] == [(2, 8, 8, 9), (2, 16, 16, 3)]
+    dense = torch.cat([F.interpolate(m.float(), size=(32, 32), mode="bilinear", align_corners=False) for m in maps], 1)
+    rng = np.random.default_rng(1)
+    idx, ys, xs = rng.integers(0, 2, 300), rng.integers(0, 32, 300), rng.integers(0, 32, 300)
+    got = sampler.gather(idx, ys, xs)
+    assert torch.allclose(got, dense[idx, :, ys, xs], rtol=0, atol=1e-5)
+    ys, xs = np.meshgrid(np.arange(32)[5:9], np.arange(32), indexing="ij")
+    assert torch.equal(sampler.image_features(1, slice(5, 9)), sampler.gather(np.ones(ys.size, int), ys.ravel(), xs.ravel()))
