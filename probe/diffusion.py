@@ -1,4 +1,5 @@
-"""The forward diffusion process of guided-diffusion: beta schedules, respacing, q_sample, timestep scaling."""
+"""guided-diffusion's diffusion process: beta schedules, respacing, q_sample, timestep scaling, DDIM steps and
+inversion, and the two samplers (ancestral DDPM through every step, DDIM in K steps)."""
 
 from __future__ import annotations
 
@@ -61,8 +62,14 @@ class Diffusion:
         alphas_cumprod = np.cumprod(1.0 - self.betas)  # recomputed from the betas, as guided-diffusion does
         self.alphas_cumprod = alphas_cumprod
         self.rescale_timesteps = flags.rescale_timesteps
+        self.learn_sigma = flags.learn_sigma
         self.sqrt_alphas_cumprod = np.sqrt(alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - alphas_cumprod)
+        previous = np.append(1.0, alphas_cumprod[:-1])  # guided-diffusion's posterior q(x_{t-1} | x_t, x_0)
+        self.posterior_variance = self.betas * (1.0 - previous) / (1.0 - alphas_cumprod)
+        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = self.betas * np.sqrt(previous) / (1.0 - alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - previous) * np.sqrt(1.0 - self.betas) / (1.0 - alphas_cumprod)
 
     @property
     def num_steps(self) -> int:
@@ -130,6 +137,63 @@ class Diffusion:
         (`ddim_walk(unet, x_t, inversion_schedule(t, count)[::-1])`) approximately recovers x0."""
         self.check_step(t)
         return self.ddim_walk(unet, x0, inversion_schedule(t, count))
+
+
+    # --- sampling -------------------------------------------------------------------------------------------
+
+    def p_sample_step(self, unet: torch.nn.Module, x: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
+        """One ancestral step x_t -> x_{t-1} as guided-diffusion's p_sample with clip_denoised: x0 predicted from
+        eps and clamped to [-1, 1], the posterior mean, and `noise` (ignored at step 0) scaled by the model's
+        standard deviation: the learned range between the posterior variance and beta with learn_sigma, else
+        guided-diffusion's default fixed-large variance (beta, the posterior variance at step 0)."""
+        tt = torch.full((len(x),), int(step), dtype=torch.long, device=x.device)
+        output = unet(x, self.model_timesteps(tt))
+        channels = x.shape[1]
+        eps = output[:, :channels]
+        x0 = (self._at(1.0 / self.sqrt_alphas_cumprod, tt, x) * x
+              - self._at(np.sqrt(1.0 / self.alphas_cumprod - 1), tt, x) * eps).clamp(-1, 1)
+        mean = self._at(self.posterior_mean_coef1, tt, x) * x0 + self._at(self.posterior_mean_coef2, tt, x) * x
+        if step == 0:
+            return mean
+        if self.learn_sigma:
+            fraction = (output[:, channels:] + 1) / 2
+            low = self._at(self.posterior_log_variance_clipped, tt, x)
+            log_variance = fraction * self._at(np.log(self.betas), tt, x) + (1 - fraction) * low
+        else:
+            log_variance = self._at(np.log(np.append(self.posterior_variance[1], self.betas[1:])), tt, x)
+        return mean + torch.exp(0.5 * log_variance) * noise
+
+    @torch.no_grad()
+    def ddpm_sample(self, unet: torch.nn.Module, generators: list[torch.Generator], shape: tuple[int, int, int],
+                    device: str | torch.device = "cpu", on_step=None) -> torch.Tensor:
+        """Ancestral samples through every step T-1, ..., 0, one image per generator: its starting noise and every
+        step's noise are drawn from its own generator (on the CPU), so an image does not depend on which others
+        share its batch. Returns (len(generators), *shape) in [-1, 1]. `on_step()` is called after each step."""
+        def draw() -> torch.Tensor:
+            return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+        x = draw()
+        for step in reversed(range(self.num_steps)):
+            x = self.p_sample_step(unet, x, step, draw() if step > 0 else torch.zeros_like(x))
+            if on_step is not None:
+                on_step()
+        return x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def ddim_sample(self, unet: torch.nn.Module, generators: list[torch.Generator], shape: tuple[int, int, int],
+                    count: int, device: str | torch.device = "cpu", on_step=None) -> torch.Tensor:
+        """Deterministic (eta 0) DDIM samples in `count` steps from T-1 to 0 (evenly spaced, rounded, as
+        probe.train.ddim_sample) and on to x0 with clipping; the starting noise of each image from its own
+        generator. Returns (len(generators), *shape) in [-1, 1]."""
+        if not 1 <= count <= self.num_steps:
+            raise ProbeError(f"DDIM with {count} steps: give 1..{self.num_steps} (the model's diffusion steps)")
+        x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+        schedule = [int(t) for t in np.linspace(self.num_steps - 1, 0, count).round()] + [None]
+        for step, to_step in itertools.pairwise(schedule):
+            x = self.ddim_step(x, self.eps(unet, x, step), step, to_step, clip=True)
+            if on_step is not None:
+                on_step()
+        return x.clamp(-1, 1)
 
 
 def inversion_schedule(t: int, count: int | None = None) -> list[int]:

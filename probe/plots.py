@@ -419,3 +419,54 @@ def seed_bars(table: pd.DataFrame, path: str | Path, title: str | None = None, g
     ax.set(xticks=positions, xticklabels=names, xlabel=group, ylabel="mIoU, %", title=title or "")
     ax.set_ylim(0, 1.15 * max(table["miou"].max(), (stats["mean"] + stats["std"]).max()))
     return _save(fig, path)
+
+
+@_styled
+def synthesis_preview(groups: dict[str, Sequence[tuple[np.ndarray, np.ndarray, str]]], class_names: Sequence[str],
+                      palette: np.ndarray, path: str | Path, ignore_label: int = 255) -> Figure:
+    """Synthesized samples over their labels, one block per group (e.g. the most and the least certain): each
+    group a row of images, each captioned, above the row of their label maps; a class legend below."""
+    if not groups or not all(groups.values()):
+        raise ProbeError("synthesis_preview needs at least one group with at least one (image, labels, caption)")
+    _check_classes(class_names, palette)
+    columns = max(len(items) for items in groups.values())
+    tile_in, width_in = 1.25, 1.25 * columns + 1.2
+    legend_columns, legend_in = _legend_layout(class_names, width_in, _STYLE["legend.fontsize"])
+    height_in = len(groups) * (2 * tile_in + 0.45)
+    fig = Figure(figsize=(width_in, height_in + legend_in), layout="constrained")
+    blocks, strip = fig.subfigures(2, 1, height_ratios=[height_in, legend_in])
+    for block, (title, items) in zip(np.atleast_1d(blocks.subfigures(len(groups), 1)), groups.items()):
+        axes = block.subplots(2, columns, squeeze=False)
+        for ax in axes.ravel():
+            ax.set_axis_off()
+        for column, (image, labels, caption) in enumerate(items):
+            _show(axes[0, column], _check_image(image, f"{title} image {column}"))
+            axes[0, column].set_title(caption, fontsize=6)
+            _show(axes[1, column], colorize(labels, palette, ignore_label))
+        block.suptitle(f"{title}: samples above, labels below")
+    strip.legend(handles=_class_handles(range(len(class_names)), class_names, np.asarray(palette)), loc="center",
+                 ncol=legend_columns, handlelength=1.0, columnspacing=1.0)
+    return _save(fig, path)
+
+
+@_styled
+def training_history(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Figure:
+    """Training loss (left axis) and validation mIoU (right axis) per epoch, the best epoch marked."""
+    _require_columns(table, ["epoch", "loss", "val_miou"])
+    if table.empty:
+        raise ProbeError("training_history got an empty table: pass one row per epoch")
+    fig = Figure(figsize=(5.2, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    colours = sns.color_palette("colorblind", 2)
+    ax.plot(table["epoch"], table["loss"], marker="o", markersize=3, color=colours[0], label="training loss")
+    ax.set(xlabel="epoch", ylabel="cross-entropy", title=title or "")
+    right = ax.twinx()
+    right.spines["right"].set_visible(True)
+    right.plot(table["epoch"], table["val_miou"], marker="s", markersize=3, color=colours[1], label="validation mIoU")
+    best = table.loc[table["val_miou"].idxmax()]
+    right.axvline(best["epoch"], color="0.5", linewidth=0.6, linestyle="--")
+    right.annotate(f"best {best['val_miou']:.1f}", (best["epoch"], best["val_miou"]), xytext=(3, 3),
+                   textcoords="offset points", fontsize=7)
+    right.set_ylabel("validation mIoU, %")
+    fig.legend(loc="outside lower center", ncol=2)
+    return _save(fig, path)

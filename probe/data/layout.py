@@ -77,7 +77,7 @@ def _open_square_rgb(path: Path) -> Image.Image:
     return image
 
 
-def _scaled_pixels(image: Image.Image, resolution: int) -> np.ndarray:
+def scaled_pixels(image: Image.Image, resolution: int) -> np.ndarray:
     """PIL bilinear resize (skipped at the right size), then pixel / 255 * 2 - 1 in float32, (3, H, W)."""
     if image.size != (resolution, resolution):
         image = image.resize((resolution, resolution), Image.Resampling.BILINEAR)
@@ -142,12 +142,14 @@ def load_labeled_split(root: Path, split: str, resolution: int, num_classes: int
             raise ProbeError(f"{limit} images asked for but {folder} holds {len(paths)}; "
                              f"ask for 1..{len(paths)}")
         paths = paths[:limit]
-    samples = []
-    for path in paths:
-        image = _open_square_rgb(path)
-        labels = _read_labels(path.with_suffix(".npy"), path, image.width, num_classes, ignore_label, resolution)
-        samples.append(LabeledImage(path.stem, _scaled_pixels(image, resolution), labels))
-    return samples
+    return [load_labeled_image(path, resolution, num_classes, ignore_label) for path in paths]
+
+
+def load_labeled_image(path: Path, resolution: int, num_classes: int, ignore_label: int) -> LabeledImage:
+    """One image at `resolution` with its label map (`<stem>.npy` beside it), checked as `load_labeled_split` does."""
+    image = _open_square_rgb(path)
+    labels = _read_labels(path.with_suffix(".npy"), path, image.width, num_classes, ignore_label, resolution)
+    return LabeledImage(path.stem, scaled_pixels(image, resolution), labels)
 
 
 def image_paths(paths_or_dir: Path | str | Iterable[Path | str]) -> list[Path]:
@@ -173,7 +175,7 @@ def native_size(paths_or_dir: Path | str | Iterable[Path | str]) -> int:
 def load_images(paths_or_dir: Path | str | Iterable[Path | str], resolution: int) -> list[LabeledImage]:
     """Unlabelled images from a folder (sorted by file name), one file, or a list of files, at `resolution`."""
     _check_resolution(resolution)
-    return [LabeledImage(path.stem, _scaled_pixels(_open_square_rgb(path), resolution), None)
+    return [LabeledImage(path.stem, scaled_pixels(_open_square_rgb(path), resolution), None)
             for path in image_paths(paths_or_dir)]
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.corruptions import corrupt, corruption_seed
-from probe.data.layout import LabeledImage, _scaled_pixels, find_split_dir, list_images
+from probe.data.layout import LabeledImage, scaled_pixels, find_split_dir, list_images
 from probe.ensemble import PixelEnsemble
 from probe.errors import ProbeError
 from probe.experiments import SweepData, evaluate_cell, mean_std_table, segment_config
@@ -36,7 +36,7 @@ def corrupted_images(images: list[LabeledImage], name: str, severity: int, seed:
     versions = []
     for image in images:
         pixels = corrupt(to_uint8_image(image), name, severity, corruption_seed(seed, image.stem, name, severity))
-        versions.append(LabeledImage(image.stem, _scaled_pixels(Image.fromarray(pixels), image.image.shape[-1]),
+        versions.append(LabeledImage(image.stem, scaled_pixels(Image.fromarray(pixels), image.image.shape[-1]),
                                      image.labels))
     return versions
 

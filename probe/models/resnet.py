@@ -58,13 +58,14 @@ class ResNetConfig:
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand, each with BatchNorm; projected shortcut when needed."""
+    """1x1 reduce, 3x3 (carrying the stride or the dilation), 1x1 expand, each with BatchNorm; projected shortcut
+    when needed."""
 
-    def __init__(self, in_channels: int, width: int, out_channels: int, stride: int):
+    def __init__(self, in_channels: int, width: int, out_channels: int, stride: int, dilation: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -87,9 +88,14 @@ class ResNet(nn.Module):
     Built on the meta device and materialised once, so construction never touches the global RNG:
     with `init` the convolutions are Kaiming-normal (fan out) from `generator` (seed 0 when None) and
     BatchNorms the identity; without it the weights stay unset until a load_state_dict.
+
+    `replace_stride_with_dilation` (for layer2, layer3, layer4) is torchvision's option: a stage marked True keeps
+    its input resolution and dilates its 3x3 convolutions instead (its first block at the previous dilation), so
+    (False, True, True) gives output stride 8, as DeepLabV3's backbone. The parameters and their names are the same.
     """
 
-    def __init__(self, config: ResNetConfig, generator: torch.Generator | None = None, init: bool = True):
+    def __init__(self, config: ResNetConfig, generator: torch.Generator | None = None, init: bool = True,
+                 replace_stride_with_dilation: tuple[bool, bool, bool] = (False, False, False)):
         super().__init__()
         self.config = config
         with torch.device("meta"):
@@ -97,11 +103,14 @@ class ResNet(nn.Module):
             self.bn1 = nn.BatchNorm2d(config.stem)
             self.relu = nn.ReLU()
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-            channels = config.stem
+            channels, dilation = config.stem, 1
+            dilate = (False, *replace_stride_with_dilation)
             for stage, (blocks, width, out) in enumerate(zip(config.layers, config.widths, config.out_channels)):
-                stride = 1 if stage == 0 else 2
-                layer = nn.Sequential(*(Bottleneck(channels if j == 0 else out, width, out, stride if j == 0 else 1)
-                                        for j in range(blocks)))
+                stride, previous = (1 if stage == 0 else 2), dilation
+                if dilate[stage]:
+                    stride, dilation = 1, dilation * 2
+                layer = nn.Sequential(*(Bottleneck(channels if j == 0 else out, width, out, stride if j == 0 else 1,
+                                                   previous if j == 0 else dilation) for j in range(blocks)))
                 self.add_module(f"layer{stage + 1}", layer)
                 channels = out
         self.to_empty(device="cpu")
