@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
+from test_diffusers import changed_weights, diffusers_folders  # noqa: F401 (a fixture): tiny diffusers model folders
 from probe.backbones import BACKBONES, BackboneSpec, build_backbone
 from probe.data.layout import load_images
 from probe.errors import ProbeError
@@ -27,6 +28,8 @@ SPECS = {
     "mae": (BackboneSpec("mae", FIXTURES / "mae_tiny32.pt", "--num_heads 4", "3,4,5"), 32),
     "swav": (BackboneSpec("swav", FIXTURES / "swav_tiny64.pt"), 64),
     "swav_w2": (BackboneSpec("swav_w2", FIXTURES / "swav_tiny64.pt"), 64),
+    "diffusers": (BackboneSpec("diffusers", None, None, "1,3", "10,50"), 32),  # checkpoint: diffusers_folders
+    "sd": (BackboneSpec("sd", None, None, "0,3", "500"), 32),
 }
 
 
@@ -41,8 +44,10 @@ def modules_of(backbone) -> list[torch.nn.Module]:
 
 
 @pytest.mark.parametrize("kind", sorted(SPECS))
-def test_backbone_contract(tmp_path, kind):
+def test_backbone_contract(tmp_path, kind, request):
     spec, native = SPECS[kind]
+    if kind in ("diffusers", "sd"):
+        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("diffusers_folders")[kind]})
     backbone = build_backbone(spec, "segment", native)
     assert backbone.kind == kind and backbone.identity["backbone"] == kind and "version" in backbone.identity
     assert json.loads(json.dumps(backbone.identity)) == backbone.identity  # JSON as it is: cache keys, manifests
@@ -66,7 +71,11 @@ def test_backbone_contract(tmp_path, kind):
         backbone(images, ["a", "b"], 12345)
 
     # the identity changes with the weights (random: with the seed that draws them)
-    if spec.checkpoint is not None:
+    if spec.checkpoint is not None and spec.checkpoint.is_dir():
+        changed = changed_weights(spec.checkpoint, tmp_path / "changed")
+        other = build_backbone(BackboneSpec(**{**vars(spec), "checkpoint": changed}), "segment", native)
+        assert other.identity != backbone.identity and other.identity["checkpoint"] != backbone.identity["checkpoint"]
+    elif spec.checkpoint is not None:
         changed = tmp_path / spec.checkpoint.name
         state = torch.load(spec.checkpoint, weights_only=True)
         inner = state.get("model", state.get("state_dict", state))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, capture, loaded, select_layers, select_steps
+from probe.backbones.base import Backbone, Cell, loaded, mean_captures, select_layers, select_steps
 from probe.diffusion import Diffusion, inversion_schedule
 from probe.errors import ProbeError
 from probe.models import LoadedModel, UNet, load_model
@@ -53,6 +53,16 @@ def scaled_blocks(blocks: tuple[int, ...], decoder_blocks: int) -> list[int]:
 def scaled_steps(steps: tuple[int, ...], diffusion_steps: int) -> list[int]:
     """Steps of T = 1000 scaled to another T (kept below T)."""
     return sorted({min(diffusion_steps - 1, round(t * diffusion_steps / 1000)) for t in steps})
+
+
+def default_cells(purpose: str, decoder_blocks: int, diffusion_steps: int) -> tuple[list[int], list[int]]:
+    """A diffusion backbone's default (decoder blocks, steps) for `purpose`, scaled to its depth and T."""
+    return {
+        "segment": (scaled_blocks(PAPER_BLOCKS, decoder_blocks), scaled_steps(PAPER_STEPS, diffusion_steps)),
+        "grid": (list(range(decoder_blocks)), scaled_steps(GRID_STEPS, diffusion_steps)),
+        "kmeans": (scaled_blocks(KMEANS_BLOCKS, decoder_blocks), scaled_steps(KMEANS_STEPS, diffusion_steps)),
+        "features": (list(range(decoder_blocks)), scaled_steps(FEATURE_STEPS, diffusion_steps)),
+    }[purpose]
 
 
 @dataclass(frozen=True)
@@ -158,12 +168,7 @@ class ADMBackbone(Backbone):
             checkpoint, flags = (spec.checkpoint, spec.model_flags) if spec.checkpoint else default_model_files()
             model = loaded(checkpoint, [flags, spec.device], lambda: load_model(checkpoint, flags, spec.device))
         n, steps_total = model.flags.decoder_blocks, Diffusion(model.flags).num_steps
-        defaults = {
-            "segment": (scaled_blocks(PAPER_BLOCKS, n), scaled_steps(PAPER_STEPS, steps_total)),
-            "grid": (list(range(n)), scaled_steps(GRID_STEPS, steps_total)),
-            "kmeans": (scaled_blocks(KMEANS_BLOCKS, n), scaled_steps(KMEANS_STEPS, steps_total)),
-            "features": (list(range(n)), scaled_steps(FEATURE_STEPS, steps_total)),
-        }[purpose]
+        defaults = default_cells(purpose, n, steps_total)
         available = [f"block{b}" for b in range(n)]
         layers = select_layers(spec.layers, available, [f"block{b}" for b in defaults[0]])
         steps = select_steps(spec.steps, steps_total, defaults[1])
@@ -187,13 +192,10 @@ class ADMBackbone(Backbone):
             inputs = [self.diffusion.q_sample(x0, tt, n.to(dev))
                       for n in self.noise.noises(stems, tuple(images.shape[1:]))]
         modules = {b: self.model.unet.output_blocks[b] for b in self.blocks}
-        sums: dict[int, torch.Tensor] = {}
-        for x_t in inputs:
-            with capture(modules, self.input_activations) as captured:
-                self.model.unet(x_t, self.diffusion.model_timesteps(tt), last_block=max(self.blocks))
-            for b, act in captured.items():
-                sums[b] = act.float() if b not in sums else sums[b] + act.float()
-        return {Cell(f"block{b}", step).name: (sums[b] / len(inputs)).cpu() for b in self.blocks}
+        means = mean_captures(modules, lambda x_t: self.model.unet(x_t, self.diffusion.model_timesteps(tt),
+                                                                   last_block=max(self.blocks)),
+                              inputs, self.input_activations)
+        return {Cell(f"block{b}", step).name: means[b].cpu() for b in self.blocks}
 
     def inverted(self, x0: torch.Tensor, step: int) -> torch.Tensor:
         """x_step by DDIM inversion of the batch x0 (on the model's device) along inversion_schedule(step, K).

@@ -23,6 +23,7 @@ import torch
 from probe.errors import ProbeError
 
 T = TypeVar("T")
+K = TypeVar("K")
 CELL_PART = re.compile(r"(\d+)(?:-(\d+))?|[a-z]+\d+(?:\.\d+)?", re.IGNORECASE)
 
 
@@ -168,16 +169,32 @@ def select_steps(text: str | None, diffusion_steps: int, default: list[int]) -> 
 
 @contextlib.contextmanager
 def capture(modules: dict[str, torch.nn.Module], inputs: bool = False):
-    """Record each module's output (or its first input) into a dict during the with-block; hooks removed after."""
+    """Record each module's output (or its first input) into a dict during the with-block; hooks removed after.
+    A module returning a tuple (diffusers' transformer blocks with return_dict=False) is recorded by its first
+    element."""
     captured: dict[str, torch.Tensor] = {}
     handles = []
     for key, module in modules.items():
         if inputs:
             handles.append(module.register_forward_pre_hook(lambda m, args, k=key: captured.__setitem__(k, args[0])))
         else:
-            handles.append(module.register_forward_hook(lambda m, args, out, k=key: captured.__setitem__(k, out)))
+            handles.append(module.register_forward_hook(lambda m, args, out, k=key: captured.__setitem__(
+                k, out[0] if isinstance(out, tuple) else out)))
     try:
         yield captured
     finally:
         for handle in handles:
             handle.remove()
+
+
+def mean_captures(modules: dict[K, torch.nn.Module], run: Callable[[torch.Tensor], object],
+                  inputs: list[torch.Tensor], capture_inputs: bool = False) -> dict[K, torch.Tensor]:
+    """Each module's output (or input) during `run(x)`, in float32, averaged over the x in `inputs` (the noise
+    draws of one step)."""
+    sums: dict[K, torch.Tensor] = {}
+    for x in inputs:
+        with capture(modules, capture_inputs) as captured:
+            run(x)
+        for key, act in captured.items():
+            sums[key] = act.float() if key not in sums else sums[key] + act.float()
+    return {key: sums[key] / len(inputs) for key in modules}
