@@ -3,12 +3,13 @@
 # the two controls), 3 seeds each (mean ± std, as the paper): one sweep of `probe segment` fits on all 20 labelled
 # training images. Then the trained DDPM twice more: with the first layer's products in float32 (the default, auto,
 # takes bfloat16 on CPUs that multiply it natively) and with the members trained one by one (--sequential).
-# Sweep folders resume: delete analysis/results/backbones to start over.
+# Sweep folders resume: delete analysis/results/backbones to start over. THREADS sets torch threads (default 2).
 set -euo pipefail
 results=analysis/results/backbones
-probe efficiency --backbones ddpm,mae,random,pixels --train-numbers 20 --seeds 0,1,2 --out "$results/sweep" --quiet
-probe segment --precision float32 --seeds 0,1,2 --out "$results/ddpm_float32" --quiet
-probe segment --sequential --seeds 0,1,2 --out "$results/ddpm_sequential" --quiet
+threads=${THREADS:-2}
+probe efficiency --backbones ddpm,mae,random,pixels --train-numbers 20 --seeds 0,1,2 --out "$results/sweep" --threads "$threads" --quiet
+probe segment --precision float32 --seeds 0,1,2 --out "$results/ddpm_float32" --threads "$threads" --quiet
+probe segment --sequential --seeds 0,1,2 --out "$results/ddpm_sequential" --threads "$threads" --quiet
 python - <<'PY'
 import pandas as pd
 from probe import plots

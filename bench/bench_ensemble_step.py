@@ -1,9 +1,12 @@
 """Time the ensemble's batched training loop (PixelEnsemble.fit: sampling batches, forward, backward, fused Adam)
-on features held in memory, per batch-64 step.
+on features held in memory, per step (batch 64 unless --batch-size).
 
     python bench/bench_ensemble_step.py                 # the paper's shape at num_channels 64: D = 2112, 10 members
     python bench/bench_ensemble_step.py --dim 8448 --threads 1
     python bench/bench_ensemble_step.py --split        # ms per step in each phase: gather, forward, backward, Adam
+    python bench/bench_ensemble_step.py --batch-size 256 --steps 250   # fewer, fatter steps (same pixels)
+    python bench/bench_ensemble_step.py --early-batch-size 256         # whole fits: the authors' rule vs batches
+                                                                       # of 256 in the unchecked epochs, alternated
 
 The segmenter's training time at the paper's shape is about this step time x the steps its early stopping takes
 (about 41,000 at 10 train images), plus reading features from the activation store. Prints one JSON line.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -20,34 +24,74 @@ import torch
 
 import torch.nn.functional as F
 
-from probe.ensemble import ArrayPixelSource, PixelEnsemble, StackedMLP, flush_subnormals
+from probe.ensemble import GATHER_PIXELS, ArrayPixelSource, PixelEnsemble, StackedMLP, flush_subnormals
 from probe.store import PixelSampler
 
 PAPER_CELLS = ((4, 32), (2, 32), (2, 32), (2, 64), (1, 128))  # (channels / num_channels, native size) per block at 256
 
 
-def phase_split(args) -> dict:
-    """ms per batch-64 step in each phase of the batched ensemble's step, timed one phase at a time: gathering the
-    batch's features from native maps of the paper's sizes (the sampler, 16 batches per call as in fit), the
-    forward pass, loss and backward pass, fused Adam. The maps' channels scale with --dim (2112 at num_channels 64)."""
-    channels = args.dim // 33  # 2112 = 33 x 64: blocks {5,6,7,8,12} x 3 steps
-    generator = torch.Generator().manual_seed(0)
+def paper_sampler(dim: int, generator: torch.Generator) -> PixelSampler:
+    """A sampler over 4 images' random native maps of the paper's sizes, whose channels scale with `dim` (2112 at
+    num_channels 64)."""
+    channels = dim // 33  # 2112 = 33 x 64: blocks {5,6,7,8,12} x 3 steps
     maps = [torch.randn(4, c * channels, s, s, generator=generator).half() for _ in range(3) for c, s in PAPER_CELLS]
-    sampler = PixelSampler(maps, 256)
+    return PixelSampler(maps, 256)
+
+
+class SampledPixels:
+    """A PixelSource of `count` random pixels of a sampler, with random labels."""
+
+    def __init__(self, sampler: PixelSampler, count: int, classes: int, rng: np.random.Generator) -> None:
+        self.sampler, self.dim = sampler, sampler.dim
+        self.where = (rng.integers(4, size=count), rng.integers(256, size=count), rng.integers(256, size=count))
+        self.labels = rng.integers(classes, size=count)
+
+    def features(self, idx: np.ndarray) -> torch.Tensor:
+        return self.sampler.gather(*(a[idx] for a in self.where))
+
+
+def compare_rules(args) -> dict:
+    """Seconds of whole fits (4 unchecked epochs, then the early-stopping rule) on --steps x 64 sampled pixels, the
+    authors' rule and --early-batch-size alternated --rounds times in this process (ratios from back-to-back fits hold
+    on a loaded machine where absolute times do not)."""
+    source = SampledPixels(paper_sampler(args.dim, torch.Generator().manual_seed(0)), args.steps * 64, args.classes,
+                           np.random.default_rng(0))
+    rules = {"authors": None, f"early_batch_{args.early_batch_size}": args.early_batch_size}
+    seconds, steps = dict.fromkeys(rules, 0.0), {}
+    for _ in range(args.rounds):
+        for name, early in rules.items():
+            started = time.perf_counter()
+            ensemble = PixelEnsemble(args.classes, members=args.members, progress=False, precision=args.precision,
+                                     early_batch_size=early).fit(source)
+            seconds[name] += time.perf_counter() - started
+            steps[name] = int(ensemble.iterations_.mean())
+    return {"seconds": {name: round(value / args.rounds, 2) for name, value in seconds.items()},
+            "steps_per_member": steps, "speedup": round(seconds["authors"] / seconds[f"early_batch_{args.early_batch_size}"], 2)}
+
+
+def phase_split(args) -> dict:
+    """ms per step in each phase of the batched ensemble's step, timed one phase at a time: gathering the
+    batch's features from native maps of the paper's sizes (the sampler, as many batches per call as in fit), the
+    forward pass, loss and backward pass, fused Adam."""
+    generator = torch.Generator().manual_seed(0)
+    sampler = paper_sampler(args.dim, generator)
     model = StackedMLP(args.members, sampler.dim, args.classes, PixelEnsemble(2, precision=args.precision).precision)
     for parameter in model.parameters():
         if parameter.dim() == 3:
             parameter.data.normal_(0.0, 0.02, generator=generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     rng = np.random.default_rng(0)
-    labels = torch.from_numpy(rng.integers(args.classes, size=64))
+    batch = args.batch_size
+    labels = torch.from_numpy(rng.integers(args.classes, size=batch))
     seconds = dict.fromkeys(("gather", "forward", "backward", "adam"), 0.0)
+    per_call = max(1, GATHER_PIXELS // batch)
     for step in range(args.steps):
         started = time.perf_counter()
-        if step % 16 == 0:
-            batches = sampler.gather(rng.integers(4, size=1024), rng.integers(256, size=1024),
-                                     rng.integers(256, size=1024)).split(64)
-        x = batches[step % 16]
+        if step % per_call == 0:
+            pixels = per_call * batch
+            batches = sampler.gather(rng.integers(4, size=pixels), rng.integers(256, size=pixels),
+                                     rng.integers(256, size=pixels)).split(batch)
+        x = batches[step % per_call]
         gathered = time.perf_counter()
         optimizer.zero_grad()
         logits = model(x)
@@ -67,29 +111,41 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=2112)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=1000, help="batch-64 steps to time (one epoch)")
+    parser.add_argument("--steps", type=int, help="steps to time (one epoch; default 1000), or with --early-batch-size "
+                        "the pixels of the compared fits in batches of 64 (default 1600)")
+    parser.add_argument("--batch-size", type=int, default=64, help="pixels per step (the authors': 64)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--precision", default="auto", help="the first layer's products: auto, float32 or bfloat16")
     parser.add_argument("--split", action="store_true", help="time each phase of the step instead of PixelEnsemble.fit")
+    parser.add_argument("--early-batch-size", type=int, help="compare whole fits: the authors' rule and this batch in "
+                        "the unchecked epochs")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two fits (with --early-batch-size)")
     args = parser.parse_args()
+    args.steps = args.steps or (1600 if args.early_batch_size else 1000)
     flush_subnormals()  # as the probe command does
     torch.set_num_threads(args.threads)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's first optimizer imports torch._dynamo: not timed
+    if args.early_batch_size:
+        print(json.dumps({"dim": args.dim, "members": args.members, "threads": args.threads,
+                          "load_average": os.getloadavg(), **compare_rules(args)}))
+        return
     if args.split:
         print(json.dumps({"dim": args.dim, "members": args.members, "threads": args.threads,
-                          "ms_per_step": phase_split(args)}))
+                          "batch_size": args.batch_size, "ms_per_step": phase_split(args)}))
         return
 
     rng = np.random.default_rng(0)
-    features = rng.standard_normal((args.steps * 64, args.dim), dtype=np.float32)
-    labels = rng.integers(args.classes, size=args.steps * 64)
-    ensemble = PixelEnsemble(args.classes, members=args.members, max_epochs=1, progress=False, precision=args.precision)
+    features = rng.standard_normal((args.steps * args.batch_size, args.dim), dtype=np.float32)
+    labels = rng.integers(args.classes, size=args.steps * args.batch_size)
+    ensemble = PixelEnsemble(args.classes, members=args.members, batch_size=args.batch_size, max_epochs=1,
+                             progress=False, precision=args.precision)
     started = time.perf_counter()
     ensemble.fit(ArrayPixelSource(features, labels))
     seconds = (time.perf_counter() - started) / args.steps
     hidden = ensemble.model_[0].weight.shape[2]
-    first_layer_flop = 2 * 2 * 64 * args.dim * args.members * hidden  # forward and weight-gradient products
+    first_layer_flop = 2 * 2 * args.batch_size * args.dim * args.members * hidden  # forward and weight-gradient products
     print(json.dumps({"dim": args.dim, "members": args.members, "threads": args.threads, "precision": ensemble.precision,
-                      "ms_per_step": round(1000 * seconds, 2),
+                      "batch_size": args.batch_size, "ms_per_step": round(1000 * seconds, 2),
                       "first_layer_gflop_per_second": round(first_layer_flop / seconds / 1e9, 1)}))
 
 

@@ -51,7 +51,8 @@ class Fitted:
 
 def fit_and_predict(store: ActivationStore, names: list[str], train: list[LabeledImage], test: list[LabeledImage],
                     num_classes: int, ignore_label: int, members: int, seed: int, batched: bool = True,
-                    device: str = "cpu", progress: bool = True, precision: str = "float32") -> Fitted:
+                    device: str = "cpu", progress: bool = True, precision: str = "float32",
+                    early_batch_size: int | None = None) -> Fitted:
     """Train an ensemble on the named features of the train images, predict and score the test images."""
     size = train[0].image.shape[-1]
     min_pixels = min_annotation_pixels(size)
@@ -61,7 +62,7 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
         raise ProbeError("the training label maps hold no labelled pixel (all ignore label): check the label maps")
     started = time.perf_counter()
     ensemble = PixelEnsemble(num_classes, members=members, seed=seed, batched=batched, device=device,
-                             progress=progress, precision=precision).fit(source)
+                             progress=progress, precision=precision, early_batch_size=early_batch_size).fit(source)
     training_pixels = len(source.labels)
     del source  # the training images' activations leave memory before the test images' arrive
     trained = time.perf_counter()
@@ -97,6 +98,7 @@ class SegmentOptions:
     members: int = 10
     batched: bool = True
     precision: str = "auto"
+    early_batch_size: int | None = None  # batch of the epochs early stopping does not check; None: 64 (the authors')
     train_draw: bool = False  # draw the training images with the run's seed instead of taking the first by name
     train_data: str | None = None  # a dataset folder whose train split trains (e.g. synthesized images); None: the source's
 
@@ -152,7 +154,8 @@ def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | N
     store.fill(train + test, progress=progress)
     extraction = time.perf_counter() - started
     fitted = fit_and_predict(store, backbone.names, train, test, source.num_classes, source.ignore_label,
-                             options.members, seed, options.batched, spec.device, progress, options.precision)
+                             options.members, seed, options.batched, spec.device, progress, options.precision,
+                             options.early_batch_size)
     iou = dict(zip(fitted.score.class_ids, fitted.score.iou))
     per_class = {source.class_names[c]: 100 * v for c, v in iou.items()}
     metrics = {
@@ -211,7 +214,7 @@ def run_segment(source: Source, options: SegmentOptions, seed: int, out: Path, c
 def load_predictor(ensemble_dir: Path, device: str) -> tuple[PixelEnsemble, dict, Backbone]:
     """A saved ensemble, its manifest, and the backbone that rebuilds its features (refused when its identity is
     no longer the manifest's: a changed checkpoint or flags)."""
-    ensemble, manifest = PixelEnsemble.load(ensemble_dir)
+    ensemble, manifest = PixelEnsemble.load(ensemble_dir, device)
     spec = BackboneSpec.from_dict(manifest["backbone"], device=device)
     backbone = build_backbone(spec, "segment", manifest["resolution"])
     if json.loads(json.dumps(backbone.identity)) != manifest["identity"]:

@@ -5,6 +5,7 @@ import pytest
 import scipy.special
 import scipy.stats
 import torch
+import torch.nn.functional as F
 
 from probe.ensemble import (
     ArrayPixelSource,
@@ -98,16 +99,59 @@ def test_early_stopping_rule_on_given_losses():
 
 
 @pytest.mark.parametrize("batched", [True, False])
-@pytest.mark.parametrize("patience", [50, 5])
-def test_fit_stops_at_the_predicted_iteration_when_loss_never_improves(batched, patience):
+@pytest.mark.parametrize(("patience", "batch_size", "early_batch_size"),
+                         [(50, 64, None), (5, 64, None), (5, 128, None), (5, 96, None), (5, 64, 128), (50, 64, 256)])
+def test_fit_stops_at_the_predicted_iteration_when_loss_never_improves(batched, patience, batch_size, early_batch_size):
     # Identical pixels and lr=0: every batch loss is exactly the same. Epochs 0..3 are unchecked
-    # (4 epochs of 4 steps), the first checked batch sets the best loss, and the count passes
-    # `patience` on the (patience + 1)-th batch after it.
+    # (4 epochs of 256 // early batch full batches), the first checked batch sets the best loss, and the count
+    # passes `patience` on the (patience + 1)-th batch after it (batches of batch_size: 256 // batch_size per
+    # epoch). A larger batch takes fewer steps for the same epochs; patience counts batches whatever their size.
     source = ArrayPixelSource(np.ones((256, 8), np.float32), np.full(256, 1))
-    ensemble = PixelEnsemble(3, members=2, lr=0.0, patience=patience, batched=batched, progress=False).fit(source)
-    expected = 4 * 4 + 1 + (patience + 1)
+    ensemble = PixelEnsemble(3, members=2, lr=0.0, patience=patience, batch_size=batch_size, batched=batched,
+                             early_batch_size=early_batch_size, progress=False).fit(source)
+    steps_per_epoch = {64: 4, 128: 2, 96: 2, 256: 1}  # 96: the last 64 pixels of each shuffle are dropped
+    unchecked, checked = steps_per_epoch[early_batch_size or batch_size], steps_per_epoch[batch_size]
+    expected = 4 * unchecked + 1 + (patience + 1)
     assert ensemble.iterations_.tolist() == [expected, expected]
-    assert ensemble.epochs_.tolist() == [-(-expected // 4)] * 2
+    assert ensemble.epochs_.tolist() == [4 + -(-(expected - 4 * unchecked) // checked)] * 2
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_early_batches_follow_a_hand_written_reference(batched, tmp_path):
+    # check_after_epoch=0: epoch 0 is unchecked, one batch of 128 pixels at lr 1e-3 * 128 / 64; epoch 1 takes
+    # batches of 64 at lr 1e-3. The reference: torch's own modules, Adam and the same shuffles.
+    features, labels = separable_problem(128, seed=3)
+    ensemble = PixelEnsemble(4, members=1, early_batch_size=128, check_after_epoch=0, max_epochs=2, batched=batched,
+                             progress=False).fit(ArrayPixelSource(features, labels))
+    mlp = new_member(12, 4, member_generators(0, 0)[0])
+    rng = np.random.default_rng(0) if batched else member_generators(0, 0)[1]  # the batched ensemble's shared shuffles
+    optimizer = torch.optim.Adam(mlp.parameters())
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    for lr, batch in ((2e-3, 128), (1e-3, 64)):
+        optimizer.param_groups[0]["lr"] = lr
+        for idx in torch.from_numpy(rng.permutation(128)).split(batch):
+            optimizer.zero_grad()
+            F.cross_entropy(mlp(x[idx]), y[idx]).backward()
+            optimizer.step()
+    expected = StackedMLP.from_members([mlp]).state_dict()
+    for key, value in ensemble.model_.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-6)
+    assert (ensemble.iterations_.tolist(), ensemble.epochs_.tolist()) == ([3], [2])
+    ensemble.save(tmp_path / "ensemble", {})
+    assert PixelEnsemble.load(tmp_path / "ensemble")[0].early_batch_size == 128
+
+
+@pytest.mark.parametrize(("batch_size", "call_sizes"), [(64, [1024, 1024, 1024, 1024, 64]), (256, [1024] * 4),
+                                                      (600, [600] * 6)])
+def test_training_fetches_about_1024_pixels_per_source_call(batch_size, call_sizes):
+    # One epoch of 4160 pixels: full batches only, fetched in calls of whole batches of about GATHER_PIXELS
+    # (larger calls are slower per pixel with the store's sampler).
+    source = ArrayPixelSource(*separable_problem(4160, seed=0))
+    sizes = []
+    features = source.features
+    source.features = lambda idx: sizes.append(len(idx)) or features(idx)
+    PixelEnsemble(4, members=1, batch_size=batch_size, max_epochs=1, progress=False).fit(source)
+    assert sizes == call_sizes
 
 
 def test_majority_vote_breaks_ties_toward_the_smallest_label():
@@ -232,6 +276,10 @@ def test_user_errors():
         PixelEnsemble(3, progress=False).fit(ArrayPixelSource(features, labels))  # labels go up to 3
     with pytest.raises(ProbeError, match="batch_size"):
         PixelEnsemble(4, progress=False).fit(ArrayPixelSource(features[:10], labels[:10]))
+    with pytest.raises(ProbeError, match="128 training pixels < early_batch_size 256"):
+        PixelEnsemble(4, early_batch_size=256, progress=False).fit(ArrayPixelSource(features, labels))
+    with pytest.raises(ProbeError, match="early_batch_size=1: batch normalisation"):
+        PixelEnsemble(4, early_batch_size=1, progress=False).fit(ArrayPixelSource(features, labels))
     with pytest.raises(ProbeError, match="not trained"):
         PixelEnsemble(4).predict(features)
     ensemble = PixelEnsemble(4, members=1, max_epochs=1, progress=False).fit(ArrayPixelSource(features, labels))

@@ -203,3 +203,16 @@ def test_segment_trains_on_another_folder_and_tests_on_the_data(tmp_path, tiny_d
     assert "train on data labelled with the test data's classes" in result.output and not (tmp_path / "bad").exists()
     result = run("segment", *args, "--train-data", tmp_path / "missing", "--out", tmp_path / "bad")
     assert result.exit_code == 2 and "is not a folder" in result.output and not (tmp_path / "bad").exists()
+
+
+def test_early_batch_size_reaches_the_ensemble_of_one_run_and_of_every_seed(tmp_path, tiny_domain):
+    args = ["segment", "--data", tiny_domain, "--backbone", "pixels", "--members", 2, "--threads", 1, "--quiet"]
+    assert run(*args, "--out", tmp_path / "authors").exit_code == 0
+    result = run(*args, "--early-batch-size", 256, "--out", tmp_path / "early")
+    assert result.exit_code == 0, result.output
+    authors, early = read_metrics(tmp_path / "authors"), read_metrics(tmp_path / "early")
+    assert early["options"]["early_batch_size"] == 256 and authors["options"]["early_batch_size"] is None
+    assert sum(early["ensemble_iterations"]) < sum(authors["ensemble_iterations"])  # fewer, fatter early steps
+    result = run(*args, "--early-batch-size", 256, "--seeds", "0,1", "--out", tmp_path / "seeds")
+    assert result.exit_code == 0, result.output
+    assert read_metrics(tmp_path / "seeds" / "seed_0")["ensemble_iterations"] == early["ensemble_iterations"]

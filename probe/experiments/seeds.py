@@ -31,7 +31,8 @@ def run_seeds(data: SweepData, options: SegmentOptions, seeds: list[int], out: P
     cells = [Cell({**segment_config(data, options.backbone, train_number=options.train_number,
                                     test_number=options.test_number, members=options.members,
                                     precision=options.precision, train_draw=options.train_draw,
-                                    batched=options.batched, train_data=options.train_data),
+                                    batched=options.batched, train_data=options.train_data,
+                                    early_batch_size=options.early_batch_size),
                    "folder": str(out / f"seed_{seed}")}, seed) for seed in seeds]
     records = run_sweep(cells, seed_work, out, command="segment", ray=ray, threads=threads,
                         gpus_per_cell=gpus_per_cell, progress=progress)
