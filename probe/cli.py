@@ -170,6 +170,7 @@ def _sweep_start(command: str, out: Path, dataset: Optional[str], data_root: Opt
 Ray = typer.Option(None, "--ray", help="Run the cells on Ray: local (a cluster on this machine's cores), auto (the running cluster) or its address. Default: in this process.")
 Threads = typer.Option(None, "--threads", help="Torch threads per cell (default: all cores in this process, 1 per Ray task). Recorded per cell; the mIoU depends slightly on it.")
 GpusPerCell = typer.Option(0.0, "--gpus-per-cell", help="GPUs each Ray task reserves (with --device cuda).")
+BackboneList = typer.Option("ddpm,random,pixels", "--backbones", help="Backbones, comma-separated; a checkpoint after = (ddpm=lsun_horse.pt,mae=mae.pth).")
 
 
 @app.command()
@@ -403,7 +404,7 @@ def predict(
 @user_errors
 def efficiency(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
-    backbones: str = typer.Option("ddpm,random,pixels", "--backbones", help="Backbones, comma-separated; a checkpoint after = (ddpm=lsun_horse.pt,mae=mae.pth)."),
+    backbones: str = BackboneList,
     checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
     train_numbers: str = typer.Option("1,2,5,10,20", "--train-numbers", help="Numbers of labelled training images (each subset drawn per seed from the train split)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds: each draws its subsets, noise and initialisation."),
@@ -476,7 +477,7 @@ def variants(
 @user_errors
 def robustness(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
-    backbones: str = typer.Option("ddpm,random,pixels", "--backbones", help="Backbones, comma-separated; a checkpoint after = (ddpm=lsun_horse.pt,mae=mae.pth)."),
+    backbones: str = BackboneList,
     checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
     corruptions: str = typer.Option("all", "--corruptions", help="ImageNet-C corruptions: all (the 19 of imagecorruptions) or a comma list, e.g. gaussian_noise,fog,jpeg_compression."),
     severities: str = typer.Option("1,2,3,4,5", "--severities", help="Corruption severities in 1..5: all or a comma list."),

@@ -4,6 +4,7 @@ runner, so a grid resumes where it stopped and fans out over a Ray cluster."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -54,10 +55,11 @@ def grid_work(spec: dict, threads: int) -> dict:
     """One cell of the grid: the probe of one (layer, step), fit on the train images and scored on the test images;
     its IoU (%) per class. Every cell builds the same backbone (all of the grid's layers and steps), so the cells
     share one store folder and the first cell of a step extracts that step for all layers."""
-    source = SweepData(**spec["data"]).source()
+    data = SweepData(**spec["data"])
+    source = data.source()
     backbone = build_backbone(BackboneSpec.from_dict(spec["backbone"], seed=spec["seed"]), "grid", source.native_size)
-    train = source.split("train", backbone.image_size, spec["train_number"], SPLIT_NUMBER)
-    test = source.split("test", backbone.image_size, spec["test_number"], SPLIT_NUMBER)
+    train, test = _splits(data.dataset, data.data_root, data.data, backbone.image_size, spec["train_number"],
+                          spec["test_number"])
     store = ActivationStore(backbone, spec["data"]["cache"])
     store.fill(train + test, progress=False, steps=[spec["step"]])
     fitted = fit_and_predict(store, [backbone.cell_name(spec["layer"], spec["step"])], train, test,
@@ -65,6 +67,15 @@ def grid_work(spec: dict, threads: int) -> dict:
                              device=spec["backbone"]["device"], progress=False)
     return {"per_class": {source.class_names[c]: 100 * iou for c, iou in zip(fitted.score.class_ids, fitted.score.iou)},
             "seconds": fitted.seconds}
+
+
+@functools.lru_cache(maxsize=2)
+def _splits(dataset: str | None, data_root: str | None, data: str | None, size: int, train_number: int | None,
+            test_number: int | None) -> tuple[list[LabeledImage], list[LabeledImage]]:
+    """The grid's train and test images, read once per process (every cell of a grid probes the same images)."""
+    source = SweepData(dataset, data_root, data).source()
+    return (source.split("train", size, train_number, SPLIT_NUMBER),
+            source.split("test", size, test_number, SPLIT_NUMBER))
 
 
 def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray: str | None = None,
@@ -76,8 +87,8 @@ def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray
     backbone = build_backbone(replace(options.backbone, seed=seed), "grid", source.native_size)
     spec = resolved_spec(options.backbone, backbone).to_dict()
     spec.pop("seed")
-    train = source.split("train", backbone.image_size, options.train_number, SPLIT_NUMBER)
-    test = source.split("test", backbone.image_size, options.test_number, SPLIT_NUMBER)
+    train, test = _splits(data.dataset, data.data_root, data.data, backbone.image_size, options.train_number,
+                          options.test_number)
     areas = class_areas(train + test, source.num_classes, source.ignore_label)
     groups, cut = size_groups(areas, options.size_threshold)
     # layer-major: the cells running at once on Ray are at different steps, so each step is extracted once
