@@ -9,8 +9,8 @@ part of this repository). Defaults are the paper's shape at num_channels 64: 256
 steps {50,150,250} (D = 2112), 10 train / 20 test images, 10 members. The data is the project's face-parts
 generator (10 classes) drawn with `--data-seed`; a different seed gives a held-back dataset of the same shape.
 
-Their side is `train_interpreter.py` under bench/authors_cpu.py, which shims only what a CPU lacks (see there);
-ours is the installed `probe` command from an empty activation cache. Each runs in a child process under
+Their side is `train_interpreter.py` under bench/authors_cpu.py, which shims only what a CPU lacks (see there),
+with `--use_fp16 False` (see cpu_flags: both sides compute the UNet in float32); ours is the installed `probe` command from an empty activation cache. Each runs in a child process under
 /usr/bin/time -v (peak RSS of the process) with the machine's load average printed before it. Prints a table row
 per side, the ratios (their wall / ours, their peak RSS / ours, mIoU difference) and one JSON line.
 """
@@ -28,47 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+from paper_shape import BLOCKS, STEPS, feature_dim, model_flags, write_checkpoint, write_data
 
 HERE = Path(__file__).resolve().parent
-FLAGS = ("--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --dropout 0.1 --image_size {size} "
-         "--learn_sigma True --noise_schedule linear --num_channels {channels} --num_head_channels {head_channels} "
-         "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True "
-         "--channel_mult 1,1,2,2,4,4")  # the 256x256 models' multipliers, also at the smaller sizes of a quick run
-
-
-def write_data(folder: Path, size: int, train: int, test: int, seed: int) -> int:
-    """The face-parts generator's images (.png) and label maps (.npy) in the authors' layout; returns the class count."""
-    from probe.data.default_domain import CLASSES, image_rng, render
-
-    for split, count in (("train", train), ("test", test)):
-        (folder / split).mkdir(parents=True)
-        for i in range(count):
-            image, labels = render(image_rng(seed, split, i), size)
-            Image.fromarray(image).save(folder / split / f"{i:03d}.png")
-            np.save(folder / split / f"{i:03d}.npy", labels.astype(np.uint8))
-    (folder / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    return len(CLASSES)
-
-
-def write_checkpoint(path: Path, flags: str, seed: int) -> None:
-    """A guided-diffusion state dict of `flags` with random weights drawn from a generator seeded by `seed`."""
-    from probe.backbones.adm import random_unet
-
-    state = random_unet(flags, seed, "cpu").unet.state_dict()
-    torch.save({key: value.float() for key, value in state.items()}, path)
-
-
-def feature_dim(flags: str, blocks: list[int], steps: list[int]) -> int:
-    """Channels of the chosen decoder blocks' outputs, summed over blocks and steps."""
-    from probe.models.flags import ModelFlags, parse_flags
-
-    resolved = ModelFlags(**parse_flags(flags))
-    per_block = [int(resolved.num_channels * m) for m in resolved.channel_multipliers[::-1]
-                 for _ in range(resolved.num_res_blocks + 1)]
-    return len(steps) * sum(per_block[b] for b in blocks)
 
 
 def load_average() -> str:
@@ -89,6 +51,13 @@ def timed(command: list[str], env: dict, log: Path) -> tuple[float, float]:
     return wall, kilobytes / 1024 ** 2
 
 
+def cpu_flags(flags: str) -> str:
+    """Their flags for a CPU: with use_fp16 their extractor converts the UNet to float16, which a GPU runs fast and a
+    CPU runs through slow fallback kernels (one core, minutes per image at 256x256); the CPU computes in float32, as
+    `probe` does with the same flags."""
+    return flags.replace("--use_fp16 True", "--use_fp16 False")
+
+
 def run_authors(args, work: Path, data: Path, checkpoint: Path, flags: str, num_classes: int, env: dict) -> dict:
     experiment = {
         "exp_dir": str(work / "authors"), "model_type": "ddpm", "category": "ffhq_34",  # palette and names only
@@ -103,7 +72,7 @@ def run_authors(args, work: Path, data: Path, checkpoint: Path, flags: str, num_
     timings = work / "authors_stages.json"
     command = [sys.executable, str(HERE / "authors_cpu.py"), "--ddpm-segmentation", str(args.ddpm_segmentation),
                "--guided-diffusion", str(args.guided_diffusion), "--timings", str(timings), "--",
-               "--exp", str(work / "authors.json"), "--seed", str(args.seed), *flags.split()]
+               "--exp", str(work / "authors.json"), "--seed", str(args.seed), *cpu_flags(flags).split()]
     print(f"authors' train_interpreter.py ({load_average()})", flush=True)
     wall, rss = timed(command, env, work / "authors.log")
     output = (work / "authors.log").read_text()
@@ -135,14 +104,31 @@ def row(result: dict) -> str:
             f"| {result['miou']:.2f} |")
 
 
+def prepare(work: Path, args, flags: str) -> int:
+    """Write the data and the checkpoint into `work`, or reuse those a kept folder made with the same arguments
+    (so `--only probe --keep DIR` runs on the data of an earlier `--only authors --keep DIR`); returns the class count."""
+    made = {"size": args.size, "flags": flags, "train": args.train, "test": args.test, "data_seed": args.data_seed,
+            "weights_seed": args.weights_seed}
+    record = work / "prepared.json"
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept["made"] != made:
+            sys.exit(f"{work} holds data and a checkpoint made with {kept['made']}: use another --keep folder")
+        return kept["classes"]
+    num_classes = write_data(work / "data", args.size, args.train, args.test, args.data_seed)
+    write_checkpoint(work / "checkpoint.pt", flags, args.weights_seed)
+    record.write_text(json.dumps({"made": made, "classes": num_classes}))
+    return num_classes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ddpm-segmentation", type=Path, required=True, help="snapshot of yandex-research/ddpm-segmentation")
     parser.add_argument("--guided-diffusion", type=Path, required=True, help="snapshot of openai/guided-diffusion")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--num-channels", type=int, default=64)
-    parser.add_argument("--blocks", type=lambda s: [int(b) for b in s.split(",")], default=[5, 6, 7, 8, 12])
-    parser.add_argument("--steps", type=lambda s: [int(t) for t in s.split(",")], default=[50, 150, 250])
+    parser.add_argument("--blocks", type=lambda s: [int(b) for b in s.split(",")], default=BLOCKS)
+    parser.add_argument("--steps", type=lambda s: [int(t) for t in s.split(",")], default=STEPS)
     parser.add_argument("--train", type=int, default=10)
     parser.add_argument("--test", type=int, default=20)
     parser.add_argument("--members", type=int, default=10)
@@ -154,7 +140,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep data, checkpoint, logs and outputs in this folder")
     args = parser.parse_args()
 
-    flags = FLAGS.format(size=args.size, channels=args.num_channels, head_channels=min(64, args.num_channels))
+    flags = model_flags(args.size, args.num_channels)
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -162,8 +148,7 @@ def main() -> None:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         data, checkpoint = work / "data", work / "checkpoint.pt"
-        num_classes = write_data(data, args.size, args.train, args.test, args.data_seed)
-        write_checkpoint(checkpoint, flags, args.weights_seed)
+        num_classes = prepare(work, args, flags)
         results = []
         if args.only in (None, "authors"):
             results.append(run_authors(args, work, data, checkpoint, flags, num_classes, env))

@@ -4,6 +4,7 @@
     python bench/bench_segment.py default            # the embedded default domain and model
     python bench/bench_segment.py paper --train 20   # the paper's 256x256 ADM layout at num_channels 64,
                                                      # blocks {5,6,7,8,12}, steps {50,150,250}, generated images
+    python bench/bench_segment.py paper --num-channels 256 --train 2 --test 2   # the released width: D = 8448
 
 Runs the installed `probe segment` command in a child process (the start-up users get) from an empty activation
 cache, so extraction and start-up are included; peak RSS is the child's. Prints one JSON line; nothing is
@@ -23,32 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
-PAPER_FLAGS = ("--attention_resolutions 32,16,8 --class_cond False --diffusion_steps 1000 --dropout 0.1 "
-               "--image_size 256 --learn_sigma True --noise_schedule linear --num_channels 64 --num_head_channels 64 "
-               "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True")
-
-
-def write_paper_shape(folder: Path, train: int, test: int) -> tuple[Path, Path]:
-    """A 256x256 face-parts dataset (the project's generator) and a random-weight checkpoint of the paper's layout."""
-    from probe.data.default_domain import CLASSES, image_rng, render
-    from probe.models import UNet
-    from probe.models.flags import ModelFlags, parse_flags
-
-    for split, count in (("train", train), ("test", test)):
-        (folder / "data" / split).mkdir(parents=True)
-        for i in range(count):
-            image, labels = render(image_rng(0, split, i), 256)
-            Image.fromarray(image).save(folder / "data" / split / f"{i:03d}.png")
-            np.save(folder / "data" / split / f"{i:03d}.npy", labels)
-    (folder / "data" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    torch.manual_seed(0)
-    checkpoint = folder / "adm256_c64.pt"
-    torch.save(UNet(ModelFlags(**parse_flags(PAPER_FLAGS))).state_dict(), checkpoint)
-    return folder / "data", checkpoint
+from paper_shape import BLOCKS, STEPS, model_flags, write_checkpoint, write_data
 
 
 def probe_command() -> str:
@@ -65,6 +41,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=20)
     parser.add_argument("--test", type=int, default=20)
     parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--num-channels", type=int, default=64,
+                        help="paper shape: the ADM's width (64: D = 2112; 256, the released models': D = 8448)")
     parser.add_argument("--sequential", action="store_true", help="members one by one instead of batched")
     parser.add_argument("--precision", default="auto", help="the ensemble's first-layer products: auto, float32, bfloat16")
     args = parser.parse_args()
@@ -76,8 +54,11 @@ def main() -> None:
         if args.sequential:
             command.append("--sequential")
         if args.shape == "paper":
-            data, checkpoint = write_paper_shape(work, args.train, args.test)
-            command += ["--data", str(data), "--checkpoint", str(checkpoint), "--model-flags", PAPER_FLAGS]
+            flags = model_flags(256, args.num_channels)
+            write_data(work / "data", 256, args.train, args.test, seed=0)
+            write_checkpoint(work / "checkpoint.pt", flags, seed=0)
+            command += ["--data", str(work / "data"), "--checkpoint", str(work / "checkpoint.pt"), "--model-flags", flags,
+                        "--blocks", ",".join(map(str, BLOCKS)), "--steps", ",".join(map(str, STEPS))]
         if not sys.stderr.isatty():
             command.append("--quiet")
         started = time.perf_counter()

@@ -111,7 +111,7 @@ class Diffusion:
         """One eta-0 DDIM move of x from step index `step` to `to_step` (either direction; None: the clean end,
         abar = 1) given the model's eps at `step`: x0 = (x - sqrt(1 - abar) eps) / sqrt(abar), then
         sqrt(abar') x0 + sqrt(1 - abar') eps. With `clip` (sampling), x0 is clamped to [-1, 1] and eps recomputed
-        from it, as guided-diffusion's clip_denoised. float32 coefficients, as probe.train.ddim_sample."""
+        from it, as guided-diffusion's clip_denoised. float32 coefficients."""
         abar = torch.from_numpy(self.alphas_cumprod).float()
         a_t = abar[step]
         a_to = abar[to_step] if to_step is not None else torch.tensor(1.0)
@@ -122,13 +122,14 @@ class Diffusion:
         return a_to.sqrt() * x0 + (1 - a_to).sqrt() * eps
 
     def ddim_walk(self, unet: torch.nn.Module, x: torch.Tensor, schedule: list[int | None],
-                  clip: bool = False) -> torch.Tensor:
+                  clip: bool = False, on_step=None) -> torch.Tensor:
         """x (at step schedule[0]) moved along `schedule` by DDIM steps, the eps of each step predicted at the
         step it leaves: increasing schedules invert, decreasing ones sample (a final None ends at abar = 1).
-        `ddim_walk(unet, noise, list(np.linspace(T - 1, 0, n).round().astype(int)) + [None], clip=True)` is
-        probe.train.ddim_sample's loop (before its final clamp)."""
+        `on_step()` is called after each step."""
         for step, to_step in itertools.pairwise(schedule):
             x = self.ddim_step(x, self.eps(unet, x, step), step, to_step, clip)
+            if on_step is not None:
+                on_step()
         return x
 
     def ddim_invert(self, unet: torch.nn.Module, x0: torch.Tensor, t: int, count: int | None = None) -> torch.Tensor:
@@ -169,31 +170,29 @@ class Diffusion:
         """Ancestral samples through every step T-1, ..., 0, one image per generator: its starting noise and every
         step's noise are drawn from its own generator (on the CPU), so an image does not depend on which others
         share its batch. Returns (len(generators), *shape) in [-1, 1]. `on_step()` is called after each step."""
-        def draw() -> torch.Tensor:
-            return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-
-        x = draw()
+        x = per_image_noise(generators, shape, device)
         for step in reversed(range(self.num_steps)):
-            x = self.p_sample_step(unet, x, step, draw() if step > 0 else torch.zeros_like(x))
+            noise = per_image_noise(generators, shape, device) if step > 0 else torch.zeros_like(x)
+            x = self.p_sample_step(unet, x, step, noise)
             if on_step is not None:
                 on_step()
         return x.clamp(-1, 1)
 
     @torch.no_grad()
-    def ddim_sample(self, unet: torch.nn.Module, generators: list[torch.Generator], shape: tuple[int, int, int],
-                    count: int, device: str | torch.device = "cpu", on_step=None) -> torch.Tensor:
-        """Deterministic (eta 0) DDIM samples in `count` steps from T-1 to 0 (evenly spaced, rounded, as
-        probe.train.ddim_sample) and on to x0 with clipping; the starting noise of each image from its own
-        generator. Returns (len(generators), *shape) in [-1, 1]."""
+    def ddim_sample(self, unet: torch.nn.Module, noise: torch.Tensor, count: int, on_step=None) -> torch.Tensor:
+        """Deterministic (eta 0) DDIM samples from `noise` (N, C, H, W) in `count` steps from T-1 to 0 (evenly
+        spaced, rounded) and on to x0, x0 clipped to [-1, 1] at every step. Returns (N, C, H, W) in [-1, 1].
+        `on_step()` is called after each step."""
         if not 1 <= count <= self.num_steps:
             raise ProbeError(f"DDIM with {count} steps: give 1..{self.num_steps} (the model's diffusion steps)")
-        x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
         schedule = [int(t) for t in np.linspace(self.num_steps - 1, 0, count).round()] + [None]
-        for step, to_step in itertools.pairwise(schedule):
-            x = self.ddim_step(x, self.eps(unet, x, step), step, to_step, clip=True)
-            if on_step is not None:
-                on_step()
-        return x.clamp(-1, 1)
+        return self.ddim_walk(unet, noise, schedule, clip=True, on_step=on_step).clamp(-1, 1)
+
+
+def per_image_noise(generators: list[torch.Generator], shape: tuple[int, ...], device: str | torch.device) -> torch.Tensor:
+    """(len(generators), *shape) standard normal noise, image i drawn (on the CPU) from generators[i]: an image's
+    noise does not depend on which others share its batch."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
 
 def inversion_schedule(t: int, count: int | None = None) -> list[int]:

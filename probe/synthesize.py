@@ -37,6 +37,7 @@ from PIL import Image
 from probe import plots
 from probe.backbones.adm import ADMBackbone
 from probe.data.layout import CLASSES_FILE, load_images
+from probe.diffusion import per_image_noise
 from probe.ensemble import PixelEnsemble
 from probe.errors import ProbeError
 from probe.outputs import atomic_write, check_out, working_dir, write_json
@@ -125,7 +126,7 @@ def sample(backbone: ADMBackbone, sampler: str, generators: list[torch.Generator
     count = ddim_steps(sampler)
     if count is None:
         return diffusion.ddpm_sample(unet, generators, shape, device)
-    return diffusion.ddim_sample(unet, generators, shape, count, device)
+    return diffusion.ddim_sample(unet, per_image_noise(generators, shape, device), count)
 
 
 def synthesize_chunk(spec: dict, threads: int) -> dict:

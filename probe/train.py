@@ -57,23 +57,12 @@ def save_atomic(obj: object, path: Path) -> None:
     atomic_write(path, lambda partial: torch.save(obj, partial))
 
 
-@torch.no_grad()
 def ddim_sample(unet: UNet, diffusion: Diffusion, n: int, seed: int, steps: int = 50, device: str = "cpu") -> torch.Tensor:
-    """Deterministic DDIM (eta 0) samples in [-1, 1], shape (n, 3, H, W)."""
+    """Deterministic DDIM (eta 0) samples in [-1, 1], shape (n, 3, H, W), from noise drawn by one generator seeded
+    by `seed` (training previews, `probe ddpm sample`)."""
     size = unet.flags.image_size
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=gen).to(device)
-    schedule = np.linspace(diffusion.num_steps - 1, 0, steps).round().astype(int)
-    abar = torch.from_numpy(diffusion.alphas_cumprod).float()
-    for i, t in enumerate(schedule):
-        tt = torch.full((n,), int(t), dtype=torch.long, device=device)
-        eps = unet(x, diffusion.model_timesteps(tt))[:, :3]
-        a_t = abar[t]
-        a_prev = abar[schedule[i + 1]] if i + 1 < len(schedule) else torch.tensor(1.0)
-        x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
-        eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    return x.clamp(-1, 1)
+    noise = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+    return diffusion.ddim_sample(unet, noise, steps)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -16,7 +16,6 @@ from probe.backbones.base import capture
 from probe.diffusion import Diffusion, inversion_schedule
 from probe.errors import ProbeError
 from probe.models import load_model
-from probe.train import ddim_sample
 
 META = json.loads((FIXTURES / "adm_tiny32.json").read_text())
 
@@ -75,15 +74,23 @@ def test_inversion_then_sampling_back_reconstructs_x0(model):
     assert error < 0.05 * moved and error < 0.05 * noised_error  # ... yet maps back onto it
 
 
-def test_ddim_walk_is_the_trainers_sampler(model):
-    """Sampling and inversion share one DDIM step: the walk with clipping is probe.train.ddim_sample bit for bit."""
+def test_ddim_sample_is_eta_zero_ddim(model):
+    """Sampling and inversion share one DDIM step: ddim_sample equals eta-0 DDIM written out here (x0 predicted
+    from eps and clipped, eps recomputed from it, the move to the next step's abar; abar 1 after step 0)."""
     diffusion = Diffusion(model.flags)
+    noise = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    abar = torch.from_numpy(diffusion.alphas_cumprod).float()
     with torch.no_grad():
-        expected = ddim_sample(model.unet, diffusion, 1, seed=3, steps=3)
-        noise = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-        schedule = [int(t) for t in np.linspace(diffusion.num_steps - 1, 0, 3).round().astype(int)] + [None]
-        got = diffusion.ddim_walk(model.unet, noise, schedule, clip=True).clamp(-1, 1)
-    assert torch.equal(got, expected)
+        got = diffusion.ddim_sample(model.unet, noise, 3)
+        x = noise
+        schedule = np.linspace(diffusion.num_steps - 1, 0, 3).round().astype(int)
+        for i, t in enumerate(schedule):
+            eps = model.unet(x, diffusion.model_timesteps(torch.tensor([int(t)])))[:, :3]
+            a_t, a_next = abar[t], abar[schedule[i + 1]] if i + 1 < len(schedule) else torch.tensor(1.0)
+            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    assert torch.equal(got, x.clamp(-1, 1))
 
 
 def test_backbone_ddim_inversion_policy(model):

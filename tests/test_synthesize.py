@@ -18,7 +18,6 @@ from probe.diffusion import Diffusion
 from probe.errors import ProbeError
 from probe.models import load_model
 from probe.synthesize import SynthesizeOptions, run_synthesize
-from probe.train import ddim_sample
 
 runner = CliRunner()
 
@@ -42,14 +41,6 @@ def ensembles(tmp_path_factory, fixture_model):
             result = run("segment", "--data", data, *args, "--members", "2", "--out", root / name, "--quiet")
             assert result.exit_code == 0, result.output
     return {"ddpm": root / "ddpm" / "ensemble", "pixels": root / "pixels" / "ensemble", "data": data}
-
-
-def test_ddim_sample_is_the_trainers_ddim_sample(fixture_model):
-    model = load_model(*fixture_model)
-    diffusion = Diffusion(model.flags)
-    ours = diffusion.ddim_sample(model.unet, [torch.Generator().manual_seed(7)], (3, 32, 32), 3)
-    reference = ddim_sample(model.unet, diffusion, 1, seed=7, steps=3)
-    assert torch.equal(ours, reference)
 
 
 class Constant(torch.nn.Module):
