@@ -7,9 +7,9 @@
 set -euo pipefail
 results=analysis/results/backbones
 threads=${THREADS:-2}
-probe efficiency --backbones ddpm,mae,random,pixels --train-numbers 20 --seeds 0,1,2 --out "$results/sweep" --threads "$threads" --quiet
-probe segment --precision float32 --seeds 0,1,2 --out "$results/ddpm_float32" --threads "$threads" --quiet
-probe segment --sequential --seeds 0,1,2 --out "$results/ddpm_sequential" --threads "$threads" --quiet
+probe efficiency --backbones ddpm,mae,random,pixels --train-numbers 20 --seeds 0,1,2 --early-batch-size 64 --out "$results/sweep" --threads "$threads" --quiet
+probe segment --precision float32 --seeds 0,1,2 --early-batch-size 64 --out "$results/ddpm_float32" --threads "$threads" --quiet
+probe segment --sequential --seeds 0,1,2 --early-batch-size 64 --out "$results/ddpm_sequential" --threads "$threads" --quiet
 python - <<'PY'
 import pandas as pd
 from probe import plots

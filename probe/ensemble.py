@@ -27,6 +27,7 @@ from probe.metrics import SegmentationScore
 from probe.outputs import atomic_write
 
 INIT_STD = 0.02
+BATCH_SIZE = 64  # the authors' pixels per step
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GATHER_PIXELS = 1024  # pixels (whole batches, at least one) fetched from the source in one call: 16 batches of 64.
 # Larger calls are slower per pixel with the store's sampler (measured at the paper's shape: 13 us per pixel at 1024,
@@ -270,7 +271,7 @@ class PixelEnsemble:
         self,
         num_classes: int,
         members: int = 10,
-        batch_size: int = 64,
+        batch_size: int = BATCH_SIZE,
         lr: float = 1e-3,
         patience: int = 50,
         check_after_epoch: int = 3,
@@ -284,7 +285,8 @@ class PixelEnsemble:
     ) -> None:
         """`early_batch_size`: pixels per step in the epochs before early stopping checks losses (epochs
         0..check_after_epoch), with Adam's learning rate scaled by early_batch_size / batch_size; the checked epochs
-        keep `batch_size` and `lr`. None: `batch_size` throughout (the authors' rule)."""
+        keep `batch_size` and `lr`. None or `batch_size`: `batch_size` throughout (the authors' rule), which is also
+        what a training set of fewer pixels than one early batch gets."""
         self.num_classes = num_classes
         self.members = members
         self.batch_size = batch_size
@@ -305,7 +307,8 @@ class PixelEnsemble:
         return {key: getattr(self, key) for key in keys}
 
     def fit(self, source: PixelSource) -> PixelEnsemble:
-        """Train every member on the pixels of `source`; sets model_, dim_, iterations_, epochs_, last_loss_."""
+        """Train every member on the pixels of `source`; sets model_, dim_, iterations_, epochs_, last_loss_ and
+        early_batch_size_ (the early batch used: None where the authors' rule was)."""
         labels = source.labels
         if self.num_classes < 2 or self.members < 1:
             raise ProbeError(f"num_classes={self.num_classes}, members={self.members}: need >= 2 classes, >= 1 member")
@@ -315,8 +318,9 @@ class PixelEnsemble:
                 continue
             if size < 2:
                 raise ProbeError(f"{name}={size}: batch normalisation needs at least 2 pixels per batch")
-            if len(labels) < size:
-                raise ProbeError(f"{len(labels)} training pixels < {name} {size}: label more pixels or use a smaller batch")
+        if len(labels) < self.batch_size:
+            raise ProbeError(f"{len(labels)} training pixels < batch_size {self.batch_size}: label more pixels or use a "
+                             "smaller batch")
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise ProbeError(
                 f"training labels span [{labels.min()}, {labels.max()}], outside [0, {self.num_classes}): "
@@ -325,6 +329,8 @@ class PixelEnsemble:
         mlps = [new_member(source.dim, self.num_classes, member_generators(self.seed, m)[0]).to(self.device)
                 for m in range(self.members)]
         self.dim_ = source.dim
+        early = self.early_batch_size
+        self.early_batch_size_ = early if early not in (None, self.batch_size) and early <= len(labels) else None
         self.iterations_ = np.zeros(self.members, dtype=np.int64)
         self.epochs_ = np.zeros(self.members, dtype=np.int64)
         self.last_loss_ = np.full(self.members, np.nan)
@@ -398,12 +404,12 @@ class PixelEnsemble:
     ) -> EarlyStopping:
         """The authors' loop for `members` trained together by `step` (which steps `optimizer`): a fresh shuffle per
         epoch, full batches only, per-member early stopping; fills iterations_, epochs_ and last_loss_ for them.
-        The unchecked epochs take batches of `early_batch_size` (if set) at a learning rate scaled to match."""
+        The unchecked epochs take batches of `early_batch_size_` (if set) at a learning rate scaled to match."""
         stopper = EarlyStopping(len(members), self.patience, self.check_after_epoch)
         task = progress.add_task(description, total=self.max_epochs, status="")
         for epoch in range(self.max_epochs):
             checked = epoch > self.check_after_epoch
-            batch_size = self.batch_size if checked or self.early_batch_size is None else self.early_batch_size
+            batch_size = self.batch_size if checked or self.early_batch_size_ is None else self.early_batch_size_
             for group in optimizer.param_groups:
                 group["lr"] = self.lr * (batch_size / self.batch_size)
             steps_per_epoch = len(source.labels) // batch_size
@@ -492,6 +498,7 @@ class PixelEnsemble:
                 "dim": self.dim_,
                 "hidden": list(hidden_sizes(self.num_classes)),
                 "training": self._training_parameters(),
+                "early_batch_size_used": self.early_batch_size_,
                 "iterations": self.iterations_.tolist(),
                 "epochs": self.epochs_.tolist(),
                 "last_loss": self.last_loss_.tolist(),
@@ -525,4 +532,5 @@ class PixelEnsemble:
         ensemble.iterations_ = np.asarray(config["iterations"], dtype=np.int64)
         ensemble.epochs_ = np.asarray(config["epochs"], dtype=np.int64)
         ensemble.last_loss_ = np.asarray(config["last_loss"], dtype=np.float64)
+        ensemble.early_batch_size_ = config.get("early_batch_size_used")
         return ensemble, manifest

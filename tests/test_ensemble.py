@@ -100,17 +100,21 @@ def test_early_stopping_rule_on_given_losses():
 
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize(("patience", "batch_size", "early_batch_size"),
-                         [(50, 64, None), (5, 64, None), (5, 128, None), (5, 96, None), (5, 64, 128), (50, 64, 256)])
+                         [(50, 64, None), (5, 64, None), (5, 128, None), (5, 96, None), (5, 64, 128), (50, 64, 256),
+                          (5, 64, 512)])
 def test_fit_stops_at_the_predicted_iteration_when_loss_never_improves(batched, patience, batch_size, early_batch_size):
     # Identical pixels and lr=0: every batch loss is exactly the same. Epochs 0..3 are unchecked
     # (4 epochs of 256 // early batch full batches), the first checked batch sets the best loss, and the count
     # passes `patience` on the (patience + 1)-th batch after it (batches of batch_size: 256 // batch_size per
     # epoch). A larger batch takes fewer steps for the same epochs; patience counts batches whatever their size.
+    # An early batch larger than the 256 pixels (512) leaves the authors' rule.
     source = ArrayPixelSource(np.ones((256, 8), np.float32), np.full(256, 1))
     ensemble = PixelEnsemble(3, members=2, lr=0.0, patience=patience, batch_size=batch_size, batched=batched,
                              early_batch_size=early_batch_size, progress=False).fit(source)
     steps_per_epoch = {64: 4, 128: 2, 96: 2, 256: 1}  # 96: the last 64 pixels of each shuffle are dropped
-    unchecked, checked = steps_per_epoch[early_batch_size or batch_size], steps_per_epoch[batch_size]
+    used = early_batch_size if early_batch_size and early_batch_size <= 256 else None
+    assert ensemble.early_batch_size_ == used
+    unchecked, checked = steps_per_epoch[used or batch_size], steps_per_epoch[batch_size]
     expected = 4 * unchecked + 1 + (patience + 1)
     assert ensemble.iterations_.tolist() == [expected, expected]
     assert ensemble.epochs_.tolist() == [4 + -(-(expected - 4 * unchecked) // checked)] * 2
@@ -138,7 +142,8 @@ def test_early_batches_follow_a_hand_written_reference(batched, tmp_path):
         torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-6)
     assert (ensemble.iterations_.tolist(), ensemble.epochs_.tolist()) == ([3], [2])
     ensemble.save(tmp_path / "ensemble", {})
-    assert PixelEnsemble.load(tmp_path / "ensemble")[0].early_batch_size == 128
+    loaded = PixelEnsemble.load(tmp_path / "ensemble")[0]
+    assert (loaded.early_batch_size, loaded.early_batch_size_) == (128, 128)
 
 
 @pytest.mark.parametrize(("batch_size", "call_sizes"), [(64, [1024, 1024, 1024, 1024, 64]), (256, [1024] * 4),
@@ -276,8 +281,6 @@ def test_user_errors():
         PixelEnsemble(3, progress=False).fit(ArrayPixelSource(features, labels))  # labels go up to 3
     with pytest.raises(ProbeError, match="batch_size"):
         PixelEnsemble(4, progress=False).fit(ArrayPixelSource(features[:10], labels[:10]))
-    with pytest.raises(ProbeError, match="128 training pixels < early_batch_size 256"):
-        PixelEnsemble(4, early_batch_size=256, progress=False).fit(ArrayPixelSource(features, labels))
     with pytest.raises(ProbeError, match="early_batch_size=1: batch normalisation"):
         PixelEnsemble(4, early_batch_size=1, progress=False).fit(ArrayPixelSource(features, labels))
     with pytest.raises(ProbeError, match="not trained"):

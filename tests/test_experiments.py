@@ -9,7 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import FIXTURES, read_metrics
+from probe.backbones import BackboneSpec
 from probe.cli import app
+from probe.experiments import SweepData, segment_config
+from probe.segment import EARLY_BATCH_SIZE
 
 runner = CliRunner()
 FIXTURE_DDPM = f"ddpm={FIXTURES / 'adm_tiny32.pt'}"
@@ -124,11 +127,12 @@ def test_grid_is_a_resumable_sweep_whose_cells_are_probe_segment_fits(tmp_path, 
     assert len(cells) == 4 and json.loads((out / "grid.json").read_text())["threads"] == [1]
     per_class = pd.read_csv(out / "grid_per_class.csv")
     table = pd.read_csv(out / "grid.csv")
-    # one grid cell is the few-shot segmenter on that one feature map, with one member and float32 products
+    # one grid cell is the few-shot segmenter on that one feature map, with one member, float32 products and the
+    # authors' training rule
     segment = tmp_path / "segment"
     result = run("segment", "--data", tiny_domain, *GRID_MODEL[:4], "--blocks", "5", "--steps", "900",
                  "--train-number", 4, "--test-number", 3, "--members", 1, "--precision", "float32",
-                 "--out", segment, "--quiet")
+                 "--early-batch-size", 64, "--out", segment, "--quiet")
     assert result.exit_code == 0, result.output
     cell = table[(table.layer == "block5") & (table.step == 900) & (table.group == "all")].miou.item()
     assert cell == pytest.approx(read_metrics(segment)["miou"], abs=1e-9)
@@ -208,12 +212,24 @@ def test_segment_trains_on_another_folder_and_tests_on_the_data(tmp_path, tiny_d
 
 def test_early_batch_size_reaches_the_ensemble_of_one_run_and_of_every_seed(tmp_path, tiny_domain):
     args = ["segment", "--data", tiny_domain, "--backbone", "pixels", "--members", 2, "--threads", 1, "--quiet"]
-    assert run(*args, "--out", tmp_path / "authors").exit_code == 0
+    assert run(*args, "--early-batch-size", 64, "--out", tmp_path / "authors").exit_code == 0
     result = run(*args, "--early-batch-size", 256, "--out", tmp_path / "early")
     assert result.exit_code == 0, result.output
     authors, early = read_metrics(tmp_path / "authors"), read_metrics(tmp_path / "early")
-    assert early["options"]["early_batch_size"] == 256 and authors["options"]["early_batch_size"] is None
+    assert early["options"]["early_batch_size"] == 256 and authors["options"]["early_batch_size"] == 64
     assert sum(early["ensemble_iterations"]) < sum(authors["ensemble_iterations"])  # fewer, fatter early steps
     result = run(*args, "--early-batch-size", 256, "--seeds", "0,1", "--out", tmp_path / "seeds")
     assert result.exit_code == 0, result.output
     assert read_metrics(tmp_path / "seeds" / "seed_0")["ensemble_iterations"] == early["ensemble_iterations"]
+
+
+def test_the_default_early_batch_enters_cell_keys_and_the_authors_rule_keeps_the_old_ones(tmp_path, tiny_domain):
+    data = SweepData(data=str(tiny_domain))
+    authors = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=64)
+    default = segment_config(data, BackboneSpec(kind="pixels"), train_number=2)
+    assert "early_batch_size" not in authors and default["early_batch_size"] == EARLY_BATCH_SIZE == 512
+    for command in ("segment", "efficiency"):
+        result = run(command, "--data", tiny_domain, "--backbone" if command == "segment" else "--backbones", "pixels",
+                     "--early-batch-size", 1, "--out", tmp_path / command, "--quiet")
+        assert result.exit_code == 2 and "--early-batch-size 1: batch normalisation needs at least 2" in result.output
+        assert not (tmp_path / command).exists()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from probe.backbones import BackboneSpec
-from probe.segment import Evaluation, SegmentOptions, evaluate
+from probe.ensemble import BATCH_SIZE
+from probe.segment import EARLY_BATCH_SIZE, Evaluation, SegmentOptions, evaluate
 from probe.sources import Source, backbone_spec, open_source
 
 
@@ -30,10 +31,10 @@ class SweepData:
 
 def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | None, test_number: int | None = None,
                    members: int = 10, precision: str = "auto", train_draw: bool = False, batched: bool = True,
-                   train_data: str | None = None, early_batch_size: int | None = None, **extra) -> dict:
+                   train_data: str | None = None, early_batch_size: int = EARLY_BATCH_SIZE, **extra) -> dict:
     """A cell's config: everything `segment_work` needs (the SegmentOptions fields), JSON-ready (the seed is the
     cell's). `extra` entries (e.g. a corruption) are passed to the work function as they are. `early_batch_size`
-    enters only when set, so the cells of sweeps on the authors' rule keep their keys."""
+    enters only when it is not the authors' 64, so the cells of sweeps on the authors' rule keep their keys."""
     full = backbone_spec(data.source(), spec).to_dict()
     full.pop("seed")
     label = "_".join([spec.kind, *([spec.noise] if spec.noise else []), *(f"{k}{v}" for k, v in extra.items()),
@@ -41,7 +42,7 @@ def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | N
     return {"label": label, "data": vars(data), "backbone": full, "train_number": train_number,
             "test_number": test_number, "members": members, "precision": precision, "train_draw": train_draw,
             "batched": batched, "train_data": train_data,
-            **({"early_batch_size": early_batch_size} if early_batch_size else {}), **extra}
+            **({"early_batch_size": early_batch_size} if early_batch_size != BATCH_SIZE else {}), **extra}
 
 
 @functools.lru_cache(maxsize=8)
@@ -57,7 +58,7 @@ def evaluate_cell(spec: dict) -> tuple[Evaluation, Source, Path | None]:
     options = SegmentOptions(backbone=BackboneSpec.from_dict(spec["backbone"]), train_number=spec["train_number"],
                              test_number=spec["test_number"], members=spec["members"], precision=spec["precision"],
                              train_draw=spec["train_draw"], batched=spec["batched"], train_data=spec["train_data"],
-                             early_batch_size=spec.get("early_batch_size"))
+                             early_batch_size=spec.get("early_batch_size", BATCH_SIZE))
     cache = Path(data.cache) if data.cache else None
     return evaluate(source, options, spec["seed"], cache, progress=False), source, cache
 

@@ -15,13 +15,14 @@ from probe.errors import ProbeError
 from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
 from probe.outputs import atomic_write
 from probe.runner import Cell, run_sweep
+from probe.segment import EARLY_BATCH_SIZE
 from probe.sources import backbone_spec
 
 TRAIN_NUMBERS = (1, 2, 5, 10, 20)
 
 
 def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int],
-                     members: int = 10) -> list[Cell]:
+                     members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE) -> list[Cell]:
     """One cell per (backbone, number of training images, seed). Every backbone is built once first, so a bad
     option or checkpoint fails before the sweep starts."""
     source = data.source()
@@ -32,15 +33,16 @@ def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: 
     if too_many:
         raise ProbeError(f"--train-numbers {too_many[0]}: the train split holds {available} images; "
                          f"give numbers in 1..{available}")
-    return [Cell(segment_config(data, spec, train_number=n, members=members, train_draw=True), seed)
+    return [Cell(segment_config(data, spec, train_number=n, members=members, train_draw=True,
+                                early_batch_size=early_batch_size), seed)
             for spec in specs for n in train_numbers for seed in seeds]
 
 
 def run_efficiency(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int], out: Path,
-                   *, members: int = 10, ray: str | None = None, threads: int | None = None,
-                   gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
+                   *, members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE, ray: str | None = None,
+                   threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the sweep in `out`; write efficiency.csv (tidy), table.md and efficiency.png."""
-    cells = efficiency_cells(data, specs, train_numbers, seeds, members)
+    cells = efficiency_cells(data, specs, train_numbers, seeds, members, early_batch_size)
     records = run_sweep(cells, segment_work, out, command="efficiency", ray=ray, threads=threads,
                         gpus_per_cell=gpus_per_cell, progress=progress)
     table = pd.DataFrame([{"backbone": r["config"]["backbone"]["kind"], "train_number": r["config"]["train_number"],

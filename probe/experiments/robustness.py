@@ -25,7 +25,7 @@ from probe.experiments import SweepData, evaluate_cell, mean_std_table, segment_
 from probe.metrics import SegmentationScore
 from probe.outputs import atomic_write
 from probe.runner import Cell, run_sweep
-from probe.segment import predict_image
+from probe.segment import EARLY_BATCH_SIZE, predict_image
 from probe.sources import backbone_spec, to_uint8_image
 from probe.store import ActivationStore, PixelSampler
 
@@ -73,7 +73,7 @@ def robustness_work(spec: dict, threads: int) -> dict:
 
 def robustness_cells(data: SweepData, specs: list[BackboneSpec], corruptions: list[str], severities: list[int],
                      seeds: list[int], *, train_number: int | None = None, test_number: int | None = None,
-                     members: int = 10) -> list[Cell]:
+                     members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE) -> list[Cell]:
     """One cell per (backbone, seed). Every backbone is built first and the image counts and the corruptions'
     image size are checked, so a bad option fails before the sweep starts."""
     if not corruptions or not severities or not seeds:
@@ -88,7 +88,8 @@ def robustness_cells(data: SweepData, specs: list[BackboneSpec], corruptions: li
         size = build_backbone(backbone_spec(source, spec), "segment", source.native_size).image_size
         corrupt(np.zeros((size, size, 3), dtype=np.uint8), corruptions[0], severities[0], 0)  # too small: an error
     severities = sorted(severities)
-    return [Cell({**segment_config(data, spec, train_number=train_number, test_number=test_number, members=members),
+    return [Cell({**segment_config(data, spec, train_number=train_number, test_number=test_number, members=members,
+                                   early_batch_size=early_batch_size),
                   "corruptions": list(corruptions), "severities": severities}, seed)
             for spec in specs for seed in seeds]
 
@@ -118,11 +119,11 @@ def drop_markdown(table: pd.DataFrame) -> str:
 
 def run_robustness(data: SweepData, specs: list[BackboneSpec], corruptions: list[str], severities: list[int],
                    seeds: list[int], out: Path, *, train_number: int | None = None, test_number: int | None = None,
-                   members: int = 10, ray: str | None = None, threads: int | None = None, gpus_per_cell: float = 0,
-                   progress: bool = True) -> pd.DataFrame:
+                   members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE, ray: str | None = None,
+                   threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the sweep in `out`; write robustness.csv (tidy), table.md and robustness.png."""
     cells = robustness_cells(data, specs, corruptions, severities, seeds, train_number=train_number,
-                             test_number=test_number, members=members)
+                             test_number=test_number, members=members, early_batch_size=early_batch_size)
     records = run_sweep(cells, robustness_work, out, command="robustness", ray=ray, threads=threads,
                         gpus_per_cell=gpus_per_cell, progress=progress)
     table = robustness_table(records)

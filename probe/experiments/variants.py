@@ -13,6 +13,7 @@ from probe.backbones import BackboneSpec, build_backbone
 from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
 from probe.outputs import atomic_write
 from probe.runner import Cell, run_sweep
+from probe.segment import EARLY_BATCH_SIZE
 from probe.sources import backbone_spec
 
 
@@ -23,14 +24,16 @@ def variant_names(draws: int, inversion_steps: int | None) -> list[str]:
 
 
 def run_variants(data: SweepData, spec: BackboneSpec, variants: list[str], seeds: list[int], out: Path, *,
-                 train_number: int | None = None, members: int = 10, ray: str | None = None,
-                 threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
+                 train_number: int | None = None, members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE,
+                 ray: str | None = None, threads: int | None = None, gpus_per_cell: float = 0,
+                 progress: bool = True) -> pd.DataFrame:
     """Run (or resume) one cell per (variant, seed) in `out`; write variants.csv, table.md and variants.png."""
     source = data.source()
     specs = [replace(spec, noise=variant) for variant in variants]
     for variant_spec in specs:  # a bad variant or checkpoint fails before the sweep starts
         build_backbone(backbone_spec(source, variant_spec), "segment", source.native_size)
-    cells = [Cell(segment_config(data, variant_spec, train_number=train_number, members=members), seed)
+    cells = [Cell(segment_config(data, variant_spec, train_number=train_number, members=members,
+                                 early_batch_size=early_batch_size), seed)
              for variant_spec in specs for seed in seeds]
     records = run_sweep(cells, segment_work, out, command="variants", ray=ray, threads=threads,
                         gpus_per_cell=gpus_per_cell, progress=progress)
