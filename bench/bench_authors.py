@@ -88,13 +88,13 @@ def run_probe(args, work: Path, data: Path, checkpoint: Path, flags: str, env: d
     command = [probe, "segment", "--data", str(data), "--checkpoint", str(checkpoint), "--model-flags", flags,
                "--blocks", ",".join(map(str, args.blocks)), "--steps", ",".join(map(str, args.steps)),
                "--train-number", str(args.train), "--test-number", str(args.test), "--members", str(args.members),
-               "--seed", str(args.seed), "--out", str(work / "probe"), "--quiet"]
+               "--seed", str(args.seed), "--out", str(work / "probe"), "--quiet", *args.probe_args.split()]
     if args.threads:
         command += ["--threads", str(args.threads)]
     print(f"installed probe segment ({load_average()})", flush=True)
     wall, rss = timed(command, {**env, "PROBE_CACHE": str(work / "cache")}, work / "probe.log")
     metrics = json.loads((work / "probe" / "metrics.json").read_text())
-    return {"run": "installed `probe segment`", "wall_seconds": wall, "peak_rss_gb": rss, "miou": metrics["miou"],
+    return {"run": " ".join(["installed `probe segment`", args.probe_args]).strip(), "wall_seconds": wall, "peak_rss_gb": rss, "miou": metrics["miou"],
             "stages": metrics["seconds"]}
 
 
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--weights-seed", type=int, default=0, help="the random checkpoint")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of both sides (default: all cores)")
     parser.add_argument("--only", choices=["authors", "probe"], default=None, help="run one side only")
+    parser.add_argument("--probe-args", default="", help='more options of our side, e.g. "--early-batch-size 512"')
     parser.add_argument("--keep", type=Path, default=None, help="keep data, checkpoint, logs and outputs in this folder")
     args = parser.parse_args()
 

@@ -113,7 +113,7 @@ Out = typer.Option(..., "--out", help="Output folder: new or empty, or a previou
 Overwrite = typer.Option(False, "--overwrite", help="Replace --out when it holds a previous result of probe (never a folder of other files).")
 Cache = typer.Option(None, "--cache", help="Activation store folder (default $PROBE_CACHE/activations, ~/.cache/probe).")
 Quiet = typer.Option(False, "--quiet", help="No progress bars.")
-EarlyBatchSize = typer.Option(None, "--early-batch-size", help="The ensemble's pixels per step in the epochs early stopping does not check (0..3), Adam's lr scaled by it / 64; the checked epochs keep the authors' 64. Default 512 (training about 2x faster at the paper's shape); 64 is the authors' rule throughout.")
+EarlyBatchSize = typer.Option(None, "--early-batch-size", help="The ensemble's pixels per step in the epochs early stopping does not check (0..3), Adam's lr scaled by it / 64; the checked epochs keep the authors' 64. Default 64: the authors' rule throughout. 256 or 512 train about 1.8x or 2.3x faster at the paper's shape, at about 1 mIoU point less there (analysis/training_rule.sh).")
 TorchThreads = typer.Option(None, "--threads", help="Torch threads (default: all cores). On a shared machine keep threads x processes <= cores; recorded in metrics.json.")
 
 
@@ -248,12 +248,11 @@ def segment(
     quiet: bool = Quiet,
 ):
     """Few-shot segmentation: a backbone's pixel features (the paper's: UNet decoder blocks {5,6,7,8,12} at
-    t {50,150,250}), an ensemble of 10 MLPs, majority vote, mIoU (%) as the authors compute it. The MLPs train as
-    the authors' except that the epochs before early stopping checks take batches of 512 (about 2x faster at the
-    paper's shape); --early-batch-size 64 is the authors' rule throughout.
+    t {50,150,250}), an ensemble of 10 MLPs, majority vote, mIoU (%) as the authors compute it.
 
     Examples: probe segment   |   probe segment --seeds 0,1,2 --backbone mae   |
     probe segment --seeds 0,1,2 --ray local --threads 1   |
+    probe segment --early-batch-size 512 (larger batches in epochs 0-3: faster, about 1 point lower)   |
     probe segment --data my_dataset/ --out runs/mine (the embedded default model)   |
     probe segment --train-data runs/synth --out runs/on_synthetic (train on probe synthesize's images)   |
     probe segment --dataset horse21 --data-root datasets/ --checkpoint lsun_horse.pt --out runs/horse

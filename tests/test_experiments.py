@@ -223,11 +223,13 @@ def test_early_batch_size_reaches_the_ensemble_of_one_run_and_of_every_seed(tmp_
     assert read_metrics(tmp_path / "seeds" / "seed_0")["ensemble_iterations"] == early["ensemble_iterations"]
 
 
-def test_the_default_early_batch_enters_cell_keys_and_the_authors_rule_keeps_the_old_ones(tmp_path, tiny_domain):
+def test_only_early_batches_other_than_the_authors_enter_cell_keys(tmp_path, tiny_domain):
     data = SweepData(data=str(tiny_domain))
     authors = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=64)
     default = segment_config(data, BackboneSpec(kind="pixels"), train_number=2)
-    assert "early_batch_size" not in authors and default["early_batch_size"] == EARLY_BATCH_SIZE == 512
+    early = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=512)
+    assert "early_batch_size" not in authors and "early_batch_size" not in default and EARLY_BATCH_SIZE == 64
+    assert early["early_batch_size"] == 512
     for command in ("segment", "efficiency"):
         result = run(command, "--data", tiny_domain, "--backbone" if command == "segment" else "--backbones", "pixels",
                      "--early-batch-size", 1, "--out", tmp_path / command, "--quiet")
