@@ -416,7 +416,9 @@ def seed_bars(table: pd.DataFrame, path: str | Path, title: str | None = None, g
         mean, std = stats.loc[name]
         ax.annotate(f"{mean:.1f} ± {std:.1f}", (position, max(mean + std, scores.max())), xytext=(0, 3),
                     textcoords="offset points", ha="center", va="bottom", fontsize=7)
-    ax.set(xticks=positions, xticklabels=names, xlabel=group, ylabel="mIoU, %", title=title or "")
+    ax.set(xticks=positions, xticklabels=[textwrap.fill(str(name), 16) for name in names], xlabel=group,
+           ylabel="mIoU, %")
+    ax.set_title(textwrap.fill(title or "", int(12 * fig.get_figwidth())))  # about 12 characters per inch
     ax.set_ylim(0, 1.15 * max(table["miou"].max(), (stats["mean"] + stats["std"]).max()))
     return _save(fig, path)
 
