@@ -113,7 +113,7 @@ Out = typer.Option(..., "--out", help="Output folder: new or empty, or a previou
 Overwrite = typer.Option(False, "--overwrite", help="Replace --out when it holds a previous result of probe (never a folder of other files).")
 Cache = typer.Option(None, "--cache", help="Activation store folder (default $PROBE_CACHE/activations, ~/.cache/probe).")
 Quiet = typer.Option(False, "--quiet", help="No progress bars.")
-EarlyBatchSize = typer.Option(None, "--early-batch-size", help="The ensemble's pixels per step in the epochs early stopping does not check (0..3), Adam's lr scaled by it / 64; the checked epochs keep the authors' 64. Default 64: the authors' rule throughout. 256 or 512 train about 1.8x or 2.3x faster at the paper's shape, at about 1 mIoU point less there (analysis/training_rule.sh).")
+EarlyBatchSize = typer.Option(None, "--early-batch-size", help="The ensemble's pixels per step in the epochs early stopping does not check (0..3), Adam's lr scaled by it / 64; the checked epochs keep the authors' 64. Default 64: the authors' rule throughout. 256 or 512 train about 2x faster at the paper's shape, at about 1 mIoU point less there (analysis/training_rule.sh).")
 TorchThreads = typer.Option(None, "--threads", help="Torch threads (default: all cores). On a shared machine keep threads x processes <= cores; recorded in metrics.json.")
 
 
@@ -444,8 +444,8 @@ def efficiency(
     if not numbers or not seed_list:
         raise ProbeError("--train-numbers and --seeds need at least one value each")
     table = run_efficiency(sweep_data, backbone_list(backbones, base), numbers, seed_list, out, members=members,
-                           early_batch_size=early,
-                           ray=ray, threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet)
+                           early_batch_size=early, ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
+                           progress=not quiet)
     summary = table.groupby(["backbone", "train_number"], sort=False)["miou"].mean().round(1)
     typer.echo(" | ".join(f"{b} {n}: {m}" for (b, n), m in summary.items()) + f"  -> {out}/table.md")
 
@@ -486,8 +486,7 @@ def variants(
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, None, False, None, 0, device)
     table = run_variants(sweep_data, spec, variant_names(draws, inversion_steps), seed_list, out,
                          train_number=train_number, members=members, early_batch_size=early, ray=ray,
-                         threads=threads,
-                         gpus_per_cell=gpus_per_cell, progress=not quiet)
+                         threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet)
     summary = table.groupby("variant", sort=False)["miou"].mean().round(1)
     typer.echo(" | ".join(f"{v}: {m}" for v, m in summary.items()) + f"  -> {out}/table.md")
 
@@ -532,8 +531,8 @@ def robustness(
     base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
     table = run_robustness(sweep_data, backbone_list(backbones, base), names, levels, seed_list, out,
                            train_number=train_number, test_number=test_number, members=members,
-                           early_batch_size=early, ray=ray,
-                           threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet)
+                           early_batch_size=early, ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
+                           progress=not quiet)
     clean = table.drop_duplicates(["backbone", "seed"]).groupby("backbone", sort=False)["clean_miou"].mean()
     drop = table.groupby(["backbone", "severity"], sort=False)["drop"].mean().round(1)
     typer.echo(" | ".join(f"{b}: clean {clean[b]:.1f}, drop " + ", ".join(f"s{s} {d}" for s, d in drop[b].items())
