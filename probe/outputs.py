@@ -20,6 +20,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -37,13 +38,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{path.suffix}")
-    os.close(handle)
+    # The name is drawn before the file exists, so an interrupt at any point leaves no file behind (with mkstemp,
+    # a Ctrl-C between the file's creation and the `try` left it there).
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial{path.suffix}"
     try:
-        write(Path(temporary))
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 
