@@ -10,8 +10,8 @@ steps {50,150,250} (D = 2112), 10 train / 20 test images, 10 members. The data i
 generator (10 classes) drawn with `--data-seed`; a different seed gives a held-back dataset of the same shape.
 
 Their side is `train_interpreter.py` under bench/authors_cpu.py, which shims only what a CPU lacks (see there),
-with `--use_fp16 False` (see cpu_flags: both sides compute the UNet in float32); ours is the installed `probe` command from an empty activation cache. Each runs in a child process under
-/usr/bin/time -v (peak RSS of the process) with the machine's load average printed before it. Prints a table row
+with `--use_fp16 False` (see cpu_flags: both sides compute the UNet in float32); ours is the installed `probe`
+command from an empty activation cache. Each runs in a child process under /usr/bin/time -v (peak RSS of the process) with the machine's load average printed before it. Prints a table row
 per side, the ratios (their wall / ours, their peak RSS / ours, mIoU difference) and one JSON line.
 """
 
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from paper_shape import BLOCKS, STEPS, feature_dim, model_flags, write_checkpoint, write_data
+from paper_shape import BLOCKS, STEPS, feature_dim, prepare
 
 HERE = Path(__file__).resolve().parent
 
@@ -94,31 +94,14 @@ def run_probe(args, work: Path, data: Path, checkpoint: Path, flags: str, env: d
     print(f"installed probe segment ({load_average()})", flush=True)
     wall, rss = timed(command, {**env, "PROBE_CACHE": str(work / "cache")}, work / "probe.log")
     metrics = json.loads((work / "probe" / "metrics.json").read_text())
-    return {"run": " ".join(["installed `probe segment`", args.probe_args]).strip(), "wall_seconds": wall, "peak_rss_gb": rss, "miou": metrics["miou"],
-            "stages": metrics["seconds"]}
+    return {"run": " ".join(["installed `probe segment`", args.probe_args]).strip(), "wall_seconds": wall,
+            "peak_rss_gb": rss, "miou": metrics["miou"], "stages": metrics["seconds"]}
 
 
 def row(result: dict) -> str:
     stages = ", ".join(f"{k} {v:,.0f} s" for k, v in result["stages"].items())
     return (f"| {result['run']} | {result['wall_seconds']:,.0f} s ({stages}) | {result['peak_rss_gb']:.2f} GB "
             f"| {result['miou']:.2f} |")
-
-
-def prepare(work: Path, args, flags: str) -> int:
-    """Write the data and the checkpoint into `work`, or reuse those a kept folder made with the same arguments
-    (so `--only probe --keep DIR` runs on the data of an earlier `--only authors --keep DIR`); returns the class count."""
-    made = {"size": args.size, "flags": flags, "train": args.train, "test": args.test, "data_seed": args.data_seed,
-            "weights_seed": args.weights_seed}
-    record = work / "prepared.json"
-    if record.exists():
-        kept = json.loads(record.read_text())
-        if kept["made"] != made:
-            sys.exit(f"{work} holds data and a checkpoint made with {kept['made']}: use another --keep folder")
-        return kept["classes"]
-    num_classes = write_data(work / "data", args.size, args.train, args.test, args.data_seed)
-    write_checkpoint(work / "checkpoint.pt", flags, args.weights_seed)
-    record.write_text(json.dumps({"made": made, "classes": num_classes}))
-    return num_classes
 
 
 def main() -> None:
@@ -141,7 +124,6 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep data, checkpoint, logs and outputs in this folder")
     args = parser.parse_args()
 
-    flags = model_flags(args.size, args.num_channels)
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -149,7 +131,8 @@ def main() -> None:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         data, checkpoint = work / "data", work / "checkpoint.pt"
-        num_classes = prepare(work, args, flags)
+        flags, num_classes = prepare(work, size=args.size, num_channels=args.num_channels, train=args.train,
+                                     test=args.test, data_seed=args.data_seed, weights_seed=args.weights_seed)
         results = []
         if args.only in (None, "authors"):
             results.append(run_authors(args, work, data, checkpoint, flags, num_classes, env))

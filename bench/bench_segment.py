@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from paper_shape import BLOCKS, STEPS, model_flags, write_checkpoint, write_data
+from paper_shape import BLOCKS, STEPS, prepare
 
 
 def probe_command() -> str:
@@ -54,9 +54,7 @@ def main() -> None:
         if args.sequential:
             command.append("--sequential")
         if args.shape == "paper":
-            flags = model_flags(256, args.num_channels)
-            write_data(work / "data", 256, args.train, args.test, seed=0)
-            write_checkpoint(work / "checkpoint.pt", flags, seed=0)
+            flags, _ = prepare(work, num_channels=args.num_channels, train=args.train, test=args.test)
             command += ["--data", str(work / "data"), "--checkpoint", str(work / "checkpoint.pt"), "--model-flags", flags,
                         "--blocks", ",".join(map(str, BLOCKS)), "--steps", ",".join(map(str, STEPS))]
         if not sys.stderr.isatty():

@@ -7,6 +7,9 @@ analysis/training_rule.sh (`python bench/paper_shape.py DIR` writes them to a fo
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +60,27 @@ def feature_dim(flags: str, blocks: list[int], steps: list[int]) -> int:
     return len(steps) * sum(per_block[b] for b in blocks)
 
 
+def prepare(folder: Path, *, size: int = 256, num_channels: int = 64, train: int = 10, test: int = 20,
+            data_seed: int = 0, weights_seed: int = 0) -> tuple[str, int]:
+    """folder/data (the generated dataset), folder/checkpoint.pt and folder/flags.txt, or those a previous call with
+    the same arguments wrote there (recorded in folder/prepared.json); returns (the model flags, the class count)."""
+    flags = model_flags(size, num_channels)
+    made = {"flags": flags, "train": train, "test": test, "data_seed": data_seed, "weights_seed": weights_seed}
+    record = folder / "prepared.json"
+    if record.exists():
+        kept = json.loads(record.read_text())
+        if kept["made"] != made:
+            sys.exit(f"{folder} holds data and a checkpoint made with {kept['made']}: use another folder")
+        return flags, kept["classes"]
+    classes = write_data(folder / "data", size, train, test, data_seed)
+    write_checkpoint(folder / "checkpoint.pt", flags, weights_seed)
+    (folder / "flags.txt").write_text(flags + "\n")
+    record.write_text(json.dumps({"made": made, "classes": classes}))
+    return flags, classes
+
+
 def main() -> None:
     """`python bench/paper_shape.py DIR`: DIR/data (the generated dataset), DIR/checkpoint.pt and DIR/flags.txt."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("folder", type=Path)
     parser.add_argument("--num-channels", type=int, default=64)
@@ -69,13 +89,8 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--weights-seed", type=int, default=0)
     args = parser.parse_args()
-    if (args.folder / "flags.txt").exists():
-        print(f"{args.folder} is already written")
-        return
-    flags = model_flags(256, args.num_channels)
-    write_data(args.folder / "data", 256, args.train, args.test, args.data_seed)
-    write_checkpoint(args.folder / "checkpoint.pt", flags, args.weights_seed)
-    (args.folder / "flags.txt").write_text(flags + "\n")
+    prepare(args.folder, num_channels=args.num_channels, train=args.train, test=args.test, data_seed=args.data_seed,
+            weights_seed=args.weights_seed)
 
 
 if __name__ == "__main__":

@@ -118,13 +118,13 @@ TorchThreads = typer.Option(None, "--threads", help="Torch threads (default: all
 
 
 def _early_batch(size: int | None) -> int:
-    """--early-batch-size, checked before any work; None: the default."""
-    from probe.segment import EARLY_BATCH_SIZE
+    """--early-batch-size, checked before any work; None: the authors' 64."""
+    from probe.ensemble import BATCH_SIZE
 
     if size is not None and size < 2:
         raise ProbeError(f"--early-batch-size {size}: batch normalisation needs at least 2 pixels per batch (64 is "
                          "the authors' rule)")
-    return EARLY_BATCH_SIZE if size is None else size
+    return BATCH_SIZE if size is None else size
 
 
 def _torch_threads(threads: Optional[int]) -> None:

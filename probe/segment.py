@@ -25,8 +25,6 @@ SPLIT_NUMBER = 20  # images per split when --train-number / --test-number are no
 PAPER_MIN_PIXELS = 20  # the authors drop a class from an image's training labels below 20 pixels at 256x256
 
 
-EARLY_BATCH_SIZE = BATCH_SIZE  # the default: the authors' rule; 256 or 512 train epochs 0-3 faster, about 1 point lower
-
 def min_annotation_pixels(size: int) -> int:
     """The authors' 20-pixel small-annotation rule, scaled with image area (20 at 256x256, 1 at 32x32)."""
     return max(1, round(PAPER_MIN_PIXELS * size * size / 256 ** 2))
@@ -100,7 +98,7 @@ class SegmentOptions:
     members: int = 10
     batched: bool = True
     precision: str = "auto"
-    early_batch_size: int = EARLY_BATCH_SIZE  # pixels per step of the epochs early stopping does not check
+    early_batch_size: int = BATCH_SIZE  # pixels per step of epochs 0-3 (unchecked); 64: the authors' rule
     train_draw: bool = False  # draw the training images with the run's seed instead of taking the first by name
     train_data: str | None = None  # a dataset folder whose train split trains (e.g. synthesized images); None: the source's
 

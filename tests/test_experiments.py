@@ -12,7 +12,7 @@ from conftest import FIXTURES, read_metrics
 from probe.backbones import BackboneSpec
 from probe.cli import app
 from probe.experiments import SweepData, segment_config
-from probe.segment import EARLY_BATCH_SIZE
+from probe.ensemble import BATCH_SIZE
 
 runner = CliRunner()
 FIXTURE_DDPM = f"ddpm={FIXTURES / 'adm_tiny32.pt'}"
@@ -228,7 +228,7 @@ def test_only_early_batches_other_than_the_authors_enter_cell_keys(tmp_path, tin
     authors = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=64)
     default = segment_config(data, BackboneSpec(kind="pixels"), train_number=2)
     early = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=512)
-    assert "early_batch_size" not in authors and "early_batch_size" not in default and EARLY_BATCH_SIZE == 64
+    assert "early_batch_size" not in authors and "early_batch_size" not in default and BATCH_SIZE == 64
     assert early["early_batch_size"] == 512
     for command in ("segment", "efficiency"):
         result = run(command, "--data", tiny_domain, "--backbone" if command == "segment" else "--backbones", "pixels",
