@@ -3,7 +3,8 @@ on features held in memory, per step (batch 64 unless --batch-size).
 
     python bench/bench_ensemble_step.py                 # the paper's shape at num_channels 64: D = 2112, 10 members
     python bench/bench_ensemble_step.py --dim 8448 --threads 1
-    python bench/bench_ensemble_step.py --split        # ms per step in each phase: gather, forward, backward, Adam
+    python bench/bench_ensemble_step.py --split        # ms per step in each phase: gather, step
+    python bench/bench_ensemble_step.py --eager        # the step without torch.compile
     python bench/bench_ensemble_step.py --batch-size 256 --steps 250   # fewer, fatter steps (same pixels)
     python bench/bench_ensemble_step.py --early-batch-size 256         # whole fits: the authors' rule vs batches
                                                                        # of 256 in the unchecked epochs, alternated
@@ -22,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-import torch.nn.functional as F
-
-from probe.ensemble import GATHER_PIXELS, ArrayPixelSource, PixelEnsemble, StackedMLP, flush_subnormals
+from probe.ensemble import GATHER_PIXELS, ArrayPixelSource, PixelEnsemble, StackedMLP
+from probe.ensemble_step import StackedStep
+from probe.runtime import tune_process
 from probe.store import PixelSampler
 
 PAPER_CELLS = ((4, 32), (2, 32), (2, 32), (2, 64), (1, 128))  # (channels / num_channels, native size) per block at 256
@@ -53,7 +54,7 @@ class SampledPixels:
 def compare_rules(args) -> dict:
     """Seconds of whole fits (4 unchecked epochs, then the early-stopping rule) on --steps x 64 sampled pixels, the
     authors' rule and --early-batch-size alternated --rounds times in this process (ratios from back-to-back fits hold
-    on a loaded machine where absolute times do not)."""
+    on a loaded machine where absolute times do not); the first round includes compiling the step."""
     source = SampledPixels(paper_sampler(args.dim, torch.Generator().manual_seed(0)), args.steps * 64, args.classes,
                            np.random.default_rng(0))
     rules = {"authors": None, f"early_batch_{args.early_batch_size}": args.early_batch_size}
@@ -62,7 +63,7 @@ def compare_rules(args) -> dict:
         for name, early in rules.items():
             started = time.perf_counter()
             ensemble = PixelEnsemble(args.classes, members=args.members, progress=False, precision=args.precision,
-                                     early_batch_size=early).fit(source)
+                                     early_batch_size=early, compile=not args.eager).fit(source)
             seconds[name] += time.perf_counter() - started
             steps[name] = int(ensemble.iterations_.mean())
     return {"seconds": {name: round(value / args.rounds, 2) for name, value in seconds.items()},
@@ -70,39 +71,34 @@ def compare_rules(args) -> dict:
 
 
 def phase_split(args) -> dict:
-    """ms per step in each phase of the batched ensemble's step, timed one phase at a time: gathering the
-    batch's features from native maps of the paper's sizes (the sampler, as many batches per call as in fit), the
-    forward pass, loss and backward pass, fused Adam."""
+    """ms per step in each phase: gathering the batch's features from native maps of the paper's sizes (the
+    sampler, as many batches per call as in fit) and the step itself (forward, backward and Adam in one function,
+    compiled unless --eager)."""
     generator = torch.Generator().manual_seed(0)
     sampler = paper_sampler(args.dim, generator)
     model = StackedMLP(args.members, sampler.dim, args.classes, PixelEnsemble(2, precision=args.precision).precision)
     for parameter in model.parameters():
         if parameter.dim() == 3:
             parameter.data.normal_(0.0, 0.02, generator=generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    step = StackedStep(model, compile=not args.eager)
     rng = np.random.default_rng(0)
     batch = args.batch_size
     labels = torch.from_numpy(rng.integers(args.classes, size=batch))
-    seconds = dict.fromkeys(("gather", "forward", "backward", "adam"), 0.0)
+    seconds = dict.fromkeys(("gather", "step"), 0.0)
     per_call = max(1, GATHER_PIXELS // batch)
-    for step in range(args.steps):
+    for warm_up in range(per_call):  # compiles the step, untimed
+        step(sampler.gather(*(rng.integers(n, size=batch) for n in (4, 256, 256))), labels, 1e-3)
+    for i in range(args.steps):
         started = time.perf_counter()
-        if step % per_call == 0:
+        if i % per_call == 0:
             pixels = per_call * batch
             batches = sampler.gather(rng.integers(4, size=pixels), rng.integers(256, size=pixels),
                                      rng.integers(256, size=pixels)).split(batch)
-        x = batches[step % per_call]
+        x = batches[i % per_call]
         gathered = time.perf_counter()
-        optimizer.zero_grad()
-        logits = model(x)
-        forward = time.perf_counter()
-        losses = F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(-1, args.members), reduction="none")
-        losses.mean(0).sum().backward()
-        backward = time.perf_counter()
-        optimizer.step()
-        ended = time.perf_counter()
-        for phase, (a, b) in zip(seconds, ((started, gathered), (gathered, forward), (forward, backward), (backward, ended))):
-            seconds[phase] += b - a
+        step(x, labels, 1e-3).numpy()
+        seconds["gather"] += gathered - started
+        seconds["step"] += time.perf_counter() - gathered
     return {phase: round(1000 * value / args.steps, 2) for phase, value in seconds.items()}
 
 
@@ -116,13 +112,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="pixels per step (the authors': 64)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--precision", default="auto", help="the first layer's products: auto, float32 or bfloat16")
-    parser.add_argument("--split", action="store_true", help="time each phase of the step instead of PixelEnsemble.fit")
+    parser.add_argument("--split", action="store_true", help="time the gather and the step apart instead of "
+                        "PixelEnsemble.fit")
+    parser.add_argument("--eager", action="store_true", help="run the step without torch.compile (which fits of "
+                        "10,000 steps or more use by default)")
     parser.add_argument("--early-batch-size", type=int, help="compare whole fits: the authors' rule and this batch in "
                         "the unchecked epochs")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two fits (with --early-batch-size)")
     args = parser.parse_args()
     args.steps = args.steps or (1600 if args.early_batch_size else 1000)
-    flush_subnormals()  # as the probe command does
+    tune_process()  # as the probe command does
     torch.set_num_threads(args.threads)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's first optimizer imports torch._dynamo: not timed
     if args.early_batch_size:
@@ -138,14 +137,17 @@ def main() -> None:
     features = rng.standard_normal((args.steps * args.batch_size, args.dim), dtype=np.float32)
     labels = rng.integers(args.classes, size=args.steps * args.batch_size)
     ensemble = PixelEnsemble(args.classes, members=args.members, batch_size=args.batch_size, max_epochs=1,
-                             progress=False, precision=args.precision)
+                             progress=False, precision=args.precision, compile=not args.eager)
+    PixelEnsemble(args.classes, members=args.members, batch_size=args.batch_size, max_epochs=1, progress=False,
+                  precision=args.precision, compile=not args.eager).fit(
+        ArrayPixelSource(features[: 2 * args.batch_size], labels[: 2 * args.batch_size]))  # compiles: not timed
     started = time.perf_counter()
     ensemble.fit(ArrayPixelSource(features, labels))
     seconds = (time.perf_counter() - started) / args.steps
     hidden = ensemble.model_[0].weight.shape[2]
     first_layer_flop = 2 * 2 * args.batch_size * args.dim * args.members * hidden  # forward and weight-gradient products
     print(json.dumps({"dim": args.dim, "members": args.members, "threads": args.threads, "precision": ensemble.precision,
-                      "batch_size": args.batch_size, "ms_per_step": round(1000 * seconds, 2),
+                      "compiled": ensemble.compiled_, "batch_size": args.batch_size, "ms_per_step": round(1000 * seconds, 2),
                       "first_layer_gflop_per_second": round(first_layer_flop / seconds / 1e9, 1)}))
 
 

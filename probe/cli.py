@@ -36,7 +36,7 @@ console = Console(stderr=True)
 @app.callback()
 def startup(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     """Runs before every command, whichever way probe was started (the `probe` script or `python -m probe`)."""
-    from probe.ensemble import flush_subnormals
+    from probe.runtime import tune_process
 
     if version:
         from probe import __version__
@@ -44,7 +44,7 @@ def startup(version: bool = typer.Option(False, "--version", help="Print the ver
         typer.echo(f"probe {__version__}")
         raise typer.Exit()
     logging.basicConfig(level=logging.INFO, format="probe: %(message)s", stream=sys.stderr)
-    flush_subnormals()
+    tune_process()
 
 
 def user_errors(command=None, *, resumable: bool = False):

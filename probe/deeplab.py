@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from probe import plots
 from probe.backbones.mae import imagenet_input
 from probe.data.layout import LabeledImage, find_split_dir, list_images, load_labeled_image, native_size
-from probe.ensemble import runtime_info
+from probe.runtime import runtime_info
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
 from probe.models.checkpoint import resolve_device

@@ -4,8 +4,9 @@ Each member is Linear-ReLU-BatchNorm-Linear-ReLU-BatchNorm-Linear, trained with 
 pixels under the authors' early-stopping rule (optionally with larger batches in the epochs that rule does not
 check: `early_batch_size`). Members can be trained one after another with torch's
 own modules (`batched=False`, the reference) or all at once as one stacked network (`batched=True`),
-which is the same algorithm, gathers each batch of features once and is several times faster. The stacked
-network can multiply its first layer in bfloat16 (`precision`), keeping float32 weights and optimiser state.
+which is the same algorithm, gathers each batch of features once and is several times faster; its step (forward,
+backward and Adam) is written out in ensemble_step.py so that torch.compile can fuse it. The stacked network can
+multiply its first layer in bfloat16 (`precision`), keeping float32 weights and optimiser state.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from probe.ensemble_step import StackedStep
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
 from probe.outputs import atomic_write
@@ -32,6 +34,8 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GATHER_PIXELS = 1024  # pixels (whole batches, at least one) fetched from the source in one call: 16 batches of 64.
 # Larger calls are slower per pixel with the store's sampler (measured at the paper's shape: 13 us per pixel at 1024,
 # 34 at 4096), so batches larger than 64 are fetched fewer at a time.
+COMPILE_FROM_STEPS = 10_000  # fits whose unchecked epochs take this many steps compile theirs (by default): compiling
+# takes 2-15 s, the compiled step saves about 2 ms at the paper's shape
 
 
 class PixelSource(Protocol):
@@ -79,22 +83,6 @@ def resolve_precision(precision: str, device: str, batched: bool = True) -> str:
         capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
         native = bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
     return "bfloat16" if native else "float32"
-
-
-def flush_subnormals() -> None:
-    """Treat subnormal floats (below 1.2e-38) as zero on the CPU, for the whole process. Call it before torch
-    starts its worker threads, which copy the setting when they are created. Adam's moment estimates of weights
-    whose gradient vanishes (a feature channel that is 0 everywhere) decay through the subnormal range, where a
-    CPU computes far more slowly; the `probe` command calls this at start."""
-    torch.set_flush_denormal(True)
-
-
-def runtime_info(device: str) -> dict:
-    """What the arithmetic ran on, for metrics files: device, torch threads, whether this process flushes
-    subnormals (measured: a subnormal times one is zero when it does), torch's version."""
-    tiny = torch.tensor([1e-39], dtype=torch.float32)
-    return {"device": str(device), "threads": torch.get_num_threads(),
-            "subnormals_flushed": bool((tiny * torch.ones(1)).item() == 0.0), "torch": torch.__version__}
 
 
 def hidden_sizes(num_classes: int) -> tuple[int, int]:
@@ -282,8 +270,11 @@ class PixelEnsemble:
         progress: bool = True,
         precision: str = "float32",
         early_batch_size: int | None = None,
+        compile: bool | None = None,
     ) -> None:
-        """`early_batch_size`: pixels per step in the epochs before early stopping checks losses (epochs
+        """`compile`: run the batched ensemble's step through torch.compile (ensemble_step.py), which changes how
+        the step runs, not what it computes; None: when the unchecked epochs take at least COMPILE_FROM_STEPS steps.
+        `early_batch_size`: pixels per step in the epochs before early stopping checks losses (epochs
         0..check_after_epoch), with Adam's learning rate scaled by early_batch_size / batch_size; the checked epochs
         keep `batch_size` and `lr`. None or `batch_size`: `batch_size` throughout (the authors' rule), which is also
         what a training set of fewer pixels than one early batch gets."""
@@ -300,6 +291,7 @@ class PixelEnsemble:
         self.progress = progress
         self.precision = resolve_precision(precision, device, batched)
         self.early_batch_size = early_batch_size
+        self.compile = compile
 
     def _training_parameters(self) -> dict:
         keys = ("batch_size", "lr", "patience", "check_after_epoch", "max_epochs", "batched", "seed", "precision",
@@ -307,8 +299,9 @@ class PixelEnsemble:
         return {key: getattr(self, key) for key in keys}
 
     def fit(self, source: PixelSource) -> PixelEnsemble:
-        """Train every member on the pixels of `source`; sets model_, dim_, iterations_, epochs_, last_loss_ and
-        early_batch_size_ (the early batch used: None where the authors' rule was)."""
+        """Train every member on the pixels of `source`; sets model_, dim_, iterations_, epochs_, last_loss_,
+        early_batch_size_ (the early batch used: None where the authors' rule was) and compiled_ (whether the step
+        ran compiled)."""
         labels = source.labels
         if self.num_classes < 2 or self.members < 1:
             raise ProbeError(f"num_classes={self.num_classes}, members={self.members}: need >= 2 classes, >= 1 member")
@@ -334,6 +327,7 @@ class PixelEnsemble:
         self.iterations_ = np.zeros(self.members, dtype=np.int64)
         self.epochs_ = np.zeros(self.members, dtype=np.int64)
         self.last_loss_ = np.full(self.members, np.nan)
+        self.compiled_ = False
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
         with Progress(*columns, disable=not self.progress, console=Console(stderr=True)) as progress:
@@ -349,17 +343,9 @@ class PixelEnsemble:
     def _fit_batched(self, source: PixelSource, model: StackedMLP, progress: Progress) -> StackedMLP:
         """All members at once on one shared batch sequence; each member keeps its own early stopping."""
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, fused=True)
-
-        def step(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-            optimizer.zero_grad()
-            logits = model(x)
-            losses = F.cross_entropy(logits.permute(1, 2, 0), y[:, None].expand(-1, self.members), reduction="none")
-            losses = losses.mean(0)  # (B, M) -> each member's batch loss
-            losses.sum().backward()
-            optimizer.step()
-            return losses.detach().cpu().numpy().astype(np.float64)
-
+        steps = (self.check_after_epoch + 1) * (len(source.labels) // (self.early_batch_size_ or self.batch_size))
+        compile = self.compile if self.compile is not None else steps >= COMPILE_FROM_STEPS
+        step = StackedStep(model, compile)
         snapshot = {key: value.clone() for key, value in model.member_state().items()}
 
         def freeze(stopped: np.ndarray) -> None:
@@ -367,8 +353,9 @@ class PixelEnsemble:
             for key, value in model.member_state().items():
                 snapshot[key][rows] = value[rows]
 
-        stopper = self._train(source, np.random.default_rng(self.seed), step, optimizer, np.arange(self.members),
-                              freeze, progress, "members")
+        stopper = self._train(source, np.random.default_rng(self.seed), lambda x, y, lr: step(x, y, lr).cpu().numpy()
+                              .astype(np.float64), np.arange(self.members), freeze, progress, "members")
+        self.compiled_ = step.compiled
         rows = torch.from_numpy(stopper.stopped).to(self.device)
         with torch.no_grad():
             for key, value in model.member_state().items():
@@ -380,7 +367,9 @@ class PixelEnsemble:
         mlp.train()
         optimizer = torch.optim.Adam(mlp.parameters(), lr=self.lr, fused=True)
 
-        def step(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> np.ndarray:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.zero_grad()
             loss = F.cross_entropy(mlp(x), y)
             loss.backward()
@@ -388,21 +377,19 @@ class PixelEnsemble:
             return np.array([loss.item()])
 
         rng = member_generators(self.seed, member)[1]
-        self._train(source, rng, step, optimizer, np.array([member]), lambda stopped: None, progress,
-                    f"member {member}")
+        self._train(source, rng, step, np.array([member]), lambda stopped: None, progress, f"member {member}")
 
     def _train(
         self,
         source: PixelSource,
         rng: np.random.Generator,
-        step: Callable[[torch.Tensor, torch.Tensor], np.ndarray],
-        optimizer: torch.optim.Optimizer,
+        step: Callable[[torch.Tensor, torch.Tensor, float], np.ndarray],
         members: np.ndarray,
         on_stop: Callable[[np.ndarray], None],
         progress: Progress,
         description: str,
     ) -> EarlyStopping:
-        """The authors' loop for `members` trained together by `step` (which steps `optimizer`): a fresh shuffle per
+        """The authors' loop for `members` trained together by `step(x, y, lr)` (one Adam step): a fresh shuffle per
         epoch, full batches only, per-member early stopping; fills iterations_, epochs_ and last_loss_ for them.
         The unchecked epochs take batches of `early_batch_size_` (if set) at a learning rate scaled to match."""
         stopper = EarlyStopping(len(members), self.patience, self.check_after_epoch)
@@ -410,14 +397,13 @@ class PixelEnsemble:
         for epoch in range(self.max_epochs):
             checked = epoch > self.check_after_epoch
             batch_size = self.batch_size if checked or self.early_batch_size_ is None else self.early_batch_size_
-            for group in optimizer.param_groups:
-                group["lr"] = self.lr * (batch_size / self.batch_size)
+            lr = self.lr * (batch_size / self.batch_size)
             steps_per_epoch = len(source.labels) // batch_size
             self.epochs_[members[~stopper.stopped]] += 1
             order = rng.permutation(len(source.labels))[: steps_per_epoch * batch_size]
             for x, y in _batches(source, order, batch_size, self.device):
                 active = members[~stopper.stopped]
-                losses = step(x, y)
+                losses = step(x, y, lr)
                 self.iterations_[active] += 1
                 self.last_loss_[active] = losses[~stopper.stopped]
                 stopped = stopper.update(epoch, losses)
@@ -499,6 +485,7 @@ class PixelEnsemble:
                 "hidden": list(hidden_sizes(self.num_classes)),
                 "training": self._training_parameters(),
                 "early_batch_size_used": self.early_batch_size_,
+                "compiled": self.compiled_,
                 "iterations": self.iterations_.tolist(),
                 "epochs": self.epochs_.tolist(),
                 "last_loss": self.last_loss_.tolist(),
@@ -533,4 +520,5 @@ class PixelEnsemble:
         ensemble.epochs_ = np.asarray(config["epochs"], dtype=np.int64)
         ensemble.last_loss_ = np.asarray(config["last_loss"], dtype=np.float64)
         ensemble.early_batch_size_ = config.get("early_batch_size_used")
+        ensemble.compiled_ = config.get("compiled", False)
         return ensemble, manifest

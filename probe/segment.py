@@ -13,11 +13,12 @@ import pandas as pd
 from probe import plots
 from probe.backbones import Backbone, BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage
-from probe.ensemble import BATCH_SIZE, PixelEnsemble, runtime_info
+from probe.ensemble import BATCH_SIZE, PixelEnsemble
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
 from probe.outputs import output_dir, write_json
 from probe.progress import progress_bar
+from probe.runtime import runtime_info
 from probe.sources import Source, to_uint8_image
 from probe.store import ActivationStore, PixelSampler, StorePixelSource
 

@@ -204,6 +204,49 @@ def test_batched_and_unbatched_take_the_same_steps(max_epochs):
     assert moved > 1e-4  # training changed the weights, so the comparison above is not vacuous
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_compiled_step_computes_what_the_eager_step_does(precision, tmp_path):
+    # torch.compile fuses the hand-written step; the arithmetic must stay the eager step's (which the test above
+    # holds to autograd and torch's Adam), up to float rounding: Adam's steps are about lr = 1e-3 whatever the
+    # gradient's size, so a weight whose gradient is near 0 may differ by a fraction of one step.
+    features, labels = separable_problem(256, seed=1)
+    fitted = [PixelEnsemble(4, members=3, max_epochs=3, progress=False, precision=precision, compile=compile).fit(
+        ArrayPixelSource(features, labels)) for compile in (True, False)]
+    assert [ensemble.compiled_ for ensemble in fitted] == [True, False]
+    compiled, eager = (ensemble.model_.state_dict() for ensemble in fitted)
+    for key in compiled:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(fitted[0].last_loss_, fitted[1].last_loss_, rtol=1e-4)
+    fitted[0].save(tmp_path, {})
+    assert PixelEnsemble.load(tmp_path)[0].compiled_ is True
+
+
+def test_a_step_that_cannot_compile_says_so_once_and_trains_eagerly(monkeypatch, capsys):
+    def no_compiler(*args):
+        raise RuntimeError("no C++ compiler")
+
+    features, labels = separable_problem(128, seed=1)
+    eager = PixelEnsemble(4, members=2, max_epochs=2, progress=False, compile=False).fit(
+        ArrayPixelSource(features, labels))
+    monkeypatch.setattr("probe.ensemble_step.compiled_step", lambda: no_compiler)
+    fallen_back = PixelEnsemble(4, members=2, max_epochs=2, progress=False, compile=True).fit(
+        ArrayPixelSource(features, labels))
+    assert capsys.readouterr().err.count("torch.compile failed (RuntimeError); training without it") == 1
+    assert fallen_back.compiled_ is False
+    for key, value in eager.model_.state_dict().items():
+        torch.testing.assert_close(fallen_back.model_.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_long_fits_compile_by_default(monkeypatch):
+    features, labels = separable_problem(256, seed=1)  # 4 steps per epoch: 16 in the 4 unchecked epochs
+    monkeypatch.setattr("probe.ensemble.COMPILE_FROM_STEPS", 17)
+    assert PixelEnsemble(4, members=3, max_epochs=1, progress=False).fit(
+        ArrayPixelSource(features, labels)).compiled_ is False
+    monkeypatch.setattr("probe.ensemble.COMPILE_FROM_STEPS", 16)
+    assert PixelEnsemble(4, members=3, max_epochs=1, progress=False).fit(
+        ArrayPixelSource(features, labels)).compiled_ is True
+
+
 def test_batched_member_keeps_its_parameters_from_the_step_it_stopped():
     # The shared batch sequence depends on the seed only, so member 0 of a 4-member run sees the same
     # batches as a 1-member run; after it stops, the others' steps must not move it.
