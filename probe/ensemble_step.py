@@ -84,7 +84,7 @@ def _step(x: torch.Tensor, y: torch.Tensor, first_products: torch.Tensor | None,
     hidden2 = n2.view(batch, members, h2).transpose(0, 1)  # (M, B, H2)
     logits = torch.baddbmm(b3.unsqueeze(1), hidden2, w3.transpose(0, 1))  # (M, B, K)
     log_probs = torch.log_softmax(logits, -1)
-    target = torch.nn.functional.one_hot(y, logits.shape[-1]).to(logits.dtype)  # (B, K)
+    target = (y[:, None] == torch.arange(logits.shape[-1], device=y.device)).to(logits.dtype)  # (B, K) one-hot
     losses = -(log_probs * target).sum(-1).mean(1)
 
     grad_logits = (log_probs.exp() - target) / batch  # d(sum of the members' losses) / d logits
