@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ensemble's training rule, 3 seeds each: the authors' (batches of 64 throughout, `--early-batch-size 64`)
-# against batches of 512 and 256 in the epochs early stopping does not check (`--early-batch-size N`, lr x N / 64), on the
+# against batches of 128, 256 and 512 in the epochs early stopping does not check (`--early-batch-size N`, lr x N / 64), on the
 # default domain (20 train / 20 test images) and at the paper's shape (bench/paper_shape.py: 256x256 ADM at
 # num_channels 64 with random weights, blocks {5,6,7,8,12} x steps {50,150,250}, D = 2112, 10 train / 20 test
 # generated images). Each `--seeds` run is a sweep folder that resumes. THREADS sets torch threads (default 2).
@@ -11,7 +11,7 @@ python bench/paper_shape.py "$results/paper_inputs"
 paper=(--data "$results/paper_inputs/data" --checkpoint "$results/paper_inputs/checkpoint.pt"
        --model-flags "$(cat "$results/paper_inputs/flags.txt")" --blocks 5,6,7,8,12 --steps 50,150,250
        --train-number 10 --test-number 20)
-for batch in 64 512 256; do
+for batch in 64 128 512 256; do
   probe segment --early-batch-size "$batch" --seeds 0,1,2 --threads "$threads" --out "$results/default_$batch" --quiet
   probe segment "${paper[@]}" --early-batch-size "$batch" --seeds 0,1,2 --threads "$threads" \
     --out "$results/paper_$batch" --quiet
@@ -25,7 +25,8 @@ import pandas as pd
 from probe import plots
 
 results = "analysis/results/training_rule"
-rules = {64: "authors' rule (64)", 256: "early batches of 256", 512: "early batches of 512"}
+rules = {64: "authors' rule (64)", 128: "early batches of 128", 256: "early batches of 256",
+         512: "early batches of 512"}
 rows = []
 for domain in ("default", "paper"):
     for batch, rule in rules.items():

@@ -34,8 +34,8 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GATHER_PIXELS = 1024  # pixels (whole batches, at least one) fetched from the source in one call: 16 batches of 64.
 # Larger calls are slower per pixel with the store's sampler (measured at the paper's shape: 13 us per pixel at 1024,
 # 34 at 4096), so batches larger than 64 are fetched fewer at a time.
-COMPILE_FROM_STEPS = 10_000  # fits whose unchecked epochs take this many steps compile theirs (by default): compiling
-# takes 2-15 s, the compiled step saves about 2 ms at the paper's shape
+COMPILE_FROM_STEPS = 2_000  # fits whose unchecked epochs take this many steps compile theirs (by default): compiling
+# takes 2-15 s (less once torch's cache holds the shape); the compiled step saves about 5 ms a step at the paper's shape
 
 
 class PixelSource(Protocol):
