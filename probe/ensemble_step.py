@@ -51,18 +51,23 @@ def _batch_norm_backward(grad: torch.Tensor, normalised: torch.Tensor, inv_std: 
     return grad_input, grad_weight, grad_bias
 
 
-def _adam(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-          step_size: torch.Tensor, bias_correction2_sqrt: torch.Tensor) -> None:
-    """torch.optim.Adam's update of one parameter, in place."""
-    grad = grad.float()
-    exp_avg.lerp_(grad, 1 - BETAS[0])
-    exp_avg_sq.mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
-    denominator = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(ADAM_EPS).div_(step_size)
-    param.addcdiv_(exp_avg, denominator, value=-1.0)
+def _adam(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+          exp_avg_sqs: list[torch.Tensor], step_size: torch.Tensor, bias_correction2_sqrt: torch.Tensor) -> None:
+    """torch.optim.Adam's update of every parameter, in place, as a few operations over the lists (eagerly, a
+    handful of kernel launches for all parameters; compiled, one fused loop per parameter)."""
+    grads = [grad.float() for grad in grads]
+    torch._foreach_lerp_(exp_avgs, grads, 1 - BETAS[0])
+    torch._foreach_mul_(exp_avg_sqs, BETAS[1])
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - BETAS[1])
+    denominators = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denominators, bias_correction2_sqrt)
+    torch._foreach_add_(denominators, ADAM_EPS)
+    torch._foreach_div_(denominators, step_size)
+    torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-1.0)
 
 
 def _step(x: torch.Tensor, y: torch.Tensor, first_products: torch.Tensor | None, params: list[torch.Tensor],
-          buffers: list[torch.Tensor], moments: list[tuple[torch.Tensor, torch.Tensor]], step_size: torch.Tensor,
+          buffers: list[torch.Tensor], moments: tuple[list[torch.Tensor], list[torch.Tensor]], step_size: torch.Tensor,
           bias_correction2_sqrt: torch.Tensor, momentum: float, eps: float) -> torch.Tensor:
     """One step of StackedMLP (Linear-ReLU-BN-Linear-ReLU-BN-Linear per member) on (B, D) `x`, (B,) labels `y`:
     updates `params` (the model's parameters in its order), `buffers` (the batch norms' running statistics),
@@ -103,8 +108,7 @@ def _step(x: torch.Tensor, y: torch.Tensor, first_products: torch.Tensor | None,
     grad_w1 = (xp.t() @ grad_z1.to(xp.dtype)).view(dim, members, h1)
     grads = (grad_w1, grad_z1.sum(0).view(members, h1), grad_g1.view(members, h1), grad_beta1.view(members, h1),
              grad_w2, grad_b2, grad_g2.view(members, h2), grad_beta2.view(members, h2), grad_w3, grad_b3)
-    for param, grad, (exp_avg, exp_avg_sq) in zip(params, grads, moments):
-        _adam(param, grad, exp_avg, exp_avg_sq, step_size, bias_correction2_sqrt)
+    _adam(params, list(grads), *moments, step_size, bias_correction2_sqrt)
     if first_products is not None:
         first_products.copy_(w1.view(dim, -1))
     return losses
@@ -127,7 +131,7 @@ class StackedStep:
         self.model = model
         self.params = list(model.parameters())
         self.buffers = [buffer for name, buffer in model.named_buffers() if name.endswith(("running_mean", "running_var"))]
-        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        self.moments = ([torch.zeros_like(p) for p in self.params], [torch.zeros_like(p) for p in self.params])
         first = model[0]
         dim = first.weight.shape[0]
         weight = first.weight.detach().view(dim, -1)

@@ -4,7 +4,7 @@ Neither changes what is computed, only how fast: subnormal floats are flushed to
 gradient vanishes otherwise decay through the slow subnormal range) and glibc keeps freed memory for reuse instead of
 returning every large block to the system (torch frees and allocates the same large buffers in every UNet pass and
 every training step; at glibc's defaults each reuse faults its pages in again: 210,000 page faults and 1.14 s per
-UNet pass at the paper's shape against 12,000 and 0.88 s, measured in one process each on this machine).
+pass of the whole 256x256 ADM UNet at num_channels 64 against 12,000 and 0.88 s, three processes each alternated).
 """
 
 from __future__ import annotations
