@@ -1,5 +1,6 @@
-"""Time the ensemble's batched training loop (PixelEnsemble.fit: sampling batches, forward, backward, fused Adam)
-on features held in memory, per step (batch 64 unless --batch-size).
+"""Time the ensemble's batched training loop (PixelEnsemble.fit: sampling batches, then forward, backward and Adam in
+one step compiled by torch.compile, compiled before timing) on features held in memory, per step (batch 64 unless
+--batch-size).
 
     python bench/bench_ensemble_step.py                 # the paper's shape at num_channels 64: D = 2112, 10 members
     python bench/bench_ensemble_step.py --dim 8448 --threads 1
