@@ -87,7 +87,7 @@ def phase_split(args) -> dict:
     labels = torch.from_numpy(rng.integers(args.classes, size=batch))
     seconds = dict.fromkeys(("gather", "step"), 0.0)
     per_call = max(1, GATHER_PIXELS // batch)
-    for warm_up in range(per_call):  # compiles the step, untimed
+    for _ in range(per_call):  # compiles the step, untimed
         step(sampler.gather(*(rng.integers(n, size=batch) for n in (4, 256, 256))), labels, 1e-3)
     for i in range(args.steps):
         started = time.perf_counter()
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="time the gather and the step apart instead of "
                         "PixelEnsemble.fit")
     parser.add_argument("--eager", action="store_true", help="run the step without torch.compile (which fits of "
-                        "10,000 steps or more use by default)")
+                        "2,000 steps or more use by default)")
     parser.add_argument("--early-batch-size", type=int, help="compare whole fits: the authors' rule and this batch in "
                         "the unchecked epochs")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the two fits (with --early-batch-size)")
@@ -137,11 +137,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     features = rng.standard_normal((args.steps * args.batch_size, args.dim), dtype=np.float32)
     labels = rng.integers(args.classes, size=args.steps * args.batch_size)
-    ensemble = PixelEnsemble(args.classes, members=args.members, batch_size=args.batch_size, max_epochs=1,
-                             progress=False, precision=args.precision, compile=not args.eager)
-    PixelEnsemble(args.classes, members=args.members, batch_size=args.batch_size, max_epochs=1, progress=False,
-                  precision=args.precision, compile=not args.eager).fit(
-        ArrayPixelSource(features[: 2 * args.batch_size], labels[: 2 * args.batch_size]))  # compiles: not timed
+    settings = dict(members=args.members, batch_size=args.batch_size, max_epochs=1, progress=False,
+                    precision=args.precision, compile=not args.eager)
+    warm_up = ArrayPixelSource(features[: 2 * args.batch_size], labels[: 2 * args.batch_size])
+    PixelEnsemble(args.classes, **settings).fit(warm_up)  # compiles the step: not timed
+    ensemble = PixelEnsemble(args.classes, **settings)
     started = time.perf_counter()
     ensemble.fit(ArrayPixelSource(features, labels))
     seconds = (time.perf_counter() - started) / args.steps

@@ -115,9 +115,7 @@ def _step(x: torch.Tensor, y: torch.Tensor, first_products: torch.Tensor | None,
 
 
 def compiled_step():
-    """`_step` compiled by torch.compile (one graph per batch size), or None where torch cannot compile here."""
-    if sys.platform == "win32" or not hasattr(torch, "compile"):
-        return None
+    """`_step` compiled by torch.compile, one graph per batch size (compiling happens at the first call)."""
     return torch.compile(_step, dynamic=False, fullgraph=True)
 
 
@@ -128,8 +126,7 @@ class StackedStep:
     once on stderr and runs eagerly, with the same arithmetic."""
 
     def __init__(self, model: StackedMLP, compile: bool) -> None:
-        self.model = model
-        self.params = list(model.parameters())
+        self.params = [p.detach() for p in model.parameters()]  # views: the step updates the model's parameters
         self.buffers = [buffer for name, buffer in model.named_buffers() if name.endswith(("running_mean", "running_var"))]
         self.moments = ([torch.zeros_like(p) for p in self.params], [torch.zeros_like(p) for p in self.params])
         first = model[0]
@@ -139,8 +136,12 @@ class StackedStep:
         self.device = weight.device
         self.momentum, self.eps = model[2].momentum, model[2].eps  # both batch norms are built alike
         self.steps = 0
-        self.function = (compiled_step() if compile else None) or _step
-        self.compiled = self.function is not _step
+        self.function = compiled_step() if compile else _step
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the steps run compiled (False after a failed compile too)."""
+        return self.function is not _step
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
         """One Adam step at learning rate `lr` on (B, D) features `x` and (B,) labels `y` -> (M,) batch losses."""
@@ -149,13 +150,13 @@ class StackedStep:
         bias_correction2 = 1 - BETAS[1] ** self.steps
         step_size = torch.tensor(lr / bias_correction1, device=self.device)
         correction = torch.tensor(math.sqrt(bias_correction2), device=self.device)
-        args = (x, y, self.first_products, [p.detach() for p in self.params], self.buffers, self.moments,
-                step_size, correction, self.momentum, self.eps)
+        args = (x, y, self.first_products, self.params, self.buffers, self.moments, step_size, correction,
+                self.momentum, self.eps)
         with torch.no_grad():
             if self.compiled:
                 try:
                     return self.function(*args)
                 except Exception as error:  # inductor raises many types when no compiler works
                     print(f"probe: torch.compile failed ({type(error).__name__}); training without it", file=sys.stderr)
-                    self.function, self.compiled = _step, False
+                    self.function = _step
             return _step(*args)
