@@ -15,10 +15,11 @@ pass 1.4 ms, the rest 0.6 ms; autograd's step was 6.3-7.3 ms.
 from __future__ import annotations
 
 import math
-import sys
 from typing import TYPE_CHECKING
 
 import torch
+
+from probe.runtime import Compiled
 
 if TYPE_CHECKING:
     from probe.ensemble import StackedMLP
@@ -114,11 +115,6 @@ def _step(x: torch.Tensor, y: torch.Tensor, first_products: torch.Tensor | None,
     return losses
 
 
-def compiled_step():
-    """`_step` compiled by torch.compile, one graph per batch size (compiling happens at the first call)."""
-    return torch.compile(_step, dynamic=False, fullgraph=True)
-
-
 class StackedStep:
     """Trains a StackedMLP with Adam (torch's defaults, no weight decay) one batch at a time: `step(x, y, lr)`.
 
@@ -136,12 +132,12 @@ class StackedStep:
         self.device = weight.device
         self.momentum, self.eps = model[2].momentum, model[2].eps  # both batch norms are built alike
         self.steps = 0
-        self.function = compiled_step() if compile else _step
+        self.function = Compiled(_step, compile, "training")
 
     @property
     def compiled(self) -> bool:
         """Whether the steps run compiled (False after a failed compile too)."""
-        return self.function is not _step
+        return self.function.compiled
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
         """One Adam step at learning rate `lr` on (B, D) features `x` and (B,) labels `y` -> (M,) batch losses."""
@@ -153,10 +149,4 @@ class StackedStep:
         args = (x, y, self.first_products, self.params, self.buffers, self.moments, step_size, correction,
                 self.momentum, self.eps)
         with torch.no_grad():
-            if self.compiled:
-                try:
-                    return self.function(*args)
-                except Exception as error:  # inductor raises many types when no compiler works
-                    print(f"probe: torch.compile failed ({type(error).__name__}); training without it", file=sys.stderr)
-                    self.function = _step
-            return _step(*args)
+            return self.function(*args)

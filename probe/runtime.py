@@ -1,4 +1,5 @@
-"""Process-wide settings the `probe` command makes at start, and a record of them for metrics files.
+"""Process-wide settings the `probe` command makes at start, a record of them for metrics files, and the one way
+the toolkit runs a function through torch.compile (`Compiled`).
 
 Neither changes what is computed, only how fast: subnormal floats are flushed to zero (Adam's moments of weights whose
 gradient vanishes otherwise decay through the slow subnormal range) and glibc keeps freed memory for reuse instead of
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import platform
+import sys
+from collections.abc import Callable
 
 import torch
 
@@ -52,3 +55,27 @@ def runtime_info(device: str) -> dict:
     return {"device": str(device), "threads": torch.get_num_threads(),
             "subnormals_flushed": bool((tiny * torch.ones(1)).item() == 0.0),
             "freed_memory_kept": _freed_memory_kept, "torch": torch.__version__}
+
+
+class Compiled:
+    """`function` run through torch.compile (one graph per input shape: dynamic=False, fullgraph=True), or run as it
+    is when `compile` is False. If compiling fails (no C++ compiler, no triton on a GPU) it says so once on stderr,
+    naming `what` runs without it, and runs `function` as it is from then on: the same arithmetic."""
+
+    def __init__(self, function: Callable, compile: bool, what: str) -> None:
+        self.eager, self.what = function, what
+        self.function = torch.compile(function, dynamic=False, fullgraph=True) if compile else function
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls run compiled (False after a failed compile too)."""
+        return self.function is not self.eager
+
+    def __call__(self, *args):
+        if self.compiled:
+            try:
+                return self.function(*args)
+            except Exception as error:  # inductor raises many types when no compiler works
+                print(f"probe: torch.compile failed ({type(error).__name__}); {self.what} without it", file=sys.stderr)
+                self.function = self.eager
+        return self.eager(*args)

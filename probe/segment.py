@@ -13,7 +13,7 @@ import pandas as pd
 from probe import plots
 from probe.backbones import Backbone, BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage
-from probe.ensemble import BATCH_SIZE, PixelEnsemble
+from probe.ensemble import EARLY_BATCH_SIZE, PixelEnsemble
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
 from probe.outputs import output_dir, write_json
@@ -78,9 +78,9 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
     return Fitted(ensemble, predictions, uncertainties, score, training_pixels, seconds)
 
 
-def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 8192) -> tuple[np.ndarray, float]:
+def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 2048) -> tuple[np.ndarray, float]:
     """(H, W) labels and the uncertainty of the image of a one-image sampler, predicted in bands of rows
-    (about `band_pixels` pixels) so that memory does not grow with H x W x features. The ensemble's first layer
+    (about `band_pixels` pixels) so that memory holds a band's products, never the image's. The ensemble's first layer
     multiplies the features at their native resolution and its products are upsampled (PixelSampler.projected):
     the same numbers as upsampling the features first, up to float rounding, for a fraction of the products."""
     size = sampler.size
@@ -99,7 +99,7 @@ class SegmentOptions:
     members: int = 10
     batched: bool = True
     precision: str = "auto"
-    early_batch_size: int = BATCH_SIZE  # pixels per step of epochs 0-3 (unchecked); 64: the authors' rule
+    early_batch_size: int = EARLY_BATCH_SIZE  # pixels per step of epochs 0-3 (unchecked); 64: the authors' rule
     train_draw: bool = False  # draw the training images with the run's seed instead of taking the first by name
     train_data: str | None = None  # a dataset folder whose train split trains (e.g. synthesized images); None: the source's
 

@@ -19,6 +19,7 @@ from probe.data.layout import LabeledImage
 from probe.backbones import identity_hash
 from probe.outputs import atomic_write, write_json
 from probe.progress import progress_bar
+from probe.runtime import Compiled
 
 log = logging.getLogger("probe")
 
@@ -131,6 +132,10 @@ class PixelSampler:
                          for i, offset in zip(group, np.cumsum([0] + [maps[i].shape[1] for i in group]))]
                         for group in members]
         self.taps = {s: bilinear_taps(s, size) for m in maps for s in m.shape[-2:]}
+        in_groups = torch.cat([torch.arange(start, start + channels) for group in self.columns
+                               for _, start, channels in group])  # feature index of each group column, in order
+        self.group_columns = torch.argsort(in_groups)  # the group column of each feature
+        self._gather = self._gathered
 
     @classmethod
     def from_store(cls, store: ActivationStore, images: list[LabeledImage], names: list[str], size: int) -> PixelSampler:
@@ -139,10 +144,16 @@ class PixelSampler:
 
     def gather(self, image_index: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> torch.Tensor:
         """(N, dim) float32 features of pixels (image_index[k], ys[k], xs[k])."""
-        img = torch.as_tensor(image_index, dtype=torch.long)
-        y = torch.as_tensor(ys, dtype=torch.long)
-        x = torch.as_tensor(xs, dtype=torch.long)
-        features = torch.empty(len(img), self.dim)
+        return self._gather(*(torch.as_tensor(a, dtype=torch.long) for a in (image_index, ys, xs)))
+
+    def compile(self) -> None:
+        """Gather through torch.compile from now on (one graph per number of pixels asked for): each group's taps,
+        their weights and the placing of its columns become one loop, about twice as fast as running them one by one
+        (`bench/bench_ensemble_step.py --split` times it). The same arithmetic, up to float rounding."""
+        self._gather = Compiled(self._gathered, True, "gathering features")
+
+    def _gathered(self, img: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        values = []
         for native, columns in zip(self.groups, self.columns):
             _, height, width, channels = native.shape
             y0, y1, hy0, hy1 = (a[y, None] for a in self.taps[height])
@@ -154,7 +165,12 @@ class PixelSampler:
 
             top = at(y0, x0) * wx0 + at(y0, x1) * wx1
             bottom = at(y1, x0) * wx0 + at(y1, x1) * wx1
-            place(features, columns, top.mul_(hy0).add_(bottom.mul_(hy1)))
+            values.append(top.mul_(hy0).add_(bottom.mul_(hy1)))
+        if torch.compiler.is_compiling():  # compiled, one loop writes each feature from its group's column
+            return torch.cat(values, 1)[:, self.group_columns]
+        features = torch.empty(len(img), self.dim)  # eagerly, copying each map's columns into place is faster
+        for group, columns in zip(values, self.columns):
+            place(features, columns, group)
         return features
 
     def image_features(self, index: int, rows: slice) -> torch.Tensor:
@@ -176,20 +192,18 @@ class PixelSampler:
         return features.view(-1, self.dim)
 
     def projected(self, index: int, weight: torch.Tensor, products: torch.dtype = torch.float32) -> ProjectedImage:
-        """Image `index`'s features times `weight` (dim, out), computed at native resolution.
+        """Image `index`'s features times `weight` (dim, out), computed at native resolution (ProjectedImage.rows).
 
         Bilinear upsampling is linear, so `image_features(index, rows) @ weight` equals the upsampled products of
         each native map with its rows of `weight`; maps of one native size share their upsampling, so they are
-        multiplied as one. Each native pixel is multiplied once instead of each output pixel, and only `out`
+        multiplied as one. Each native pixel is multiplied about once instead of each output pixel, and only `out`
         values per output pixel are upsampled per native size instead of `dim`. The products run in `products`
         (float32 or bfloat16, summing in float32) on `weight`'s device."""
-        sums = {}
+        parts = {}
         for native, columns in zip(self.groups, self.columns):
-            _, height, width, channels = native.shape
-            pixels = native[index].to(weight.device, products).view(height * width, channels)
             rows = torch.cat([weight[start:start + channels] for _, start, channels in columns]).to(products)
-            sums[height, width] = (pixels @ rows).float().view(height, width, -1)
-        return ProjectedImage(sums, {s: self.taps[s] for size in sums for s in size}, self.size)
+            parts[tuple(native.shape[1:3])] = (native[index], rows)
+        return ProjectedImage(parts, {s: self.taps[s] for size in parts for s in size}, self.size)
 
 
 def place(features: torch.Tensor, columns: list[tuple[int, int, int]], values: torch.Tensor) -> None:
@@ -199,24 +213,29 @@ def place(features: torch.Tensor, columns: list[tuple[int, int, int]], values: t
 
 
 class ProjectedImage:
-    """One image's first-layer products at native resolution, one (h, w, out) map per native size
-    (PixelSampler.projected); `rows` upsamples and sums them for a band of output rows."""
+    """One image's first-layer products (PixelSampler.projected): per native size, the (h, w, C) features of the
+    maps of that size and their (C, out) rows of the weight. `rows` multiplies only the native rows a band of
+    output rows reads, so memory holds a band's products, never the image's."""
 
-    def __init__(self, sums: dict[tuple[int, int], torch.Tensor], taps: dict, size: int):
-        self.sums, self.size = sums, size
-        device = next(iter(sums.values())).device
-        self.taps = {s: tuple(t.to(device) for t in taps[s]) for s in taps}
+    def __init__(self, parts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], taps: dict, size: int):
+        self.parts, self.size = parts, size
+        self.device = next(iter(parts.values()))[1].device
+        self.taps = {s: tuple(t.to(self.device) for t in taps[s]) for s in taps}
 
     def rows(self, rows: slice) -> torch.Tensor:
         """(len(rows) * size, out) float32: the products of those output pixels' upsampled features, in row-major
-        order. Each map is interpolated between its two source rows at native width (the taps of
-        PixelSampler.image_features), then across the columns by torch's bilinear kernel, which vectorises over
-        the `out` values of a pixel; both steps are bilinear interpolation (align_corners=False)."""
-        ys = torch.arange(self.size)[rows]
+        order. Each native size's products are computed for the native rows the band reads, interpolated between
+        their two source rows at native width (the taps of PixelSampler.image_features), then across the columns
+        by torch's bilinear kernel, which vectorises over the `out` values of a pixel; both steps are bilinear
+        interpolation (align_corners=False)."""
+        ys = torch.arange(self.size, device=self.device)[rows]
         total = None
-        for (height, width), products in self.sums.items():
-            y0, y1, hy0, hy1 = (a[ys.to(a.device)] for a in self.taps[height])
-            down = products[y0] * hy0[:, None, None] + products[y1] * hy1[:, None, None]  # (R, w, out)
+        for (height, width), (native, weight) in self.parts.items():
+            y0, y1, hy0, hy1 = (a[ys] for a in self.taps[height])
+            first, last = int(y0.min()), int(y1.max())
+            pixels = native[first:last + 1].to(self.device, weight.dtype).view(-1, native.shape[-1])
+            products = (pixels @ weight).float().view(last + 1 - first, width, -1)
+            down = products[y0 - first] * hy0[:, None, None] + products[y1 - first] * hy1[:, None, None]  # (R, w, out)
             across = F.interpolate(down[None].permute(0, 3, 1, 2), size=(len(ys), self.size), mode="bilinear",
                                    align_corners=False)  # rows map to themselves; columns are interpolated
             band = across[0].permute(1, 2, 0)  # (R, size, out), a view of channels-last memory
@@ -243,3 +262,6 @@ class StorePixelSource:
 
     def features(self, idx: np.ndarray) -> torch.Tensor:
         return self.sampler.gather(self.image_index[idx], self.ys[idx], self.xs[idx])
+
+    def compile(self) -> None:
+        self.sampler.compile()

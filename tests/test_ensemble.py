@@ -228,7 +228,7 @@ def test_a_step_that_cannot_compile_says_so_once_and_trains_eagerly(monkeypatch,
     features, labels = separable_problem(128, seed=1)
     eager = PixelEnsemble(4, members=2, max_epochs=2, progress=False, compile=False).fit(
         ArrayPixelSource(features, labels))
-    monkeypatch.setattr("probe.ensemble_step.compiled_step", lambda: no_compiler)
+    monkeypatch.setattr("torch.compile", lambda function, **options: no_compiler)
     fallen_back = PixelEnsemble(4, members=2, max_epochs=2, progress=False, compile=True).fit(
         ArrayPixelSource(features, labels))
     assert capsys.readouterr().err.count("torch.compile failed (RuntimeError); training without it") == 1

@@ -12,7 +12,7 @@ from conftest import FIXTURES, read_metrics
 from probe.backbones import BackboneSpec
 from probe.cli import app
 from probe.experiments import SweepData, segment_config
-from probe.ensemble import BATCH_SIZE
+from probe.ensemble import BATCH_SIZE, EARLY_BATCH_SIZE
 
 runner = CliRunner()
 FIXTURE_DDPM = f"ddpm={FIXTURES / 'adm_tiny32.pt'}"
@@ -218,6 +218,10 @@ def test_early_batch_size_reaches_the_ensemble_of_one_run_and_of_every_seed(tmp_
     authors, early = read_metrics(tmp_path / "authors"), read_metrics(tmp_path / "early")
     assert early["options"]["early_batch_size"] == 256 and authors["options"]["early_batch_size"] == 64
     assert sum(early["ensemble_iterations"]) < sum(authors["ensemble_iterations"])  # fewer, fatter early steps
+    assert run(*args, "--out", tmp_path / "default").exit_code == 0
+    default = read_metrics(tmp_path / "default")
+    assert default["options"]["early_batch_size"] == 128
+    assert sum(early["ensemble_iterations"]) < sum(default["ensemble_iterations"]) < sum(authors["ensemble_iterations"])
     result = run(*args, "--early-batch-size", 256, "--seeds", "0,1", "--out", tmp_path / "seeds")
     assert result.exit_code == 0, result.output
     assert read_metrics(tmp_path / "seeds" / "seed_0")["ensemble_iterations"] == early["ensemble_iterations"]
@@ -228,8 +232,8 @@ def test_only_early_batches_other_than_the_authors_enter_cell_keys(tmp_path, tin
     authors = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=64)
     default = segment_config(data, BackboneSpec(kind="pixels"), train_number=2)
     early = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=512)
-    assert "early_batch_size" not in authors and "early_batch_size" not in default and BATCH_SIZE == 64
-    assert early["early_batch_size"] == 512
+    assert "early_batch_size" not in authors and BATCH_SIZE == 64
+    assert (default["early_batch_size"], early["early_batch_size"]) == (EARLY_BATCH_SIZE, 512) == (128, 512)
     for command in ("segment", "efficiency"):
         result = run(command, "--data", tiny_domain, "--backbone" if command == "segment" else "--backbones", "pixels",
                      "--early-batch-size", 1, "--out", tmp_path / command, "--quiet")

@@ -194,7 +194,7 @@ def test_projected_rows_equal_upsampled_features_times_weight(rows):
     weight = torch.randn(sampler.dim, 24, generator=generator)
     expected = sampler.image_features(1, rows) @ weight
     projected = sampler.projected(1, weight)
-    assert sorted(projected.sums) == [(5, 7), (8, 8), (16, 19), (64, 64)]
+    assert sorted(projected.parts) == [(5, 7), (8, 8), (16, 19), (64, 64)]
     got = projected.rows(rows)
     assert got.shape == expected.shape == (len(range(64)[rows]) * 64, 24)
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
@@ -215,5 +215,8 @@ def test_maps_of_one_size_are_read_together_and_keep_their_columns():
     idx, ys, xs = rng.integers(0, 2, 300), rng.integers(0, 32, 300), rng.integers(0, 32, 300)
     got = sampler.gather(idx, ys, xs)
     assert torch.allclose(got, dense[idx, :, ys, xs], rtol=0, atol=1e-5)
-    ys, xs = np.meshgrid(np.arange(32)[5:9], np.arange(32), indexing="ij")
-    assert torch.equal(sampler.image_features(1, slice(5, 9)), sampler.gather(np.ones(ys.size, int), ys.ravel(), xs.ravel()))
+    rows, columns = np.meshgrid(np.arange(32)[5:9], np.arange(32), indexing="ij")
+    assert torch.equal(sampler.image_features(1, slice(5, 9)),
+                       sampler.gather(np.ones(rows.size, int), rows.ravel(), columns.ravel()))
+    sampler.compile()  # one fused loop; the arithmetic stays the eager gather's (rounding aside)
+    assert torch.allclose(sampler.gather(idx, ys, xs), got, rtol=0, atol=1e-6) and sampler._gather.compiled

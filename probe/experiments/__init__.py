@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from probe.backbones import BackboneSpec
-from probe.ensemble import BATCH_SIZE
+from probe.ensemble import BATCH_SIZE, EARLY_BATCH_SIZE
 from probe.segment import Evaluation, SegmentOptions, evaluate
 from probe.sources import Source, backbone_spec, open_source
 
@@ -31,7 +31,7 @@ class SweepData:
 
 def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | None, test_number: int | None = None,
                    members: int = 10, precision: str = "auto", train_draw: bool = False, batched: bool = True,
-                   train_data: str | None = None, early_batch_size: int = BATCH_SIZE, **extra) -> dict:
+                   train_data: str | None = None, early_batch_size: int = EARLY_BATCH_SIZE, **extra) -> dict:
     """A cell's config: everything `segment_work` needs (the SegmentOptions fields), JSON-ready (the seed is the
     cell's). `extra` entries (e.g. a corruption) are passed to the work function as they are. `early_batch_size`
     enters only when it is not the authors' 64, so the cells of sweeps on the authors' rule keep their keys."""

@@ -12,7 +12,7 @@ from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.data.layout import find_split_dir, list_images
 from probe.errors import ProbeError
-from probe.ensemble import BATCH_SIZE
+from probe.ensemble import EARLY_BATCH_SIZE
 from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
 from probe.outputs import atomic_write
 from probe.runner import Cell, run_sweep
@@ -22,7 +22,7 @@ TRAIN_NUMBERS = (1, 2, 5, 10, 20)
 
 
 def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int],
-                     members: int = 10, early_batch_size: int = BATCH_SIZE) -> list[Cell]:
+                     members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE) -> list[Cell]:
     """One cell per (backbone, number of training images, seed). Every backbone is built once first, so a bad
     option or checkpoint fails before the sweep starts."""
     source = data.source()
@@ -39,7 +39,7 @@ def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: 
 
 
 def run_efficiency(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int], out: Path,
-                   *, members: int = 10, early_batch_size: int = BATCH_SIZE, ray: str | None = None,
+                   *, members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE, ray: str | None = None,
                    threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the sweep in `out`; write efficiency.csv (tidy), table.md and efficiency.png."""
     cells = efficiency_cells(data, specs, train_numbers, seeds, members, early_batch_size)

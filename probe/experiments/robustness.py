@@ -19,7 +19,7 @@ from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.corruptions import corrupt, corruption_seed
 from probe.data.layout import LabeledImage, scaled_pixels, find_split_dir, list_images
-from probe.ensemble import BATCH_SIZE, PixelEnsemble
+from probe.ensemble import EARLY_BATCH_SIZE, PixelEnsemble
 from probe.errors import ProbeError
 from probe.experiments import SweepData, evaluate_cell, mean_std_table, segment_config
 from probe.metrics import SegmentationScore
@@ -73,7 +73,7 @@ def robustness_work(spec: dict, threads: int) -> dict:
 
 def robustness_cells(data: SweepData, specs: list[BackboneSpec], corruptions: list[str], severities: list[int],
                      seeds: list[int], *, train_number: int | None = None, test_number: int | None = None,
-                     members: int = 10, early_batch_size: int = BATCH_SIZE) -> list[Cell]:
+                     members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE) -> list[Cell]:
     """One cell per (backbone, seed). Every backbone is built first and the image counts and the corruptions'
     image size are checked, so a bad option fails before the sweep starts."""
     if not corruptions or not severities or not seeds:
@@ -119,7 +119,7 @@ def drop_markdown(table: pd.DataFrame) -> str:
 
 def run_robustness(data: SweepData, specs: list[BackboneSpec], corruptions: list[str], severities: list[int],
                    seeds: list[int], out: Path, *, train_number: int | None = None, test_number: int | None = None,
-                   members: int = 10, early_batch_size: int = BATCH_SIZE, ray: str | None = None,
+                   members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE, ray: str | None = None,
                    threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the sweep in `out`; write robustness.csv (tidy), table.md and robustness.png."""
     cells = robustness_cells(data, specs, corruptions, severities, seeds, train_number=train_number,

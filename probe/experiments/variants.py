@@ -10,7 +10,7 @@ import pandas as pd
 
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
-from probe.ensemble import BATCH_SIZE
+from probe.ensemble import EARLY_BATCH_SIZE
 from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
 from probe.outputs import atomic_write
 from probe.runner import Cell, run_sweep
@@ -24,7 +24,7 @@ def variant_names(draws: int, inversion_steps: int | None) -> list[str]:
 
 
 def run_variants(data: SweepData, spec: BackboneSpec, variants: list[str], seeds: list[int], out: Path, *,
-                 train_number: int | None = None, members: int = 10, early_batch_size: int = BATCH_SIZE,
+                 train_number: int | None = None, members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE,
                  ray: str | None = None, threads: int | None = None, gpus_per_cell: float = 0,
                  progress: bool = True) -> pd.DataFrame:
     """Run (or resume) one cell per (variant, seed) in `out`; write variants.csv, table.md and variants.png."""
