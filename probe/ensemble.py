@@ -283,8 +283,9 @@ class PixelEnsemble:
         early_batch_size: int | None = None,
         compile: bool | None = None,
     ) -> None:
-        """`compile`: run the batched ensemble's step through torch.compile (ensemble_step.py), which changes how
-        the step runs, not what it computes; None: when the unchecked epochs take at least COMPILE_FROM_STEPS steps.
+        """`compile`: run the batched ensemble's step (ensemble_step.py) and the source's gather through torch.compile
+        for the unchecked epochs' batches, which changes how they run, not what they compute; None: when the unchecked
+        epochs take at least COMPILE_FROM_STEPS steps.
         `early_batch_size`: pixels per step in the epochs before early stopping checks losses (epochs
         0..check_after_epoch), with Adam's learning rate scaled by early_batch_size / batch_size; the checked epochs
         keep `batch_size` and `lr`. None or `batch_size`: `batch_size` throughout (the authors' rule), which is also

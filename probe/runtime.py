@@ -58,24 +58,31 @@ def runtime_info(device: str) -> dict:
 
 
 class Compiled:
-    """`function` run through torch.compile (one graph per input shape: dynamic=False, fullgraph=True), or run as it
-    is when `compile` is False. If compiling fails (no C++ compiler, no triton on a GPU) it says so once on stderr,
-    naming `what` runs without it, and runs `function` as it is from then on: the same arithmetic."""
+    """`function` run through torch.compile (fullgraph=True) for the shapes of its first call, or run as it is when
+    `compile` is False. One graph, dynamic=False: calls with tensors of other shapes (an epoch's last, shorter
+    gather; the smaller batches of the checked epochs) run as they are, since compiling another graph would cost more
+    (2-15 s) than those few calls gain. If compiling fails (no C++ compiler, no triton on a GPU) it says so once on
+    stderr, naming `what` runs without it, and runs `function` as it is from then on: the same arithmetic."""
 
     def __init__(self, function: Callable, compile: bool, what: str) -> None:
         self.eager, self.what = function, what
         self.function = torch.compile(function, dynamic=False, fullgraph=True) if compile else function
+        self.shapes: list[tuple[int, ...]] | None = None
 
     @property
     def compiled(self) -> bool:
-        """Whether calls run compiled (False after a failed compile too)."""
+        """Whether calls of the first call's shapes run compiled (False after a failed compile too)."""
         return self.function is not self.eager
 
     def __call__(self, *args):
         if self.compiled:
-            try:
-                return self.function(*args)
-            except Exception as error:  # inductor raises many types when no compiler works
-                print(f"probe: torch.compile failed ({type(error).__name__}); {self.what} without it", file=sys.stderr)
-                self.function = self.eager
+            shapes = [tuple(arg.shape) for arg in args if isinstance(arg, torch.Tensor)]
+            self.shapes = self.shapes or shapes
+            if shapes == self.shapes:
+                try:
+                    return self.function(*args)
+                except Exception as error:  # inductor raises many types when no compiler works
+                    print(f"probe: torch.compile failed ({type(error).__name__}); {self.what} without it",
+                          file=sys.stderr)
+                    self.function = self.eager
         return self.eager(*args)

@@ -142,9 +142,10 @@ def training_images(source: Source, options: SegmentOptions, resolution: int, se
 
 
 def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | None = None, progress: bool = True,
-             backbone: Backbone | None = None) -> Evaluation:
+             backbone: Backbone | None = None, release: bool = False) -> Evaluation:
     """Extract, fit the ensemble on the train images and score it on the test images, with one seed. `backbone`:
-    an already built one (a sweep's worker keeps its models), else built from `options.backbone` and `seed`."""
+    an already built one (a sweep's worker keeps its models), else built from `options.backbone` and `seed`.
+    `release`: free the backbone's networks once the features are extracted (a run that extracts nothing more)."""
     spec = replace(options.backbone, seed=seed)
     backbone = backbone or build_backbone(spec, "segment", source.native_size)
     resolution = backbone.image_size
@@ -154,6 +155,8 @@ def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | N
     started = time.perf_counter()
     store.fill(train + test, progress=progress)
     extraction = time.perf_counter() - started
+    if release:
+        backbone.release()
     fitted = fit_and_predict(store, backbone.names, train, test, source.num_classes, source.ignore_label,
                              options.members, seed, options.batched, spec.device, progress, options.precision,
                              options.early_batch_size)
@@ -207,7 +210,7 @@ def run_segment(source: Source, options: SegmentOptions, seed: int, out: Path, c
     return the metrics. Several seeds are a sweep: probe.experiments.seeds."""
     inputs = [*source.inputs, cache, options.train_data]
     with output_dir(out, command="segment", overwrite=overwrite, inputs=inputs) as tmp:
-        evaluation = evaluate(source, options, seed, cache, progress)
+        evaluation = evaluate(source, options, seed, cache, progress, release=True)
         write_evaluation(evaluation, source, tmp)
         return evaluation.metrics
 

@@ -147,9 +147,10 @@ class PixelSampler:
         return self._gather(*(torch.as_tensor(a, dtype=torch.long) for a in (image_index, ys, xs)))
 
     def compile(self) -> None:
-        """Gather through torch.compile from now on (one graph per number of pixels asked for): each group's taps,
-        their weights and the placing of its columns become one loop, about twice as fast as running them one by one
-        (`bench/bench_ensemble_step.py --split` times it). The same arithmetic, up to float rounding."""
+        """Gather through torch.compile from now on (for the number of pixels of the next call; other numbers run as
+        they are): each group's taps, their weights and the placing of its columns become one loop, 2-2.5x as fast as
+        running them one by one (`bench/bench_ensemble_step.py --split` times it). The same arithmetic, up to float
+        rounding."""
         self._gather = Compiled(self._gathered, True, "gathering features")
 
     def _gathered(self, img: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """The backbone contract, over every registered backbone; MAE and SwAV parity with the authors' extractors."""
 
+import gc
 import json
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ def test_every_registered_backbone_has_a_contract_test_instance():
 def modules_of(backbone) -> list[torch.nn.Module]:
     return [m for value in vars(backbone).values() for m in
             ([value] if isinstance(value, torch.nn.Module) else
-             [getattr(value, "unet")] if hasattr(value, "unet") else [])]
+             [getattr(value, "unet")] if hasattr(value, "unet") else []) if m is not None]
 
 
 @pytest.mark.parametrize("kind", sorted(SPECS))
@@ -89,6 +91,17 @@ def test_backbone_contract(tmp_path, kind, request):
         assert other.identity != backbone.identity
         name = backbone.names[0]
         assert not torch.equal(other(images, ["a", "b"], backbone.steps[0])[name], seen[name])
+
+    # release (a run that has extracted everything): the networks are freed, the description stays
+    identity, names, size = backbone.identity, backbone.names, backbone.image_size
+    networks = [weakref.ref(module) for module in modules_of(backbone)]
+    assert networks or kind == "pixels"
+    backbone.release()
+    gc.collect()
+    assert [network() for network in networks] == [None] * len(networks)
+    assert (backbone.identity, backbone.names, backbone.image_size) == (identity, names, size)
+    with pytest.raises(ProbeError, match=f"this {kind} backbone's networks were released after extraction"):
+        backbone(images, ["a", "b"], backbone.steps[0])
 
 
 def test_random_weights_come_from_the_seed_alone():

@@ -21,6 +21,7 @@ from probe.ensemble import (
     resolve_precision,
 )
 from probe.errors import ProbeError
+from probe.runtime import Compiled
 from probe.segment import predict_image
 from probe.store import PixelSampler
 
@@ -235,6 +236,21 @@ def test_a_step_that_cannot_compile_says_so_once_and_trains_eagerly(monkeypatch,
     assert fallen_back.compiled_ is False
     for key, value in eager.model_.state_dict().items():
         torch.testing.assert_close(fallen_back.model_.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_compiled_runs_the_first_calls_shapes_compiled_and_others_as_they_are(monkeypatch):
+    calls = []
+
+    def fake_compile(function, **options):
+        assert options == {"dynamic": False, "fullgraph": True}
+        return lambda x, scale: calls.append(tuple(x.shape)) or "compiled"
+
+    monkeypatch.setattr("torch.compile", fake_compile)
+    compiled = Compiled(lambda x, scale: "eager", True, "testing")
+    results = [compiled(torch.zeros(n, 3), 2.0) for n in (128, 128, 64, 128, 7)]
+    assert results == ["compiled", "compiled", "eager", "compiled", "eager"] and compiled.compiled
+    assert calls == [(128, 3)] * 3
+    assert Compiled(lambda x: "eager", False, "testing")(torch.zeros(1)) == "eager"
 
 
 def test_long_fits_compile_by_default(monkeypatch):

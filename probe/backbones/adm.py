@@ -11,7 +11,7 @@ import math
 import re
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -174,6 +174,11 @@ class ADMBackbone(Backbone):
         steps = select_steps(spec.steps, steps_total, defaults[1])
         return cls(model, [available.index(layer) for layer in layers], steps, noise, spec.input_activations,
                    spec.kind, checkpoint)
+
+    def release(self) -> None:
+        self.model = replace(self.model, unet=None)  # the flags and checkpoint hash stay: they are the identity
+        self._chains.clear()
+        super().release()
 
     @property
     def identity(self) -> dict:

@@ -47,6 +47,7 @@ class Backbone(ABC):
     layer_title: ClassVar[str] = "layer"
     normalisation: ClassVar[str]
     version: ClassVar[int] = 1  # bumped whenever the same identity would give other activations
+    released: bool = False  # see release
     image_size: int
     cells: list[Cell]
     all_layers: list[str]  # every layer the network has, in depth order
@@ -62,6 +63,8 @@ class Backbone(ABC):
         in [-1, 1] (the toolkit's loaded form): each backbone applies its own input normalisation."""
 
     def __call__(self, images: torch.Tensor, stems: list[str], step: int | None = None) -> dict[str, torch.Tensor]:
+        if self.released:
+            raise ProbeError(f"this {self.kind} backbone's networks were released after extraction: build it again")
         if step not in self.steps:
             raise ProbeError(f"step {step} is not among this backbone's steps {self.steps}")
         with torch.no_grad():
@@ -80,6 +83,16 @@ class Backbone(ABC):
     def layers(self) -> list[str]:
         """The distinct layers of the cells, in depth order."""
         return list(dict.fromkeys(cell.layer for cell in self.cells))
+
+    def release(self) -> None:
+        """Free the networks once every feature a run needs is extracted, so that training and prediction do not
+        hold them: drops the torch modules this backbone holds and the networks `loaded` keeps for this process.
+        The description (cells, names, identity, image size) stays; extracting again needs a new backbone."""
+        _LOADED.clear()
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.nn.Module):
+                setattr(self, name, None)
+        self.released = True
 
     def names_for_step(self, step: int | None) -> list[str]:
         return [cell.name for cell in self.cells if cell.step == step]

@@ -25,6 +25,7 @@ class SwAVBackbone(Backbone):
     def __init__(self, checkpoint: Path, image_size: int, kind: str, device: str = "cpu"):
         self.checkpoint, self.kind, self.image_size = Path(checkpoint), kind, image_size
         self.network = loaded(self.checkpoint, [device], lambda: load_swav(self.checkpoint, device=device))
+        self.config = self.network.config
         self.device = torch.device(device)
         self.all_layers = self.network.layer_names()
         self.digest = loaded(self.checkpoint, "sha256", lambda: file_hash(self.checkpoint))
@@ -50,7 +51,7 @@ class SwAVBackbone(Backbone):
 
     @property
     def identity(self) -> dict:
-        c = self.network.config
+        c = self.config
         return {"backbone": self.kind, "version": self.version, "checkpoint": self.digest,
                 "image_size": self.image_size, "architecture": {k: list(v) if isinstance(v, tuple) else v
                                                                 for k, v in asdict(c).items()}}
