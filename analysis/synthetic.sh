@@ -8,10 +8,10 @@
 set -euo pipefail
 results=analysis/results/synthetic
 threads=${THREADS:-2}
-probe segment --seeds 0,1,2 --threads "$threads" --out "$results/real" --quiet
+probe segment --seeds 0,1,2 --early-batch-size 64 --threads "$threads" --out "$results/real" --quiet
 probe synthesize --ensemble "$results/real/seed_0/ensemble" --n 1000 --sampler ddim:50 --threads "$threads" \
   --out "$results/synth" --quiet
-probe segment --train-data "$results/synth" --seeds 0,1,2 --threads "$threads" --out "$results/on_synthetic" --quiet
+probe segment --train-data "$results/synth" --seeds 0,1,2 --early-batch-size 64 --threads "$threads" --out "$results/on_synthetic" --quiet
 for seed in 0 1 2; do
   run="$results/deeplab/seed_$seed"
   resume=$([ -f "$run/checkpoint.pt" ] && echo --resume || true)

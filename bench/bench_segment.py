@@ -1,5 +1,6 @@
-"""Benchmark `probe segment`: peak RSS, time split (extraction, training, prediction), training pixels per second
-(batch-64 steps summed over the members, times 64, over the training time).
+"""Benchmark `probe segment`: peak RSS, time split (extraction, training, prediction) and the training time per step
+of the ensemble (a step of all members at once when batched, of one member with --sequential; the early batch's steps
+and those of 64 together).
 
     python bench/bench_segment.py default            # the embedded default domain and model
     python bench/bench_segment.py paper --train 20   # the paper's 256x256 ADM layout at num_channels 64,
@@ -45,6 +46,8 @@ def main() -> None:
                         help="paper shape: the ADM's width (64: D = 2112; 256, the released models': D = 8448)")
     parser.add_argument("--sequential", action="store_true", help="members one by one instead of batched")
     parser.add_argument("--precision", default="auto", help="the ensemble's first-layer products: auto, float32, bfloat16")
+    parser.add_argument("--early-batch-size", type=int, help="probe segment's --early-batch-size (default: its own, 128; "
+                        "64 is the authors' rule)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="probe-bench-") as folder:  # cache and outputs removed at the end
@@ -53,6 +56,8 @@ def main() -> None:
                    "--members", str(args.members), "--precision", args.precision, "--out", str(work / "out")]
         if args.sequential:
             command.append("--sequential")
+        if args.early_batch_size:
+            command += ["--early-batch-size", str(args.early_batch_size)]
         if args.shape == "paper":
             flags, _ = prepare(work, num_channels=args.num_channels, train=args.train, test=args.test)
             command += ["--data", str(work / "data"), "--checkpoint", str(work / "checkpoint.pt"), "--model-flags", flags,
@@ -64,6 +69,8 @@ def main() -> None:
         total = time.perf_counter() - started
         metrics = json.loads((work / "out" / "metrics.json").read_text())
         dim = metrics["features"]["dim"]
+        iterations = metrics["ensemble_iterations"]
+        steps = sum(iterations) if args.sequential else max(iterations)  # the members' steps run one after another
         size = metrics["features"]["flags"]["image_size"]
         print(json.dumps({
             "command": " ".join(command[:1] + ["segment", "..."]), "shape": args.shape, "train": args.train,
@@ -74,7 +81,8 @@ def main() -> None:
             "seconds": {k: round(v, 1) for k, v in metrics["seconds"].items()}, "total_seconds": round(total, 1),
             "training_pixels": metrics["training_pixels"],
             "iterations_per_member": metrics["ensemble_iterations"],
-            "training_pixels_per_second": round(sum(metrics["ensemble_iterations"]) * 64 / metrics["seconds"]["training"]),
+            "early_batch_size": metrics["options"]["early_batch_size"],
+            "training_ms_per_step": round(1000 * metrics["seconds"]["training"] / steps, 2),
             "miou": round(metrics["miou"], 2),
         }))
 
