@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -84,11 +85,13 @@ def load_model(checkpoint: Path | None, flags: str | Path | dict | None = None, 
     if checkpoint is not None:
         state = load_state_dict(Path(checkpoint))
     resolved = resolve_flags(parse_flags(flags), state, source)
-    with torch.random.fork_rng(devices=[]):  # the fresh initialisation is overwritten or is the caller's choice
-        unet = UNet(resolved)
+    # Loaded weights are taken over as they are (assign=True) by a model built without memory of its own (on the meta
+    # device), so the weights are held once, not twice, while loading: at the released width 2.2 GB, not 4.5.
+    with torch.random.fork_rng(devices=[]), torch.device("meta") if state is not None else contextlib.nullcontext():
+        unet = UNet(resolved)  # without weights to load, the fresh initialisation is the caller's choice
     if state is not None:
         check_keys(unet, state, source)
-        unet.load_state_dict({k: v.float() for k, v in state.items()})
+        unet.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
     unet.eval().to(dev)
     if resolved.use_fp16:
         if dev.type == "cuda":
