@@ -30,9 +30,9 @@ from probe.outputs import atomic_write
 
 INIT_STD = 0.02
 BATCH_SIZE = 64  # the authors' pixels per step
-EARLY_BATCH_SIZE = 128  # the pipeline's default pixels per step in the epochs early stopping does not check: the same
-# mIoU as the authors' 64 over 3 seeds on the default and at the paper's shape, training 1.4x faster there
-# (analysis/training_rule.sh); PixelEnsemble itself defaults to the authors' rule
+EARLY_BATCH_SIZE = 128  # the pipeline's default pixels per step in the epochs early stopping does not check: mIoU
+# within the authors' 64's seed spread over 3 seeds on the default and at the paper's shape (about 0.4 points lower
+# paired there), training 1.3-1.5x faster (analysis/training_rule.sh); PixelEnsemble itself defaults to the authors' rule
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GATHER_PIXELS = 1024  # pixels (whole batches, at least one) fetched from the source in one call: 16 batches of 64.
 # Larger calls are slower per pixel with the store's sampler (measured at the paper's shape: 13 us per pixel at 1024,

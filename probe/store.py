@@ -148,7 +148,7 @@ class PixelSampler:
 
     def compile(self) -> None:
         """Gather through torch.compile from now on (for the number of pixels of the next call; other numbers run as
-        they are): each group's taps, their weights and the placing of its columns become one loop, 2-2.5x as fast as
+        they are): each group's taps, their weights and the placing of its columns become one loop, 2.1-2.6x as fast as
         running them one by one (`bench/bench_ensemble_step.py --split` times it). The same arithmetic, up to float
         rounding."""
         self._gather = Compiled(self._gathered, True, "gathering features")
