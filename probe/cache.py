@@ -94,8 +94,9 @@ def _describe(identity: dict) -> str:
 
 
 def cache_entries(root: Path | None = None) -> pd.DataFrame:
-    """One row per cached item: activation folders (one per backbone identity) and default-domain folders,
-    with their size, file count and last use."""
+    """One row per cached item: activation folders (one per backbone identity), default-domain folders, the
+    downloaded datasets and synthetic datasets (unpacked) and downloaded files (checkpoints, partial downloads),
+    with their size, file count and last use. The downloads' records (their first SHA-256) are not items: they stay."""
     root = Path(root) if root is not None else cache_root()
     rows = []
     activations = root / "activations"
@@ -114,6 +115,20 @@ def cache_entries(root: Path | None = None) -> pd.DataFrame:
         files, size, newest = _usage(folder)
         rows.append({"kind": "default domain", "name": folder.name, "backbone": "", "images": 0, "files": files,
                      "bytes": size, "last_used": newest, "path": str(folder)})
+    for kind, pattern in (("dataset", "datasets/*"), ("synthetic dataset", "synthetic/*")):
+        for folder in sorted(root.glob(pattern)) if root.is_dir() else []:
+            if folder.is_dir() and not folder.name.startswith("."):
+                files, size, newest = _usage(folder)
+                images = sum(1 for path in folder.rglob("*") if path.suffix.lower() in (".png", ".jpg", ".jpeg"))
+                rows.append({"kind": kind, "name": folder.name, "backbone": "", "images": images, "files": files,
+                             "bytes": size, "last_used": newest, "path": str(folder)})
+    downloads = root / "downloads"
+    for path in sorted(downloads.rglob("*")) if downloads.is_dir() else []:
+        if path.is_file() and not path.name.endswith((".json", ".lock")):
+            stat = path.stat()
+            kind = "partial download" if path.name.endswith(".part") else "download"
+            rows.append({"kind": kind, "name": str(path.relative_to(downloads)), "backbone": "", "images": 0,
+                         "files": 1, "bytes": stat.st_size, "last_used": stat.st_mtime, "path": str(path)})
     return pd.DataFrame(rows, columns=["kind", "name", "backbone", "images", "files", "bytes", "last_used", "path"])
 
 

@@ -24,8 +24,8 @@ app = typer.Typer(
 ddpm_app = typer.Typer(help="Train and sample the guided-diffusion-compatible DDPMs the toolkit probes.", no_args_is_help=True)
 mae_app = typer.Typer(help="Train an MAE (the paper's MAE baseline) whose weights load with --backbone mae.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: write the embedded default domain.", no_args_is_help=True)
-cache_app = typer.Typer(help="The cache: activations per backbone and the default domain ($PROBE_CACHE, "
-                                 "default ~/.cache/probe).", no_args_is_help=True)
+cache_app = typer.Typer(help="The cache: activations per backbone, the default domain, downloaded datasets and "
+                                 "checkpoints ($PROBE_CACHE, default ~/.cache/probe).", no_args_is_help=True)
 app.add_typer(ddpm_app, name="ddpm")
 app.add_typer(mae_app, name="mae")
 app.add_typer(data_app, name="data")
@@ -95,11 +95,12 @@ def _check_out(out: Path, overwrite: bool, *inputs: Optional[Path]) -> None:
 
 
 # Options shared by the commands that read a dataset and a backbone.
-Dataset = typer.Option(None, "--dataset", help="A paper dataset: bedroom28, ffhq34, cat15, horse21, celeba19, ade_bedroom30.")
-DataRoot = typer.Option(None, "--data-root", help="Folder holding the paper datasets (<data-root>/horse_21/real/train ...).")
+Dataset = typer.Option(None, "--dataset", help="A paper dataset: bedroom28, ffhq34, cat15, horse21, celeba19, ade_bedroom30; downloaded into the cache on first use, with its paper checkpoint.")
+DataRoot = typer.Option(None, "--data-root", help="Your copy of the paper datasets (<data-root>/horse_21/real/train ...) instead of the cached one.")
 Data = typer.Option(None, "--data", help="Any dataset folder in the authors' layout (train/ and test/ with .npy label maps). Without --checkpoint the embedded default DDPM is used (images resized to 32x32).")
 Backbone = typer.Option("ddpm", "--backbone", help="ddpm (a guided-diffusion UNet; default: the shipped DDPM), random (the same UNet, seeded random weights), pixels (3x3 RGB), mae (an MAE ViT; default: the shipped MAE), swav or swav_w2 (a SwAV ResNet), diffusers (a diffusers UNet2DModel folder, e.g. google/ddpm-ema-bedroom-256), sd (a Stable Diffusion pipeline folder); diffusers and sd need pip install -e \".\\[diffusers]\".")
-Checkpoint = typer.Option(None, "--checkpoint", help="The backbone's checkpoint: guided-diffusion .pt, MAE {'model': ...} or SwAV {'state_dict': ...}; diffusers: the model folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json) or its pipeline folder; sd: the pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
+Checkpoint = typer.Option(None, "--checkpoint", help="The backbone's checkpoint (default with --dataset: the paper's, downloaded on first use): guided-diffusion .pt, MAE {'model': ...} or SwAV {'state_dict': ...}; diffusers/sd: a hub name (google/ddpm-ema-bedroom-256) or the model / pipeline folder.")
+Revision = typer.Option(None, "--revision", help="diffusers/sd with a hub name: the branch, tag or commit (default main).")
 Prompt = typer.Option(None, "--prompt", help="sd only: the text prompt the UNet is conditioned on (default: empty), encoded once with the pipeline's text encoder.")
 ModelFlagsOpt = typer.Option(None, "--model-flags", help="ddpm/random: guided-diffusion flags string or JSON file (flags left out are inferred from the checkpoint); mae: \"--num_heads N\".")
 Blocks = typer.Option(None, "--blocks", help="Layers: indices (5,6,7,8,12), ranges (0-17), names (block5, layer2.0) or all. ddpm: decoder blocks (output_blocks); diffusers/sd: the layers of up_blocks in order, block b = up{i}.{j} (the j-th resnet of up_blocks[i] with its attention, and its upsampler on the last; with 3 layers per up block, as google/ddpm-ema and SD 1.x/2.x, block b = up{b//3}.{b%3}; up{i}.{j} names work too); mae: encoder blocks; swav: ResNet sublayers in order.")
@@ -148,7 +149,7 @@ def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
 
 def _spec(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str], blocks: Optional[str],
           steps: Optional[str], noise: Optional[str], input_activations: bool, image_size: Optional[int], seed: int,
-          device: str, prompt: Optional[str] = None):
+          device: str, prompt: Optional[str] = None, revision: Optional[str] = None):
     """The backbone options as a BackboneSpec; the syntax of --blocks / --steps is checked before anything loads."""
     from probe.backbones import BackboneSpec, check_cell_syntax
 
@@ -156,14 +157,16 @@ def _spec(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str],
     check_cell_syntax(steps, "steps")
     return BackboneSpec(kind=backbone, checkpoint=checkpoint, model_flags=model_flags, layers=blocks, steps=steps,
                         noise=noise, seed=seed, input_activations=input_activations, image_size=image_size,
-                        device=device, prompt=prompt)
+                        device=device, prompt=prompt, revision=revision)
 
 
 def _sweep_start(command: str, out: Path, dataset: Optional[str], data_root: Optional[Path], data: Optional[Path],
                  cache: Optional[Path], checkpoint: Optional[Path], ray: Optional[str], threads: Optional[int],
-                 gpus_per_cell: float, *inputs: Optional[Path]):
-    """Check a sweep's folder and runner options before anything loads; the sweep's data options. `inputs`: other
-    folders the sweep reads."""
+                 gpus_per_cell: float, *inputs: Optional[Path], progress: bool = True):
+    """Check a sweep's folder and runner options before anything loads; the sweep's data options, a paper dataset
+    fetched into the cache when no --data-root is given. `inputs`: other folders the sweep reads."""
+    from probe.data.fetch import dataset_root
+    from probe.data.registry import lookup
     from probe.experiments import SweepData
     from probe.outputs import check_out
 
@@ -172,6 +175,9 @@ def _sweep_start(command: str, out: Path, dataset: Optional[str], data_root: Opt
         raise ProbeError(f"--threads {threads}: give 1 or more")
     if gpus_per_cell < 0:
         raise ProbeError(f"--gpus-per-cell {gpus_per_cell}: give 0 or more")
+    if dataset and data is None and data_root is None:
+        data_root = dataset_root(lookup(dataset), progress=progress)
+
     def absolute(path: Optional[Path]) -> Optional[str]:  # as a Ray worker, whose folder differs, must see it
         return str(Path(path).expanduser().absolute()) if path else None
 
@@ -188,8 +194,8 @@ BackboneList = typer.Option("ddpm,random,pixels", "--backbones", help="Backbones
 @user_errors
 def features(
     images: Path = typer.Option(..., "--images", help="Folder of images (or one image file)."),
-    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    prompt: Optional[str] = Prompt,
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
+    model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: ddpm all decoder blocks; mae the last 12 encoder blocks; swav every other sublayer). Indices, ranges, names or all. diffusers/sd: block b is the b-th layer of up_blocks, up{b//3}.{b%3} with 3 layers per up block (google/ddpm-ema, SD 1.x/2.x); up{i}.{j} names work too."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250)."),
     seed: int = Seed, input_activations: bool = InputActivations, noise: Optional[str] = Noise,
@@ -210,11 +216,12 @@ def features(
     from probe.backbones import build_backbone
     from probe.data.layout import load_images, native_size
     from probe.extract import export_features
+    from probe.sources import backbone_spec
 
     _check_out(out, overwrite, images, checkpoint)
     _torch_threads(threads)
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
-                 prompt=prompt)
+    spec = backbone_spec(None, _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations,
+                                     image_size, seed, device, prompt=prompt, revision=revision), progress=not quiet)
     chosen = build_backbone(spec, "features", native_size(images))
     written = export_features(chosen, load_images(images, chosen.image_size), out, dtype, batch_size, not quiet,
                               overwrite=overwrite, inputs=[images, checkpoint])
@@ -226,8 +233,8 @@ def features(
 def segment(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
     train_data: Optional[Path] = typer.Option(None, "--train-data", help="Train on the train split of this dataset folder (e.g. the output of probe synthesize) instead of the data's own; the test split stays the data's. Its classes must be the data's."),
-    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    prompt: Optional[str] = Prompt,
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
+    model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: ddpm blocks 5,6,7,8,12 of 18, scaled to the model's depth; mae the last 12 encoder blocks; swav every other sublayer). Indices, ranges, names or all. diffusers/sd: block b is the b-th layer of up_blocks, up{b//3}.{b%3} with 3 layers per up block (google/ddpm-ema, SD 1.x/2.x); up{i}.{j} names work too."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250 of T = 1000, scaled to T)."),
     train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images (default: up to 20)."),
@@ -272,14 +279,14 @@ def segment(
                          "to start over, delete it or choose another folder")
     if sweep:
         sweep_data = _sweep_start("segment", out, dataset, data_root, data, cache, checkpoint, ray, threads,
-                                  gpus_per_cell, train_data)
+                                  gpus_per_cell, train_data, progress=not quiet)
     else:
         _check_out(out, overwrite, data, data_root, checkpoint, cache, train_data)
         _torch_threads(threads)
     resolve_precision(precision, device, not sequential)  # a wrong choice fails now, not after extraction
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
-                 prompt=prompt)
-    source = open_source(dataset, data_root, data)
+                 prompt=prompt, revision=revision)
+    source = sweep_data.source() if sweep else open_source(dataset, data_root, data, progress=not quiet)
     if train_data is not None:
         source.check_training_data(train_data)
     options = SegmentOptions(backbone=spec, train_number=train_number, test_number=test_number, members=members,
@@ -291,7 +298,7 @@ def segment(
         result = run_seeds(sweep_data, options, seed_list, out, ray=ray, threads=threads,
                            gpus_per_cell=gpus_per_cell, progress=not quiet)
     else:
-        options.backbone = backbone_spec(source, spec)
+        options.backbone = backbone_spec(source, spec, progress=not quiet)
         result = run_segment(source, options, seed_list[0], out, cache, not quiet, overwrite=overwrite)
     spread = f" ± {result['miou_std']:.2f} over seeds {result['seeds']}" if sweep else ""
     typer.echo(f"mIoU {result['miou']:.2f}%{spread}  ({source.name}, backbone {backbone})  -> {out}")
@@ -301,8 +308,8 @@ def segment(
 @user_errors
 def grid(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
-    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    prompt: Optional[str] = Prompt,
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
+    model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers (default: all of the backbone's). diffusers/sd: block b is the b-th layer of up_blocks, up{b//3}.{b%3} with 3 layers per up block (google/ddpm-ema, SD 1.x/2.x); up{i}.{j} names work too."),
     steps: Optional[str] = typer.Option(None, "--steps", help="ddpm/random steps (default 0,50,100,200,300,400,600,800,999, scaled to the model's T)."),
     train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images per probe (default: up to 20)."),
@@ -328,10 +335,11 @@ def grid(
     from probe.grid import GridOptions, run_grid
     from probe.sources import backbone_spec
 
-    sweep_data = _sweep_start("grid", out, dataset, data_root, data, cache, checkpoint, ray, threads, gpus_per_cell)
+    sweep_data = _sweep_start("grid", out, dataset, data_root, data, cache, checkpoint, ray, threads, gpus_per_cell,
+                              progress=not quiet)
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
-                 prompt=prompt)
-    options = GridOptions(backbone=backbone_spec(sweep_data.source(), spec), train_number=train_number,
+                 prompt=prompt, revision=revision)
+    options = GridOptions(backbone=backbone_spec(sweep_data.source(), spec, progress=not quiet), train_number=train_number,
                           test_number=test_number, members=members, size_threshold=size_threshold)
     table = run_grid(sweep_data, options, seed, out, ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
                      progress=not quiet)
@@ -344,8 +352,8 @@ def grid(
 @user_errors
 def kmeans(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
-    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    prompt: Optional[str] = Prompt,
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
+    model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers, the rows of the figure (default: ddpm blocks 6,8,10,12 of 18, scaled; mae four blocks up to the last; swav the last sublayer of each stage). diffusers/sd: block b is the b-th layer of up_blocks, up{b//3}.{b%3} with 3 layers per up block (google/ddpm-ema, SD 1.x/2.x); up{i}.{j} names work too."),
     steps: Optional[str] = typer.Option(None, "--steps", help="ddpm/random steps, the columns (default 50,200,400,600,800 of T = 1000, scaled)."),
     k: int = typer.Option(5, "--k", help="Clusters."),
@@ -370,9 +378,9 @@ def kmeans(
     _check_out(out, overwrite, data, data_root, checkpoint, cache, *image_files)
     _torch_threads(threads)
     spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
-                 prompt=prompt)
-    source = open_source(dataset, data_root, data)
-    maps = run_kmeans(source, backbone_spec(source, spec), k, seed, fit_on, out, image_files=image_files,
+                 prompt=prompt, revision=revision)
+    source = open_source(dataset, data_root, data, progress=not quiet)
+    maps = run_kmeans(source, backbone_spec(source, spec, progress=not quiet), k, seed, fit_on, out, image_files=image_files,
                       n_images=n_images, cache=cache, progress=not quiet, overwrite=overwrite)
     count = len({stem for stem, _, _ in maps})
     typer.echo(f"clustered {count} images into {k} clusters per cell -> {out}/kmeans.png")
@@ -438,7 +446,7 @@ def efficiency(
     from probe.experiments.efficiency import backbone_list, run_efficiency
 
     sweep_data = _sweep_start("efficiency", out, dataset, data_root, data, cache, checkpoint, ray, threads,
-                              gpus_per_cell)
+                              gpus_per_cell, progress=not quiet)
     base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
     numbers, seed_list = _ints(train_numbers, "train-numbers"), _ints(seeds, "seeds")
     if not numbers or not seed_list:
@@ -477,7 +485,7 @@ def variants(
     from probe.experiments.variants import run_variants, variant_names
 
     sweep_data = _sweep_start("variants", out, dataset, data_root, data, cache, checkpoint, ray, threads,
-                              gpus_per_cell)
+                              gpus_per_cell, progress=not quiet)
     if draws < 1 or inversion_steps < 1:
         raise ProbeError(f"--draws {draws} / --inversion-steps {inversion_steps}: give 1 or more")
     seed_list = _ints(seeds, "seeds")
@@ -524,7 +532,7 @@ def robustness(
     from probe.experiments.robustness import run_robustness
 
     sweep_data = _sweep_start("robustness", out, dataset, data_root, data, cache, checkpoint, ray, threads,
-                              gpus_per_cell)
+                              gpus_per_cell, progress=not quiet)
     names, levels, seed_list = parse_corruptions(corruptions), parse_severities(severities), _ints(seeds, "seeds")
     if not seed_list:
         raise ProbeError("--seeds needs at least one value, e.g. 0,1,2")
@@ -607,10 +615,86 @@ def deeplab(
     _torch_threads(threads)
     options = DeepLabOptions(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                              val_number=val_number, test_number=test_number)
-    metrics = run_deeplab(train_data, open_source(dataset, data_root, data), options, out, resume=resume,
+    metrics = run_deeplab(train_data, open_source(dataset, data_root, data, progress=not quiet), options, out, resume=resume,
                           progress=not quiet)
     typer.echo(f"mIoU {metrics['miou']:.2f}% (best epoch {metrics['best_epoch']}, validation mIoU "
                f"{metrics['val_miou']:.2f}%)  -> {out}")
+
+
+@app.command()
+@user_errors
+def download(
+    names: Optional[list[str]] = typer.Argument(None, help="Paper datasets (horse21, ffhq34, ...) or hub models (owner/name)."),
+    what: str = typer.Option("data,checkpoints", "--what", help="For paper datasets: data, checkpoints, synthetic (comma-separated) or all."),
+    backbones: str = typer.Option("ddpm,mae,swav,swav_w2", "--backbones", help="Whose paper checkpoints --what checkpoints fetches."),
+    backbone: str = typer.Option("diffusers", "--backbone", help="For a hub model: diffusers or sd (the files that backbone reads)."),
+    revision: Optional[str] = Revision,
+    list_items: bool = typer.Option(False, "--list", help="List every known item: cached where, downloaded or not, its size once known."),
+    verify: bool = typer.Option(False, "--verify", help="Hash every downloaded file again against its first download and check the unpacked datasets; a file that differs is deleted."),
+    quiet: bool = Quiet,
+):
+    """Fetch the paper's datasets, checkpoints and synthetic datasets, or hub models, into the cache ahead of use
+    (for a cluster's shared cache, or a machine that will go offline). Commands given --dataset fetch what they
+    need by themselves; $PROBE_MIRROR replaces the authors' storage root.
+
+    Examples:
+      probe download horse21 ffhq34
+      probe download horse21 --what all
+      probe download bedroom28 --what checkpoints --backbones ddpm,swav
+      probe download google/ddpm-ema-bedroom-256
+      probe download stable-diffusion-v1-5/stable-diffusion-v1-5 --backbone sd
+      probe download --list
+    """
+    from probe.data import fetch
+    from probe.data.hub import hub_snapshot, is_repo_id
+    from probe.data.registry import CHECKPOINT_FOLDERS, lookup, published_items
+
+    if list_items or verify:
+        return _list_downloads(fetch, published_items()) if list_items else _verify_downloads(fetch)
+    if not names:
+        raise ProbeError("name what to download (e.g. probe download horse21), or pass --list or --verify")
+    parts = {"data", "checkpoints", "synthetic"} if what == "all" else {w.strip() for w in what.split(",") if w.strip()}
+    kinds = [b.strip() for b in backbones.split(",") if b.strip()]
+    for value, allowed, option in ((parts, {"data", "checkpoints", "synthetic"}, "--what"),
+                                   (set(kinds), set(CHECKPOINT_FOLDERS), "--backbones")):
+        if not value or value - allowed:
+            raise ProbeError(f"{option} {what if option == '--what' else backbones!r}: choose from "
+                             f"{', '.join(sorted(allowed))}{' or all' if option == '--what' else ''}")
+    if backbone not in ("diffusers", "sd"):
+        raise ProbeError(f"--backbone {backbone!r}: a hub model is fetched for diffusers or sd")
+    datasets = [lookup(name) for name in names if not is_repo_id(name)]  # an unknown name fails before any download
+    for name in names:
+        if is_repo_id(name):
+            typer.echo(f"{name}: {hub_snapshot(name, backbone, revision=revision, progress=not quiet)}")
+    for info in datasets:
+        if "data" in parts:
+            typer.echo(f"{info.name}: {fetch.dataset_root(info, progress=not quiet) / info.name}")
+        for kind in kinds if "checkpoints" in parts else []:
+            typer.echo(f"{info.name} {kind}: {fetch.paper_checkpoint(kind, info, progress=not quiet)}")
+        if "synthetic" in parts and info.synthetic:
+            typer.echo(f"{info.name} synthetic: {fetch.synthetic_dataset(info, progress=not quiet)}")
+
+
+def _list_downloads(fetch, items) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"published under {fetch.storage_root()}")
+    for column in ("item", "state", "size", "cached at"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for item in items:
+        row = fetch.item_status(item)
+        table.add_row(row["item"], row["state"], _size(row["bytes"]) if row["bytes"] else "?", row["path"])
+    Console().print(table)
+
+
+def _verify_downloads(fetch) -> None:
+    rows = fetch.verify_downloads()
+    for row in rows:
+        typer.echo(f"{row['item']}: {row['problem'] or 'ok'}")
+    bad = [row for row in rows if row["problem"]]
+    typer.echo(f"{len(rows)} items checked, {len(bad)} with problems")
+    if bad:
+        raise typer.Exit(1)
 
 
 @data_app.command("default")
@@ -729,7 +813,8 @@ def ddpm_sample(
 @cache_app.command("info")
 @user_errors
 def cache_info():
-    """What the cache holds: one row per backbone identity (activations) and per default-domain folder.
+    """What the cache holds: one row per backbone identity (activations), default-domain folder, downloaded dataset
+    and downloaded file.
 
     Example: probe cache info
     """
@@ -753,8 +838,8 @@ def cache_info():
 def cache_clear(
     older_than: Optional[float] = typer.Option(None, "--older-than", help="Only entries unused for more than DAYS days."),
 ):
-    """Delete cached activations and default-domain folders (all, or those unused for --older-than days), and
-    files left by killed runs. Everything deleted is recomputed when needed.
+    """Delete cached activations, default-domain folders and downloads (all, or those unused for --older-than days),
+    and files left by killed runs. Everything deleted is recomputed or downloaded again when needed.
 
     Examples: probe cache clear   |   probe cache clear --older-than 30
     """

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
 
 
 def progress_bar(enabled: bool = True) -> Progress:
@@ -11,4 +12,12 @@ def progress_bar(enabled: bool = True) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), disable=not enabled, transient=False, console=Console(stderr=True),
+    )
+
+
+def download_bar(enabled: bool = True) -> Progress:
+    """A rich Progress for one transfer: bytes done of the total, rate, time left."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        disable=not enabled, transient=False, console=Console(stderr=True),
     )

@@ -1,8 +1,8 @@
-"""Where a command's images and labels come from: the embedded default, a paper dataset, or a folder.
+"""Where a command's images, labels and checkpoint come from: the embedded default, a paper dataset (from
+--data-root, else the cache, downloaded on first use), a folder, a paper checkpoint or a hub name.
 
-Data only: the model is the backbone's business (probe.backbones). `backbone_spec` completes what a user said
-about the backbone with what the data source knows (a paper dataset's model flags, the right error when its
-checkpoint is missing)."""
+This is the one place where names become local paths (probe.data.fetch, probe.data.hub): `open_source` resolves the
+data options, `backbone_spec` the checkpoint; everything after them only ever sees paths."""
 
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ from probe.backbones import BackboneSpec
 from probe.data import default_domain
 from probe.data.layout import (CLASSES_FILE, LabeledImage, find_split_dir, infer_num_classes, list_images,
                                load_labeled_split, read_class_names, resolve_dataset_root)
-from probe.data.registry import DatasetInfo, lookup
+from probe.data.fetch import dataset_root, paper_checkpoint
+from probe.data.hub import hub_snapshot, is_repo_id
+from probe.data.registry import CHECKPOINT_FOLDERS, DatasetInfo, lookup
 from probe.errors import ProbeError
 
 log = logging.getLogger("probe")
 
+HUB_BACKBONES = ("diffusers", "sd")  # the backbones whose --checkpoint may be a hub name
 PAPER_IMAGE_SIZE = 256
 DEFAULT_MODEL_SIZE = 32  # the shipped default DDPM's image size (probe/weights/default_ddpm.json)
 
@@ -85,14 +88,16 @@ def _first_image_size(root: Path) -> int:
         return image.width
 
 
-def open_source(dataset: str | None = None, data_root: Path | None = None, data: Path | None = None) -> Source:
-    """Resolve the data options: none (embedded default), --dataset NAME --data-root DIR, or --data DIR."""
+def open_source(dataset: str | None = None, data_root: Path | None = None, data: Path | None = None, *,
+                progress: bool = True) -> Source:
+    """Resolve the data options: none (embedded default), --dataset NAME [--data-root DIR] (without it, the cached
+    copy, downloaded on first use), or --data DIR."""
     if dataset and data:
-        raise ProbeError("--dataset and --data both given: use --dataset NAME --data-root DIR, or --data DIR")
+        raise ProbeError("--dataset and --data both given: use --dataset NAME [--data-root DIR], or --data DIR")
     if dataset:
         info: DatasetInfo = lookup(dataset)
         if data_root is None:
-            raise ProbeError(f"--dataset {dataset} needs --data-root DIR, the folder holding {info.name}/")
+            data_root = dataset_root(info, progress=progress)
         root = resolve_dataset_root(info, Path(data_root))
         return Source(info.name, root, read_class_names(root, info.num_classes, info), info.ignore_label,
                       _palette(info.num_classes, info.palette), PAPER_IMAGE_SIZE, info)
@@ -108,17 +113,26 @@ def open_source(dataset: str | None = None, data_root: Path | None = None, data:
     return Source("default", root, list(default_domain.CLASSES), 255, default_domain.PALETTE, DEFAULT_MODEL_SIZE)
 
 
-def backbone_spec(source: Source, spec: BackboneSpec) -> BackboneSpec:
-    """`spec` completed by the data source: a paper dataset gives the guided-diffusion flags of its checkpoint
-    (and needs that checkpoint for `ddpm`); a --data folder without --checkpoint uses the embedded default DDPM,
+def backbone_spec(source: Source | None, spec: BackboneSpec, *, progress: bool = True) -> BackboneSpec:
+    """`spec` with its checkpoint as a local path, completed by the data source (None: no data, as for `probe
+    features`). A hub name (owner/name) of a diffusers or sd model becomes its snapshot folder; a paper dataset
+    without --checkpoint gives its paper checkpoint for ddpm, mae, swav and swav_w2 (downloaded on first use) and
+    the guided-diffusion flags of its DDPM; a --data folder without --checkpoint uses the embedded default DDPM,
     said in one line."""
-    if spec.kind not in ("ddpm", "random"):
+    if spec.revision is not None and spec.kind not in HUB_BACKBONES:
+        raise ProbeError(f"--revision: only hub models have revisions (--backbone {' or '.join(HUB_BACKBONES)} with "
+                         "--checkpoint owner/name); drop --revision")
+    checkpoint = str(spec.checkpoint) if spec.checkpoint is not None else None
+    if spec.kind in HUB_BACKBONES and checkpoint and not Path(checkpoint).exists() and is_repo_id(checkpoint):
+        spec = replace(spec, checkpoint=hub_snapshot(checkpoint, spec.kind, revision=spec.revision, progress=progress))
+    info = source.info if source is not None else None
+    if info is not None and spec.checkpoint is None and spec.kind in CHECKPOINT_FOLDERS:
+        spec = replace(spec, checkpoint=paper_checkpoint(spec.kind, info, model_flags=spec.model_flags,
+                                                         progress=progress))
+    if spec.kind not in ("ddpm", "random") or source is None:
         return spec
-    if source.info is not None:
-        if spec.kind == "ddpm" and spec.checkpoint is None:
-            raise ProbeError(f"--dataset {source.info.aliases[0]} needs --checkpoint: the {source.info.checkpoint} "
-                             f"DDPM ({source.info.source})")
-        return replace(spec, model_flags=spec.model_flags or source.info.model_flags)
+    if info is not None:
+        return replace(spec, model_flags=spec.model_flags or info.model_flags)
     if spec.kind == "ddpm" and spec.checkpoint is None and spec.model_flags is None and source.name != "default":
         log.info(f"--data without --checkpoint: using the embedded default DDPM, which sees images resized to "
                  f"{DEFAULT_MODEL_SIZE}x{DEFAULT_MODEL_SIZE}; pass --checkpoint for your own model")

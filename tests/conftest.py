@@ -49,8 +49,12 @@ def one_torch_thread():
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own activation cache, so no test reads another's stored features."""
+    """Every test gets its own cache, so no test reads another's stored features or downloads; downloads go to a
+    closed loopback port and the hub is offline unless a test serves them itself (nothing leaves 127.0.0.1)."""
     monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PROBE_MIRROR", "http://127.0.0.1:9/")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
 
 
 def read_metrics(out: Path) -> dict:

@@ -20,7 +20,7 @@ from probe.data.layout import (
     resize_labels_nearest,
     resolve_dataset_root,
 )
-from probe.data.registry import ADM_256_FLAGS, DATASETS, lookup
+from probe.data.registry import ADM_256_FLAGS, DATASETS, lookup, published_items
 from probe.errors import ProbeError
 
 
@@ -75,7 +75,15 @@ def test_registry_facts() -> None:
         assert len(info.class_names) == len(info.palette) == info.num_classes
         assert all(len(colour) == 3 and all(0 <= value <= 255 for value in colour) for colour in info.palette)
         assert info.model_flags == ADM_256_FLAGS
-        assert "datasets.tar.gz" in info.source and info.checkpoint in info.source
+    horse = lookup("horse21")
+    assert horse.checkpoint_item("ddpm").path == "models/ddpm_checkpoints/lsun_horse.pt"
+    assert horse.checkpoint_item("mae").path == "models/mae_checkpoints/lsun_horse.pth"
+    assert lookup("celeba19").checkpoint_item("swav_w2").path == "models/swav_w2_checkpoints/ffhq.pth"
+    assert horse.synthetic_item().path == "synthetic-datasets/ddpm/horse_21.tar.gz"
+    with pytest.raises(ProbeError, match="no synthetic dataset for CelebA-19; they exist for Bedroom-28, FFHQ-34"):
+        lookup("celeba19").synthetic_item()
+    paths = [item.path for item in published_items()]
+    assert paths[0] == "datasets.tar.gz" and len(paths) == len(set(paths)) == 1 + 4 * 4 + 4  # 4 checkpoint names
 
 
 def test_registry_class_names_and_colours_in_label_order() -> None:

@@ -53,6 +53,7 @@ class BackboneSpec:
     image_size: int | None = None
     device: str = "cpu"
     prompt: str | None = None  # sd only: the text the UNet is conditioned on (None: the empty prompt)
+    revision: str | None = None  # a hub model's revision (branch, tag or commit), for a hub name as checkpoint
 
     def to_dict(self) -> dict:
         """JSON-ready, for manifests (a Path becomes a string)."""

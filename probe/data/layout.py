@@ -221,9 +221,9 @@ def infer_num_classes(root: Path) -> int:
 
 
 def resolve_dataset_root(info: DatasetInfo, data_root: Path) -> Path:
-    """`<data_root>/<info.name>`, or an error naming that path and where the dataset is published."""
+    """`<data_root>/<info.name>`, or an error naming that path and the ways to get the dataset."""
     root = Path(data_root) / info.name
     if not root.is_dir():
-        raise ProbeError(f"dataset {info.name} not found at {root}; download it and extract it there "
-                         f"(published as {info.source})")
+        raise ProbeError(f"dataset {info.name} not found at {root}: drop --data-root to use (and on first use "
+                         f"download) the cached copy, or unpack the authors' datasets.tar.gz into {data_root}")
     return root

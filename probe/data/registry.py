@@ -1,4 +1,5 @@
-"""The six labelled datasets of Baranchuk et al. (ICLR 2022): classes, palettes, sizes and checkpoints.
+"""The six labelled datasets of Baranchuk et al. (ICLR 2022): classes, palettes, sizes and checkpoints, and
+what the authors publish for them, where (`Item`: a path under their storage root).
 
 Class names and palette colours are listed in the order of the label values in the authors' released
 label maps (yandex-research/ddpm-segmentation, src/data_util.py), spelling kept as released.
@@ -19,12 +20,27 @@ ADM_256_FLAGS = (
     "--num_res_blocks 2 --resblock_updown True --use_fp16 True --use_scale_shift_norm True"
 )
 
-DATASETS_ARCHIVE = (
-    "https://storage.yandexcloud.net/yandex-research/ddpm-segmentation/datasets.tar.gz "
-    "(github.com/yandex-research/ddpm-segmentation, datasets/download_datasets.sh)"
-)
-GUIDED_DIFFUSION_CHECKPOINTS = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
-DDPM_SEGMENTATION_CHECKPOINTS = "https://storage.yandexcloud.net/yandex-research/ddpm-segmentation/models/ddpm_checkpoints/"
+# The authors' storage: every item below is published under it (PROBE_MIRROR replaces it, same relative paths).
+STORAGE_ROOT = "https://storage.yandexcloud.net/yandex-research/ddpm-segmentation/"
+# Each backbone's checkpoints: (folder under the storage root, file suffix); a file is named after its training set.
+CHECKPOINT_FOLDERS = {"ddpm": ("models/ddpm_checkpoints", ".pt"), "mae": ("models/mae_checkpoints", ".pth"),
+                      "swav": ("models/swav_checkpoints", ".pth"), "swav_w2": ("models/swav_w2_checkpoints", ".pth")}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One published file: `path` under the storage root; `what` names it for people; an archive is unpacked."""
+
+    name: str
+    path: str
+    what: str
+
+    @property
+    def archive(self) -> bool:
+        return self.path.endswith(".tar.gz")
+
+
+DATASETS_ITEM = Item("datasets", "datasets.tar.gz", "the paper's six labelled datasets (datasets.tar.gz)")
 
 
 @dataclass(frozen=True)
@@ -41,16 +57,27 @@ class DatasetInfo:
     checkpoint: str
     model_flags: str
     palette: tuple[RGB, ...]
-    source: str
+    synthetic: bool  # the authors publish a DDPM-produced synthetic dataset for it
 
     def __post_init__(self) -> None:
         if not len(self.class_names) == len(self.palette) == self.num_classes:
             raise ValueError(f"{self.name}: {len(self.class_names)} names, {len(self.palette)} colours, "
                              f"{self.num_classes} classes")
 
+    def checkpoint_item(self, backbone: str) -> Item:
+        """The paper's checkpoint of `backbone` (ddpm, mae, swav, swav_w2) for this dataset."""
+        folder, suffix = CHECKPOINT_FOLDERS[backbone]
+        stem = self.checkpoint.removesuffix(".pt")
+        file = f"{stem}{suffix}"
+        return Item(f"{backbone}/{file}", f"{folder}/{file}", f"the paper's {backbone} checkpoint {file}")
 
-def _source(name: str, checkpoint_url: str) -> str:
-    return f"dataset folder {name}/ in {DATASETS_ARCHIVE}; DDPM checkpoint {checkpoint_url}"
+    def synthetic_item(self) -> Item:
+        """The authors' DDPM-produced synthetic dataset for this dataset (DatasetDDPM's training data)."""
+        if not self.synthetic:
+            raise ProbeError(f"the authors publish no synthetic dataset for {self.aliases[0]}; they exist for "
+                             f"{', '.join(i.aliases[0] for i in DATASETS.values() if i.synthetic)}")
+        return Item(f"synthetic/{self.name}", f"synthetic-datasets/ddpm/{self.name}.tar.gz",
+                    f"the authors' synthetic {self.aliases[0]} dataset ({self.name}.tar.gz)")
 
 
 BEDROOM_CLASSES = (
@@ -135,28 +162,28 @@ ADE_BEDROOM_PALETTE = (
 
 
 def _dataset(name: str, aliases: tuple[str, ...], class_names: tuple[str, ...], palette: tuple[RGB, ...],
-             ignore_label: int, train: int, test: int, checkpoint: str, checkpoint_base: str) -> DatasetInfo:
+             ignore_label: int, train: int, test: int, checkpoint: str, synthetic: bool) -> DatasetInfo:
     return DatasetInfo(
         name=name, aliases=aliases, class_names=class_names, num_classes=len(class_names),
         ignore_label=ignore_label, train=train, test=test, checkpoint=checkpoint, model_flags=ADM_256_FLAGS,
-        palette=palette, source=_source(name, checkpoint_base + checkpoint),
+        palette=palette, synthetic=synthetic,
     )
 
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
     # number_class 29: label 0 (background) is the ignore label, leaving the 28 classes of the name.
     _dataset("bedroom_28", ("Bedroom-28", "bedroom"), BEDROOM_CLASSES, BEDROOM_PALETTE, 0, 40, 20,
-             "lsun_bedroom.pt", GUIDED_DIFFUSION_CHECKPOINTS),
+             "lsun_bedroom.pt", True),
     _dataset("ffhq_34", ("FFHQ-34", "ffhq"), FFHQ_CLASSES, FFHQ_PALETTE, 255, 20, 20,
-             "ffhq.pt", DDPM_SEGMENTATION_CHECKPOINTS),
+             "ffhq.pt", True),
     _dataset("cat_15", ("Cat-15", "cat"), CAT_CLASSES, CAT_PALETTE, 255, 30, 20,
-             "lsun_cat.pt", GUIDED_DIFFUSION_CHECKPOINTS),
+             "lsun_cat.pt", True),
     _dataset("horse_21", ("Horse-21", "horse"), HORSE_CLASSES, HORSE_PALETTE, 255, 30, 20,
-             "lsun_horse.pt", GUIDED_DIFFUSION_CHECKPOINTS),
+             "lsun_horse.pt", True),
     _dataset("celeba_19", ("CelebA-19", "celeba"), CELEBA_CLASSES, CELEBA_PALETTE, 255, 20, 500,
-             "ffhq.pt", DDPM_SEGMENTATION_CHECKPOINTS),
+             "ffhq.pt", False),
     _dataset("ade_bedroom_30", ("ADE-Bedroom-30", "ade_bedroom", "ade"), ADE_BEDROOM_CLASSES,
-             ADE_BEDROOM_PALETTE, 255, 50, 650, "lsun_bedroom.pt", GUIDED_DIFFUSION_CHECKPOINTS),
+             ADE_BEDROOM_PALETTE, 255, 50, 650, "lsun_bedroom.pt", False),
 )}
 
 
@@ -173,3 +200,11 @@ def lookup(name: str) -> DatasetInfo:
     if info is None:
         raise ProbeError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     return info
+
+
+def published_items() -> list[Item]:
+    """Every item the authors publish for the six datasets: the dataset archive, each backbone's checkpoints, the
+    synthetic datasets."""
+    checkpoints = {info.checkpoint_item(backbone) for info in DATASETS.values() for backbone in CHECKPOINT_FOLDERS}
+    synthetic = [info.synthetic_item() for info in DATASETS.values() if info.synthetic]
+    return [DATASETS_ITEM, *sorted(checkpoints, key=lambda item: item.name), *synthetic]
