@@ -256,8 +256,8 @@ def unet_folder(checkpoint: Path | None) -> tuple[Path, dict, Path]:
     a pipeline folder holding unet/ and scheduler/."""
     what = "a diffusers UNet2DModel folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json)"
     if checkpoint is None:
-        raise ProbeError(f"--backbone diffusers needs --checkpoint DIR: {what}, e.g. google/ddpm-ema-bedroom-256 "
-                         "downloaded with huggingface-cli download")
+        raise ProbeError(f"--backbone diffusers needs --checkpoint: a hub name (e.g. google/ddpm-ema-bedroom-256) or "
+                         f"{what}")
     folder = Path(checkpoint)
     if folder.is_file():
         raise ProbeError(f"{folder} is a file: --backbone diffusers takes the model's folder, {what}")
@@ -303,8 +303,8 @@ class DiffusersUNetBackbone(DiffusersBackbone):
         folder, config, scheduler_path = unet_folder(spec.checkpoint)
         config_path = folder / "config.json"
         image_size = square_size(config, config_path)
-        weights = weight_files(folder, "diffusion_pytorch_model", "download the model's safetensors weights "
-                               "(huggingface-cli download REPO --local-dir DIR) into the folder")
+        weights = weight_files(folder, "diffusion_pytorch_model", "put the model's safetensors weights into the "
+                               "folder, or pass its hub name as --checkpoint")
         require_diffusers(spec.kind)
         from diffusers import UNet2DModel
 

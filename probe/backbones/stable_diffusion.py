@@ -18,7 +18,7 @@ from probe.backbones.diffusers_unet import (DiffusersBackbone, LatentCache, deco
 from probe.errors import ProbeError
 
 LAYOUT = ("a Stable Diffusion pipeline folder as diffusers saves it (unet/, vae/, text_encoder/, tokenizer/, "
-          "scheduler/): download the whole pipeline (huggingface-cli download REPO --local-dir DIR)")
+          "scheduler/), or the pipeline's hub name (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5)")
 
 
 def pipeline_files(folder: Path) -> dict[str, list[Path]]:

@@ -42,6 +42,16 @@ def is_repo_id(text: str) -> bool:
     return bool(_REPO_ID.fullmatch(text))
 
 
+def _transport_error() -> type[Exception]:
+    """The HTTP client's base error of the installed huggingface_hub (httpx2 since 2.x, requests before)."""
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            return getattr(__import__(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return OSError
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -56,7 +66,6 @@ def hub_snapshot(repo_id: str, kind: str, *, revision: str | None = None, progre
         raise ValueError(f"kind {kind!r}: one of {sorted(PATTERNS)}")
     if not is_repo_id(repo_id):
         raise ProbeError(f"{repo_id!r} is neither a folder nor a Hugging Face Hub id (owner/name)")
-    import httpx2
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
                                         LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
@@ -93,7 +102,7 @@ def hub_snapshot(repo_id: str, kind: str, *, revision: str | None = None, progre
         reason = "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else _first_line(error.__cause__ or error)
         raise ProbeError(f"no folder {repo_id} here, and {where} is not in the Hugging Face cache ({cache}) and the "
                          f"Hub cannot be reached ({reason}): {way_out}") from None
-    except (HfHubHTTPError, httpx2.HTTPError, OSError) as error:
+    except (HfHubHTTPError, _transport_error(), OSError) as error:
         raise ProbeError(f"{where}: download failed ({_first_line(error)}): check the connection and rerun (files "
                          f"already fetched stay in {cache}), or pass --checkpoint a local folder") from None
     if not any(folder.rglob("*.safetensors")):
