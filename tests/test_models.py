@@ -199,3 +199,13 @@ def test_diffusion_schedules_and_timesteps():
     respaced = Diffusion(ModelFlags(timestep_respacing="ddim10"))
     assert np.allclose(respaced.alphas_cumprod, linear.alphas_cumprod[::100], rtol=1e-12)
     assert torch.equal(respaced.model_timesteps(torch.tensor([3])), torch.tensor([3]))
+
+
+def test_random_weights_from_flags_that_leave_channel_mult_to_the_image_size():
+    """The paper datasets' flags (ADM_256_FLAGS) give no --channel_mult: guided-diffusion picks it by image size.
+    Random weights built from such flags must take that choice, not fail on the empty default."""
+    from probe.backbones.adm import random_unet
+
+    model = random_unet("--image_size 64 --num_channels 32 --num_res_blocks 1 --attention_resolutions 16 "
+                        "--num_head_channels 16", seed=0, device="cpu")
+    assert model.flags.channel_mult == "1,2,3,4" and model.flags.decoder_blocks == 8

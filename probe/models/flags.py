@@ -229,7 +229,7 @@ def resolve_flags(given: dict[str, object], state: dict | None, source: str = "c
         inferred = infer_flags(state)
         attention_ds = inferred.pop("_attention_ds")
         for name, found in inferred.items():
-            if name not in given:
+            if given.get(name, "") == "":  # not given (an empty channel_mult is guided-diffusion's "by image size")
                 values[name] = found
                 continue
             expected = given[name]
