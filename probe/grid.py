@@ -34,12 +34,15 @@ def class_areas(images: list[LabeledImage], num_classes: int, ignore_label: int)
 
 
 def size_groups(areas: np.ndarray, threshold: float | None) -> tuple[dict[int, str], float]:
-    """{class: 'small' | 'large'}: small when its mean area is below the threshold (default: the median area)."""
+    """{class: 'small' | 'large'}: small when its mean area is below the threshold (default: the median area of the
+    classes present in the images; absent classes, area 0, are small)."""
     scored = {c: a for c, a in enumerate(areas) if not np.isnan(a)}
-    cut = float(np.median(list(scored.values()))) if threshold is None else threshold
-    if not 0 < cut < 1:
-        raise ProbeError(f"--size-threshold {cut}: give a fraction of the image between 0 and 1, e.g. 0.02")
-    return {c: "small" if a < cut else "large" for c, a in scored.items()}, cut
+    if threshold is None:
+        present = [a for a in scored.values() if a > 0]
+        threshold = float(np.median(present)) if present else 0.0
+    if not 0 < threshold < 1:
+        raise ProbeError(f"--size-threshold {threshold}: give a fraction of the image between 0 and 1, e.g. 0.02")
+    return {c: "small" if a < threshold else "large" for c, a in scored.items()}, threshold
 
 
 @dataclass
