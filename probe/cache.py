@@ -11,11 +11,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from pathlib import Path
 
-import pandas as pd
+from probe.outputs import remove_orphans, staging_folder
 
-from probe.outputs import staging_folder
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("probe")
 
@@ -97,11 +99,13 @@ def cache_entries(root: Path | None = None) -> pd.DataFrame:
     """One row per cached item: activation folders (one per backbone identity), default-domain folders, the
     downloaded datasets and synthetic datasets (unpacked) and downloaded files (checkpoints, partial downloads),
     with their size, file count and last use. The downloads' records (their first SHA-256) are not items: they stay."""
+    import pandas as pd
+
     root = Path(root) if root is not None else cache_root()
     rows = []
     activations = root / "activations"
     for folder in sorted(activations.iterdir()) if activations.is_dir() else []:
-        if not folder.is_dir():
+        if not folder.is_dir() or folder.name.startswith("."):  # a run's temporary store; clear_cache sweeps those
             continue
         try:
             identity = json.loads((folder / IDENTITY_FILE).read_text())
@@ -145,6 +149,7 @@ def clear_cache(root: Path | None = None, older_than_days: float | None = None) 
         shutil.rmtree(trash, ignore_errors=True)
     for parent in (root, root / "activations"):
         if parent.is_dir():
+            remove_orphans(parent)  # left by killed processes of this machine (robustness's corrupted copies)
             _remove_stale(parent, ".")
     for partial in (root / "activations").glob("*/*/.*.partial*"):  # a file a killed writer left
         _remove_stale(partial.parent, partial.name)

@@ -140,8 +140,9 @@ def run_kmeans(source: Source, spec: BackboneSpec, k: int, seed: int, fit_on: st
     if fit_on not in ("image", "all"):
         raise ProbeError(f"--fit-on {fit_on!r}: choose image or all")
     backbone = build_backbone(replace(spec, seed=seed), "kmeans", source.native_size)
-    images = (load_images(list(image_files), backbone.image_size) if image_files
-              else source.split("test", backbone.image_size, n_images))
+    # the cluster maps are at the model's input size (k-means over every pixel of each image's features)
+    images = (load_images(list(image_files), backbone.image_size, fit=source.fit) if image_files
+              else source.split("test", backbone.image_size, n_images, keep_size=False))
     store = ActivationStore(backbone, cache)
     size = images[0].image.shape[-1]
     maps: dict[tuple[str, str, int | None], np.ndarray] = {}

@@ -158,8 +158,9 @@ def run_deeplab(train_data: Path, source: Source, options: DeepLabOptions, out: 
     if len(folder) < options.batch_size:
         raise ProbeError(f"{len(folder)} training images in {train_data} < --batch-size {options.batch_size}: "
                          "give a smaller --batch-size or more images")
-    val = source.split("train", folder.resolution, options.val_number)
-    test = source.split("test", folder.resolution, options.test_number, SPLIT_NUMBER)
+    # DeepLabV3 predicts at its input size: the label maps at that size, whatever the source keeps for the ensemble
+    val = source.split("train", folder.resolution, options.val_number, keep_size=False)
+    test = source.split("test", folder.resolution, options.test_number, SPLIT_NUMBER, keep_size=False)
     device = resolve_device(options.device)
     if out.is_dir():
         _check_run(out, options, train_data, source, resume)

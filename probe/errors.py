@@ -3,3 +3,7 @@
 
 class ProbeError(Exception):
     """Bad input: a path, a value or a flag. The message names it and says how to fix it."""
+
+
+class DryRun(Exception):
+    """Raised once a --dry-run printed its plan (probe.plan): nothing computed, nothing written; the CLI exits 0."""

@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from probe import plots
-from probe.backbones import BackboneSpec, build_backbone
+from probe.backbones import Backbone, BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage
 from probe.errors import ProbeError
 from probe.experiments import SweepData
 from probe.outputs import atomic_write, write_json
-from probe.runner import Cell, run_sweep
+from probe.plan import Extraction
+from probe.runner import Cell, finish_sweep, run_sweep
 from probe.segment import SPLIT_NUMBER, fit_and_predict, resolved_spec
 from probe.store import ActivationStore
 
@@ -62,7 +63,7 @@ def grid_work(spec: dict, threads: int) -> dict:
     source = data.source()
     backbone = build_backbone(BackboneSpec.from_dict(spec["backbone"], seed=spec["seed"]), "grid", source.native_size)
     train, test = _splits(data.dataset, data.data_root, data.data, backbone.image_size, spec["train_number"],
-                          spec["test_number"])
+                          spec["test_number"], data.fit)
     store = ActivationStore(backbone, spec["data"]["cache"])
     store.fill(train + test, progress=False, steps=[spec["step"]])
     fitted = fit_and_predict(store, [backbone.cell_name(spec["layer"], spec["step"])], train, test,
@@ -74,32 +75,50 @@ def grid_work(spec: dict, threads: int) -> dict:
 
 @functools.lru_cache(maxsize=2)
 def _splits(dataset: str | None, data_root: str | None, data: str | None, size: int, train_number: int | None,
-            test_number: int | None) -> tuple[list[LabeledImage], list[LabeledImage]]:
+            test_number: int | None, fit: str | None = None) -> tuple[list[LabeledImage], list[LabeledImage]]:
     """The grid's train and test images, read once per process (every cell of a grid probes the same images)."""
-    source = SweepData(dataset, data_root, data).source()
+    source = SweepData(dataset, data_root, data, fit=fit).source()
     return (source.split("train", size, train_number, SPLIT_NUMBER),
             source.split("test", size, test_number, SPLIT_NUMBER))
 
 
-def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray: str | None = None,
-             threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
-    """Fit one probe per (layer, step), each a cell of the sweep runner (resumable, in this process or on Ray);
-    write tables and figures to the sweep folder `out`; return the table of mIoU per cell and class group."""
-    started = time.time()
-    source = data.source()
-    backbone = build_backbone(replace(options.backbone, seed=seed), "grid", source.native_size)
+def grid_cells(data: SweepData, options: GridOptions, seed: int) -> tuple[Backbone, list[Cell]]:
+    """The grid's backbone (all of its grid layers and steps) and its cells, one probe per (layer, step), layer-major:
+    the cells running at once on Ray are at different steps, so each step is extracted once. `probe layers` runs
+    the same cells for several backbones in one sweep."""
+    backbone = build_backbone(replace(options.backbone, seed=seed), "grid", data.source().native_size)
     spec = resolved_spec(options.backbone, backbone).to_dict()
     spec.pop("seed")
+    cells = [Cell({"label": backbone.cell_name(layer, t), "data": data.config(), "backbone": spec, "layer": layer,
+                   "step": t, "train_number": options.train_number, "test_number": options.test_number,
+                   "members": options.members}, seed, title=layer if t is None else f"{layer} t={t}")
+             for layer in backbone.layers for t in backbone.steps]
+    return backbone, cells
+
+
+def grid_extraction(backbone: Backbone, todo: list[Cell], images: list[LabeledImage], cache) -> Extraction:
+    """What the grid cells `todo` extract: every grid layer of `backbone` at their steps (grid_work), over `images`."""
+    steps = {cell.config["step"] for cell in todo}
+    return Extraction(backbone, images, cache, steps=[t for t in backbone.steps if t in steps])
+
+
+def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray: str | None = None,
+             threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True,
+             sweep_options: dict | None = None, dry_run: bool = False) -> pd.DataFrame:
+    """Fit one probe per (layer, step), each a cell of the sweep runner (resumable, in this process or on Ray);
+    write tables and figures to the sweep folder `out`; return the table of mIoU per cell and class group.
+    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`).
+    The plan is printed first (`dry_run`: only the plan, then probe.errors.DryRun)."""
+    started = time.time()
+    source = data.source()
+    backbone, cells = grid_cells(data, options, seed)
     train, test = _splits(data.dataset, data.data_root, data.data, backbone.image_size, options.train_number,
-                          options.test_number)
+                          options.test_number, data.fit)
     areas = class_areas(train + test, source.num_classes, source.ignore_label)
     groups, cut = size_groups(areas, options.size_threshold)
-    # layer-major: the cells running at once on Ray are at different steps, so each step is extracted once
-    cells = [Cell({"label": backbone.cell_name(layer, t), "data": vars(data), "backbone": spec, "layer": layer,
-                   "step": t, "train_number": options.train_number, "test_number": options.test_number,
-                   "members": options.members}, seed) for layer in backbone.layers for t in backbone.steps]
     records = run_sweep(cells, grid_work, out, command="grid", ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
-                        progress=progress)
+                        progress=progress, options=sweep_options, dry_run=dry_run,
+                        extractions=lambda todo: [grid_extraction(backbone, todo, train + test, data.cache)])
     index = {name: c for c, name in enumerate(source.class_names)}
     per_class = pd.DataFrame([
         {"layer": r["config"]["layer"], "layer_index": backbone.layer_index(r["config"]["layer"]),
@@ -131,4 +150,6 @@ def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray
         "seconds": round(time.time() - started, 1),
         "train_images": [im.stem for im in train], "test_images": [im.stem for im in test],
     })
+    finish_sweep(out, ["grid_per_class.csv", "grid.csv", "class_groups.csv", "grid_all.png", "grid_small.png",
+                       "grid_large.png", "grid_lines.png", "grid.json"])
     return table

@@ -3,9 +3,10 @@
 A command's `--out` is only ever written through `output_dir` (results built in a temporary folder beside it,
 moved in at the end) or `working_dir` (a resumable run folder, written as the run goes). Both refuse, before
 any work starts, a folder that holds files probe did not write, the current folder, the home folder, a folder
-holding an input, and a file. A folder probe wrote carries a marker file (`probe-run.json`: command, version,
+holding an input or inside an input folder, and a file. A folder probe wrote carries a marker file (`probe-run.json`: command, version,
 time, the names it wrote); `output_dir` replaces such a folder only with `overwrite`, and never deletes a name
-the marker does not list.
+the marker does not list. A sweep's working folder's marker also keeps the sweep's result-determining options,
+the names its runs wrote and every run's command line and cells (`probe.runner`).
 """
 
 from __future__ import annotations
@@ -67,12 +68,22 @@ def staging_folder(target: Path) -> Path:
     """A fresh temporary folder beside `target`, named `.{name}.partial-{host}-{pid}-…`. Such folders left by
     processes of this machine that are gone (killed with SIGKILL, a power cut) are deleted first."""
     target = Path(target)
+    remove_orphans(target.parent, target.name)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{socket.gethostname()}-{os.getpid()}-",
+                                 dir=target.parent))
+
+
+def remove_orphans(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the staging folders (`staging_folder`) under `folder` of processes of this machine that are gone:
+    those beside `name`, or all. Returns what was deleted."""
     host = socket.gethostname()
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.partial-{glob.escape(host)}-*"):
-        pid = stale.name[len(f".{target.name}.partial-{host}-"):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    removed = []
+    for stale in Path(folder).glob(f".{glob.escape(name) if name else '*'}.partial-{glob.escape(host)}-*"):
+        pid = stale.name.partition(f".partial-{host}-")[2].split("-")[0]
+        if stale.is_dir() and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{host}-{os.getpid()}-", dir=target.parent))
+            removed.append(stale)
+    return removed
 
 
 def _alive(pid: int) -> bool:
@@ -118,6 +129,8 @@ def check_out(out: Path, *, overwrite: bool = False, inputs: Sequence[Path | Non
         source = Path(given).expanduser().resolve()
         if source == resolved or resolved in source.parents:
             raise _refuse(out, f"holds the input {given}", "write the results somewhere else")
+        if source.is_dir() and source in resolved.parents:
+            raise _refuse(out, f"lies inside the input folder {given}", "write the results outside it")
     if out.exists() and not out.is_dir():
         raise _refuse(out, "is a file", "give a folder name")
     if not out.is_dir():
@@ -219,6 +232,17 @@ def output_dir(out: Path, *, command: str, overwrite: bool = False,
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def update_marker(folder: Path, change: Callable[[dict], None]) -> dict:
+    """Apply `change` to the marker of a folder probe wrote (a working folder's, as its run goes) and write it back
+    atomically; returns the new marker."""
+    marker = read_marker(folder)
+    if marker is None:
+        raise ProbeError(f"{folder} has no {MARKER}: it is not a folder probe wrote")
+    change(marker)
+    write_json(Path(folder) / MARKER, marker)
+    return marker
 
 
 def working_dir(out: Path, *, command: str, inputs: Sequence[Path | None] = ()) -> Path:

@@ -181,6 +181,28 @@ def grid_lines(table: pd.DataFrame, path: str | Path, group: str = "all", title:
     return _save(fig, path)
 
 
+@_styled
+def layer_depth_lines(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Figure:
+    """Per-layer mIoU against relative depth (0 = a backbone's first layer, 1 = its last), one line per backbone in
+    the table's order (`probe layers`; a diffusion backbone's rows are its best step per layer)."""
+    _require_columns(table, ["backbone", "relative_depth", "miou"])
+    if table.empty:
+        raise ProbeError("layer_depth_lines got an empty table: pass one row per (backbone, layer)")
+    names = list(dict.fromkeys(table["backbone"]))
+    fig = Figure(figsize=(5.8, 3.3), layout="constrained")
+    ax = fig.add_subplot()
+    for name, colour in zip(names, sns.color_palette("colorblind", len(names))):
+        rows = table[table["backbone"] == name].sort_values("relative_depth")
+        stepped = "step" in rows and rows["step"].notna().any()
+        ax.plot(rows["relative_depth"], rows["miou"].astype(float), marker="o", markersize=3, color=colour,
+                label=f"{name} (best t)" if stepped else name)
+    ax.set(xlabel="relative depth: layer index / (layers - 1)", ylabel="mIoU, %", xlim=(-0.03, 1.03),
+           title=textwrap.fill(title or "mIoU of a probe per layer", 70))
+    ax.grid(axis="y", linewidth=0.4, alpha=0.5)
+    fig.legend(loc="outside right center", title="backbone")
+    return _save(fig, path)
+
+
 def _lines_with_bands(ax, stats: pd.DataFrame, groups: list[str]) -> None:
     """One line per group at `stats["mean"]` with a `stats["std"]` band; `stats` is indexed by (group, x)."""
     for group, colour in zip(groups, sns.color_palette("colorblind", len(groups))):

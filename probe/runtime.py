@@ -11,11 +11,10 @@ pass of the whole 256x256 ADM UNet at num_channels 64 against 12,000 and 0.88 s,
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import sys
 from collections.abc import Callable
-
-import torch
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest: blocks up to 32 MB come from (and return to) the heap
@@ -27,6 +26,8 @@ _freed_memory_kept = False
 def flush_subnormals() -> None:
     """Treat subnormal floats (below 1.2e-38) as zero on the CPU, for the whole process. Call it before torch
     starts its worker threads, which copy the setting when they are created."""
+    import torch
+
     torch.set_flush_denormal(True)
 
 
@@ -43,14 +44,30 @@ def keep_freed_memory() -> bool:
 
 
 def tune_process() -> None:
-    """Both settings above; the `probe` command calls this before any work."""
+    """Both settings above; the `probe` command calls this once its options are checked, before any work."""
     flush_subnormals()
     keep_freed_memory()
+
+
+def busy_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+    """One line when other work already keeps the cores busy (the 1-minute load average plus `threads` exceeds the
+    cores), suggesting fewer threads: torch threads beyond the free cores contend with it (measured here 3-6x
+    slower); None otherwise."""
+    load = os.getloadavg()[0] if load is None else load
+    cores = cores or os.cpu_count() or 1
+    if load < 0.75 or load + threads <= cores + 0.5:
+        return None
+    free = max(1, cores - round(load))
+    return (f"the machine is busy (load average {load:.1f} on {cores} cores) and this run starts {threads} torch "
+            f"threads: they will contend with the other work (3-6x slower measured); pass --threads {free}, or run "
+            "one job at a time")
 
 
 def runtime_info(device: str) -> dict:
     """What the arithmetic ran on, for metrics files: device, torch threads, whether this process flushes
     subnormals (measured: a subnormal times one is zero when it does) and keeps freed memory, torch's version."""
+    import torch
+
     tiny = torch.tensor([1e-39], dtype=torch.float32)
     return {"device": str(device), "threads": torch.get_num_threads(),
             "subnormals_flushed": bool((tiny * torch.ones(1)).item() == 0.0),
@@ -65,6 +82,8 @@ class Compiled:
     stderr, naming `what` runs without it, and runs `function` as it is from then on: the same arithmetic."""
 
     def __init__(self, function: Callable, compile: bool, what: str) -> None:
+        import torch
+
         self.eager, self.what = function, what
         self.function = torch.compile(function, dynamic=False, fullgraph=True) if compile else function
         self.shapes: list[tuple[int, ...]] | None = None
@@ -76,6 +95,8 @@ class Compiled:
 
     def __call__(self, *args):
         if self.compiled:
+            import torch
+
             shapes = [tuple(arg.shape) for arg in args if isinstance(arg, torch.Tensor)]
             self.shapes = self.shapes or shapes
             if shapes == self.shapes:

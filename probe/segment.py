@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,16 +20,38 @@ from probe.metrics import SegmentationScore
 from probe.outputs import output_dir, write_json
 from probe.progress import progress_bar
 from probe.runtime import runtime_info
-from probe.sources import Source, to_uint8_image
+from probe.sources import Source, picture
+from probe.spec import training_rule
 from probe.store import ActivationStore, PixelSampler, StorePixelSource
+
+log = logging.getLogger("probe")
 
 SPLIT_NUMBER = 20  # images per split when --train-number / --test-number are not given (fewer if the split is smaller)
 PAPER_MIN_PIXELS = 20  # the authors drop a class from an image's training labels below 20 pixels at 256x256
 
 
-def min_annotation_pixels(size: int) -> int:
-    """The authors' 20-pixel small-annotation rule, scaled with image area (20 at 256x256, 1 at 32x32)."""
-    return max(1, round(PAPER_MIN_PIXELS * size * size / 256 ** 2))
+def min_annotation_pixels(height: int, width: int | None = None) -> int:
+    """The authors' 20-pixel small-annotation rule, scaled with the label map's area (20 at 256x256, 1 at 32x32)."""
+    return max(1, round(PAPER_MIN_PIXELS * height * (height if width is None else width) / 256 ** 2))
+
+
+def size_text(sizes) -> str:
+    """"64x48" (width x height) of one (height, width), or the distinct ones of several, comma-separated."""
+    return ", ".join(f"{w}x{h}" for h, w in sorted(set(map(tuple, sizes))))
+
+
+def label_size(images: list[LabeledImage]) -> list:
+    """The [height, width] of the images' label maps and predictions, or the distinct ones when they differ."""
+    sizes = sorted({tuple(map(int, im.size)) for im in images})
+    return list(sizes[0]) if len(sizes) == 1 else [list(size) for size in sizes]
+
+
+def sizes_note(model_size: int, images: list[LabeledImage]) -> str | None:
+    """"the model saw 32x32, predictions at 64x64" when the predictions are not at the model's input size."""
+    sizes = [im.size for im in images]
+    if all(size == (model_size, model_size) for size in sizes):
+        return None
+    return f"the model saw {model_size}x{model_size}, predictions at {size_text(sizes)} (width x height)"
 
 
 def drop_small_annotations(labels: np.ndarray, ignore_label: int, min_pixels: int) -> np.ndarray:
@@ -54,11 +77,12 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
                     num_classes: int, ignore_label: int, members: int, seed: int, batched: bool = True,
                     device: str = "cpu", progress: bool = True, precision: str = "float32",
                     early_batch_size: int | None = None) -> Fitted:
-    """Train an ensemble on the named features of the train images, predict and score the test images."""
-    size = train[0].image.shape[-1]
-    min_pixels = min_annotation_pixels(size)
-    labels = [drop_small_annotations(im.labels, ignore_label, min_pixels) for im in train]
-    source = StorePixelSource(PixelSampler.from_store(store, train, names, size), labels, ignore_label)
+    """Train an ensemble on the named features of the train images, predict and score the test images. The
+    features are upsampled to each label map's size (LabeledImage.grid) and every labelled pixel trains; the
+    predictions are at each test image's label size."""
+    labels = [drop_small_annotations(im.labels, ignore_label, min_annotation_pixels(*im.labels.shape))
+              for im in train]
+    source = StorePixelSource(PixelSampler.from_store(store, train, names), labels, ignore_label)
     if len(source.labels) == 0:
         raise ProbeError("the training label maps hold no labelled pixel (all ignore label): check the label maps")
     started = time.perf_counter()
@@ -70,7 +94,7 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
     score = SegmentationScore(num_classes, ignore_label)
     predictions, uncertainties = [], []
     for image in test:
-        pred, uncertainty = predict_image(ensemble, PixelSampler.from_store(store, [image], names, size))
+        pred, uncertainty = predict_image(ensemble, PixelSampler.from_store(store, [image], names), size=image.size)
         predictions.append(pred)
         uncertainties.append(uncertainty)
         score.update(pred, image.labels)
@@ -78,16 +102,26 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
     return Fitted(ensemble, predictions, uncertainties, score, training_pixels, seconds)
 
 
-def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 2048) -> tuple[np.ndarray, float]:
+def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 2048,
+                  size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
     """(H, W) labels and the uncertainty of the image of a one-image sampler, predicted in bands of rows
     (about `band_pixels` pixels) so that memory holds a band's products, never the image's. The ensemble's first layer
     multiplies the features at their native resolution and its products are upsampled (PixelSampler.projected):
-    the same numbers as upsampling the features first, up to float rounding, for a fraction of the products."""
-    size = sampler.size
-    rows = max(1, band_pixels // size)
+    the same numbers as upsampling the features first, up to float rounding, for a fraction of the products.
+    `size`: the (H, W) predicted, the top-left of the sampler's output size (smaller for a padded image)."""
+    height, width = sampler.canvases[0]
+    out_height, out_width = size or (height, width)
+    rows = max(1, band_pixels // width)
     projected = sampler.projected(0, *ensemble.first_layer(sampler.dim))
-    parts = [ensemble.predict_products(projected.rows(slice(r, r + rows))) for r in range(0, size, rows)]
-    pred = np.concatenate([p for p, _ in parts]).reshape(size, size)
+
+    def band(start: int) -> tuple[np.ndarray, np.ndarray]:
+        products = projected.rows(slice(start, min(start + rows, out_height)))
+        if out_width < width:  # a padded image: its padding's columns are not predicted
+            products = products.view(-1, width, products.shape[-1])[:, :out_width].reshape(-1, products.shape[-1])
+        return ensemble.predict_products(products)
+
+    parts = [band(r) for r in range(0, out_height, rows)]
+    pred = np.concatenate([p for p, _ in parts]).reshape(out_height, out_width)
     return pred, PixelEnsemble.uncertainty(np.concatenate([j for _, j in parts]))
 
 
@@ -99,7 +133,7 @@ class SegmentOptions:
     members: int = 10
     batched: bool = True
     precision: str = "auto"
-    early_batch_size: int = EARLY_BATCH_SIZE  # pixels per step of epochs 0-3 (unchecked); 64: the authors' rule
+    early_batch_size: int = EARLY_BATCH_SIZE  # pixels per step of epochs 0-3 (unchecked); 64 (default): the authors' rule
     train_draw: bool = False  # draw the training images with the run's seed instead of taking the first by name
     train_data: str | None = None  # a dataset folder whose train split trains (e.g. synthesized images); None: the source's
 
@@ -173,10 +207,14 @@ def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | N
         "runtime": runtime_info(spec.device),
         "dataset": source.name,
         "trained_on": options.train_data or source.name,
+        "model_input_size": [resolution, resolution],
+        "label_size": label_size(train + test),
+        "fit": source.fit,
         "seed": seed,
         "features": {"names": backbone.names, "dim": int(sum(store.read(train[0], n).shape[0] for n in backbone.names)),
                      **backbone.identity},
         "options": options.to_dict(),
+        "training_rule": training_rule(fitted.ensemble.early_batch_size_),  # the rule the fit followed
         "train_images": [im.stem for im in train],
         "test_images": [im.stem for im in test],
     }
@@ -194,7 +232,7 @@ def write_evaluation(evaluation: Evaluation, source: Source, out: Path) -> None:
     (out / "visualizations").mkdir()
     for image, pred, unc in zip(test, fitted.predictions, fitted.uncertainties):
         np.save(out / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
-        plots.segmentation_panel(to_uint8_image(image), image.labels, pred, source.class_names, source.palette,
+        plots.segmentation_panel(picture(image), image.labels, pred, source.class_names, source.palette,
                                  out / "visualizations" / f"{image.stem}.png", source.ignore_label,
                                  title=f"{image.stem}  uncertainty {unc:.3f}")
     fitted.ensemble.save(out / "ensemble", {
@@ -205,12 +243,23 @@ def write_evaluation(evaluation: Evaluation, source: Source, out: Path) -> None:
 
 
 def run_segment(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None = None,
-                progress: bool = True, overwrite: bool = False) -> dict:
+                progress: bool = True, overwrite: bool = False, dry_run: bool = False) -> dict:
     """Fit and evaluate with one seed; write every output to `out` (as one result, swapped in at the end) and
-    return the metrics. Several seeds are a sweep: probe.experiments.seeds."""
+    return the metrics. Several seeds are a sweep: probe.experiments.seeds. The plan is printed first (probe.plan:
+    refused when the activations would not fit on the cache's disk; `dry_run`: only the plan, then DryRun)."""
+    from probe.plan import Extraction, announce, make_plan
+
+    backbone = build_backbone(replace(options.backbone, seed=seed), "segment", source.native_size)
+    images = (training_images(source, options, backbone.image_size, seed)
+              + source.split("test", backbone.image_size, options.test_number, SPLIT_NUMBER))
+    announce(make_plan("segment", 1, 1, [Extraction(backbone, images, cache)]), dry_run)
+    del images
     inputs = [*source.inputs, cache, options.train_data]
     with output_dir(out, command="segment", overwrite=overwrite, inputs=inputs) as tmp:
-        evaluation = evaluate(source, options, seed, cache, progress, release=True)
+        evaluation = evaluate(source, options, seed, cache, progress, backbone=backbone, release=True)
+        note = sizes_note(evaluation.backbone.image_size, evaluation.train + evaluation.test)
+        if note:
+            log.info(note)
         write_evaluation(evaluation, source, tmp)
         return evaluation.metrics
 
@@ -230,7 +279,8 @@ def load_predictor(ensemble_dir: Path, device: str) -> tuple[PixelEnsemble, dict
 
 def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache: Path | None, device: str,
                 progress: bool, overwrite: bool = False, inputs: list[Path] = ()) -> pd.DataFrame:
-    """Segment new images with a saved ensemble; writes predictions/, visualizations/ and uncertainty.csv.
+    """Segment new images with a saved ensemble; writes predictions/, visualizations/ and uncertainty.csv, each at
+    the image's own size (LabeledImage.size; the model sees the image at the manifest's resolution).
     `inputs`: the files the images came from (an output folder must not hold them)."""
     ensemble, manifest, backbone = load_predictor(ensemble_dir, device)
     class_names, palette = manifest["class_names"], np.asarray(manifest["palette"], dtype=np.uint8)
@@ -238,6 +288,9 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
     wrong = [im.stem for im in images if im.image.shape[-1] != size]
     if wrong:
         raise ProbeError(f"image {wrong[0]} is not {size}x{size} after loading: check --images")
+    note = sizes_note(size, images)
+    if note:
+        log.info(note)
     store = ActivationStore(backbone, cache)
     records = []
     with output_dir(out, command="predict", overwrite=overwrite, inputs=[ensemble_dir, *inputs, cache]) as tmp:
@@ -247,9 +300,10 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
         with progress_bar(progress) as bar:
             task = bar.add_task("segmenting", total=len(images))
             for image in images:
-                pred, unc = predict_image(ensemble, PixelSampler.from_store(store, [image], manifest["feature_names"], size))
+                sampler = PixelSampler.from_store(store, [image], manifest["feature_names"])
+                pred, unc = predict_image(ensemble, sampler, size=image.size)
                 np.save(tmp / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
-                plots.segmentation_panel(to_uint8_image(image), None, pred, class_names, palette,
+                plots.segmentation_panel(picture(image), None, pred, class_names, palette,
                                          tmp / "visualizations" / f"{image.stem}.png", manifest["ignore_label"],
                                          title=f"{image.stem}  uncertainty {unc:.3f}")
                 records.append({"image": image.stem, "uncertainty": unc})

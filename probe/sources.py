@@ -14,25 +14,30 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from probe.backbones import BackboneSpec
 from probe.data import default_domain
-from probe.data.layout import (CLASSES_FILE, LabeledImage, find_split_dir, infer_num_classes, list_images,
+from probe.data.layout import (CLASSES_FILE, LabeledImage, check_fit, find_split_dir, infer_num_classes, list_images,
                                load_labeled_split, read_class_names, resolve_dataset_root)
 from probe.data.fetch import dataset_root, paper_checkpoint
 from probe.data.hub import hub_snapshot, is_repo_id
 from probe.data.registry import CHECKPOINT_FOLDERS, DatasetInfo, lookup
 from probe.errors import ProbeError
+from probe.spec import BackboneSpec
 
 log = logging.getLogger("probe")
 
-HUB_BACKBONES = ("diffusers", "sd")  # the backbones whose --checkpoint may be a hub name
+HUB_BACKBONES = ("diffusers", "sd", "transformers", "dit", "pixart", "sd3", "flux")  # --checkpoint may be a hub name
 PAPER_IMAGE_SIZE = 256
 DEFAULT_MODEL_SIZE = 32  # the shipped default DDPM's image size (probe/weights/default_ddpm.json)
 
 
 @dataclass
 class Source:
-    """A labelled dataset. `info` is set for the paper's datasets (their checkpoint and model flags)."""
+    """A labelled dataset. `info` is set for the paper's datasets (their checkpoint and model flags).
+
+    `keep_size`: label maps stay at their images' own size, so training pixels, predictions and scores are at the
+    user's size (own data: --data and the embedded default); False for the paper's datasets, whose label maps are
+    resized to the model's input size by OpenCV's nearest rule, as the authors do. `fit`: how non-square images are
+    made square ("resize" or "pad"; None refuses them)."""
 
     name: str
     root: Path
@@ -41,6 +46,8 @@ class Source:
     palette: np.ndarray
     native_size: int
     info: DatasetInfo | None = None
+    keep_size: bool = True
+    fit: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -52,11 +59,13 @@ class Source:
         return [self.root]
 
     def split(self, split: str, resolution: int, limit: int | None, at_most: int | None = None,
-              root: Path | None = None) -> list[LabeledImage]:
+              root: Path | None = None, keep_size: bool | None = None) -> list[LabeledImage]:
         """The first `limit` images of a split (an error when it holds fewer), else up to `at_most`, else all.
-        `root`: read the split from another folder labelled with this source's classes (`check_training_data`)."""
+        `root`: read the split from another folder labelled with this source's classes (`check_training_data`).
+        The model input is at `resolution`; the label maps at the images' own size or at `resolution` as the
+        source's `keep_size` (or the given one) says."""
         return load_labeled_split(root or self.root, split, resolution, self.num_classes, self.ignore_label, limit,
-                                  at_most)
+                                  at_most, keep_size=self.keep_size if keep_size is None else keep_size, fit=self.fit)
 
     def check_training_data(self, folder: Path) -> None:
         """Refuse a --train-data folder (e.g. one `probe synthesize` wrote) that cannot train for these classes:
@@ -84,14 +93,16 @@ def _palette(n: int, given=None) -> np.ndarray:
 
 
 def _first_image_size(root: Path) -> int:
+    """The first train image's side (its longer side when it is not square)."""
     with Image.open(list_images(find_split_dir(root, "train"))[0]) as image:
-        return image.width
+        return max(image.width, image.height)
 
 
 def open_source(dataset: str | None = None, data_root: Path | None = None, data: Path | None = None, *,
-                progress: bool = True) -> Source:
+                progress: bool = True, fit: str | None = None) -> Source:
     """Resolve the data options: none (embedded default), --dataset NAME [--data-root DIR] (without it, the cached
-    copy, downloaded on first use), or --data DIR."""
+    copy, downloaded on first use), or --data DIR. `fit` (--fit): how non-square images are made square."""
+    check_fit(fit)
     if dataset and data:
         raise ProbeError("--dataset and --data both given: use --dataset NAME [--data-root DIR], or --data DIR")
     if dataset:
@@ -100,7 +111,7 @@ def open_source(dataset: str | None = None, data_root: Path | None = None, data:
             data_root = dataset_root(info, progress=progress)
         root = resolve_dataset_root(info, Path(data_root))
         return Source(info.name, root, read_class_names(root, info.num_classes, info), info.ignore_label,
-                      _palette(info.num_classes, info.palette), PAPER_IMAGE_SIZE, info)
+                      _palette(info.num_classes, info.palette), PAPER_IMAGE_SIZE, info, keep_size=False, fit=fit)
     if data:
         root = Path(data)
         if not root.is_dir():
@@ -108,17 +119,18 @@ def open_source(dataset: str | None = None, data_root: Path | None = None, data:
         classes = read_class_names(root, infer_num_classes(root))
         palette_file = root / "palette.json"
         given = json.loads(palette_file.read_text()) if palette_file.is_file() else None
-        return Source(root.name, root, classes, 255, _palette(len(classes), given), _first_image_size(root))
+        return Source(root.name, root, classes, 255, _palette(len(classes), given), _first_image_size(root), fit=fit)
     root = default_domain.default_domain_dir()
-    return Source("default", root, list(default_domain.CLASSES), 255, default_domain.PALETTE, DEFAULT_MODEL_SIZE)
+    return Source("default", root, list(default_domain.CLASSES), 255, default_domain.PALETTE, DEFAULT_MODEL_SIZE,
+                  fit=fit)
 
 
 def backbone_spec(source: Source | None, spec: BackboneSpec, *, progress: bool = True) -> BackboneSpec:
     """`spec` with its checkpoint as a local path, completed by the data source (None: no data, as for `probe
-    features`). A hub name (owner/name) of a diffusers or sd model becomes its snapshot folder; a paper dataset
-    without --checkpoint gives its paper checkpoint for ddpm, mae, swav and swav_w2 (downloaded on first use) and
-    the guided-diffusion flags of its DDPM; a --data folder without --checkpoint uses the embedded default DDPM,
-    said in one line."""
+    features`). A hub name (owner/name) of a HUB_BACKBONES model becomes its snapshot folder; a
+    paper dataset without --checkpoint gives its paper checkpoint for ddpm, mae, swav and swav_w2 (downloaded on
+    first use) and the guided-diffusion flags of its DDPM; a --data folder without --checkpoint uses the embedded
+    default DDPM, said in one line."""
     if spec.revision is not None and spec.kind not in HUB_BACKBONES:
         raise ProbeError(f"--revision: only hub models have revisions (--backbone {' or '.join(HUB_BACKBONES)} with "
                          "--checkpoint owner/name); drop --revision")
@@ -142,3 +154,8 @@ def backbone_spec(source: Source | None, spec: BackboneSpec, *, progress: bool =
 def to_uint8_image(image: LabeledImage) -> np.ndarray:
     """(H, W, 3) uint8 from the model input in [-1, 1]."""
     return np.clip(np.round((image.image.transpose(1, 2, 0) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def picture(image: LabeledImage) -> np.ndarray:
+    """(H, W, 3) uint8 of the image at the size of its label map and predictions (LabeledImage.size), for figures."""
+    return image.picture if image.picture is not None else to_uint8_image(image)

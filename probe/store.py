@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,12 @@ class ActivationStore:
 
     Safe for concurrent writers: each writes its own temporary file and renames it into place, so two processes
     extracting the same image and step into one folder both leave a whole file. `written` counts the files this
-    process wrote (reported when a run is interrupted)."""
+    process wrote (reported when a run is interrupted); `extracted` the (image, step) extractions it computed and
+    `extraction_seconds` their time (a sweep's estimate of the time left, probe.plan.time_left)."""
 
     written = 0
+    extracted = 0
+    extraction_seconds = 0.0
 
     def __init__(self, backbone, root: Path | None = None):
         self.backbone = backbone
@@ -85,11 +89,14 @@ class ActivationStore:
         with progress_bar(progress) as bar:
             task = bar.add_task("extracting activations", total=sum(len(chunk) for _, chunk in todo))
             for t, chunk in todo:
+                started = time.perf_counter()
                 batch = torch.from_numpy(np.stack([images[i].image for i in chunk]))
                 acts = self.backbone(batch, [images[i].stem for i in chunk], t)
                 for j, i in enumerate(chunk):
                     for name, act in acts.items():
                         self._write(keys[i], name, act[j].numpy())
+                ActivationStore.extracted += len(chunk)
+                ActivationStore.extraction_seconds += time.perf_counter() - started
                 bar.advance(task, len(chunk))
 
     def _write(self, key: str, name: str, activation: np.ndarray) -> None:
@@ -113,16 +120,49 @@ def bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tens
     return i0, i1, 1 - lam1, lam1
 
 
-class PixelSampler:
-    """Features of chosen pixels: the named activations of a set of images, upsampled to `size` only at
-    those pixels and concatenated. `gather` equals full bilinear upsampling followed by indexing."""
+def output_size(size) -> tuple[int, int]:
+    """(height, width) of an int (a square) or of a pair."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
 
-    def __init__(self, maps: list[torch.Tensor], size: int):
+
+def joined_taps(in_size: int, out_sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    """bilinear_taps from `in_size` to each of `out_sizes`, one after the other (one output size: its own taps)."""
+    taps = [bilinear_taps(in_size, out) for out in out_sizes]
+    return taps[0] if len(taps) == 1 else tuple(torch.cat(parts) for parts in zip(*taps))
+
+
+class PixelSampler:
+    """Features of chosen pixels: the named activations of a set of images, upsampled to each image's output size
+    only at those pixels and concatenated. `gather` equals full bilinear upsampling followed by indexing."""
+
+    def __init__(self, maps: list[torch.Tensor], size):
         """`maps`: one (N_images, C, h, w) tensor per feature, at native resolution. Maps of one native size are
         kept together, channels-last and concatenated along the channels, so that each tap of a pixel reads the
         values of all of them from one contiguous run of memory; `columns` says where each group's channels go in
-        a feature vector (the order of `maps`): (offset in the group, offset in the feature vector, channels) per map."""
-        self.size = size
+        a feature vector (the order of `maps`): (offset in the group, offset in the feature vector, channels) per map.
+        `size`: the output size the features are upsampled to, an int (a square) or a (height, width) pair, or a list
+        of one such per image (images of several sizes: each one's taps are found through its offsets)."""
+        images = maps[0].shape[0]
+        if isinstance(size, list):
+            if len(size) != images:
+                raise ValueError(f"{len(size)} output sizes for {images} images")
+            self.canvases = [output_size(s) for s in size]
+        else:
+            self.canvases = [output_size(size)] * images
+        uniform = len(set(self.canvases)) == 1
+        self.height, self.width = self.canvases[0] if uniform else (None, None)  # None: the images' sizes differ
+        out_heights = list(dict.fromkeys(h for h, _ in self.canvases))
+        out_widths = list(dict.fromkeys(w for _, w in self.canvases))
+        self.row_taps = {h: joined_taps(h, out_heights) for h in {m.shape[-2] for m in maps}}
+        self.col_taps = {w: joined_taps(w, out_widths) for w in {m.shape[-1] for m in maps}}
+        row_start = dict(zip(out_heights, np.cumsum([0] + out_heights).tolist()))
+        col_start = dict(zip(out_widths, np.cumsum([0] + out_widths).tolist()))
+        self.starts = [(row_start[h], col_start[w]) for h, w in self.canvases]  # each image's first taps
+        self.row_offset = None if len(out_heights) == 1 else torch.tensor([r for r, _ in self.starts])
+        self.col_offset = None if len(out_widths) == 1 else torch.tensor([c for _, c in self.starts])
         self.dim = sum(m.shape[1] for m in maps)
         starts = np.cumsum([0] + [m.shape[1] for m in maps])
         sizes = list(dict.fromkeys(tuple(m.shape[-2:]) for m in maps))
@@ -131,16 +171,18 @@ class PixelSampler:
         self.columns = [[(int(offset), int(starts[i]), maps[i].shape[1])
                          for i, offset in zip(group, np.cumsum([0] + [maps[i].shape[1] for i in group]))]
                         for group in members]
-        self.taps = {s: bilinear_taps(s, size) for m in maps for s in m.shape[-2:]}
         in_groups = torch.cat([torch.arange(start, start + channels) for group in self.columns
                                for _, start, channels in group])  # feature index of each group column, in order
         self.group_columns = torch.argsort(in_groups)  # the group column of each feature
         self._gather = self._gathered
 
     @classmethod
-    def from_store(cls, store: ActivationStore, images: list[LabeledImage], names: list[str], size: int) -> PixelSampler:
-        """The named activations of `images`, read from the store (float16, small next to upsampled ones)."""
-        return cls([torch.from_numpy(np.stack([np.asarray(store.read(im, n)) for im in images])) for n in names], size)
+    def from_store(cls, store: ActivationStore, images: list[LabeledImage], names: list[str],
+                   size=None) -> PixelSampler:
+        """The named activations of `images`, read from the store (float16, small next to upsampled ones), upsampled
+        to `size`, by default each image's own (LabeledImage.grid: its label map's size, or its padded canvas)."""
+        return cls([torch.from_numpy(np.stack([np.asarray(store.read(im, n)) for im in images])) for n in names],
+                   [im.grid for im in images] if size is None else size)
 
     def gather(self, image_index: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> torch.Tensor:
         """(N, dim) float32 features of pixels (image_index[k], ys[k], xs[k])."""
@@ -155,10 +197,12 @@ class PixelSampler:
 
     def _gathered(self, img: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         values = []
+        ty = y if self.row_offset is None else y + self.row_offset[img]  # where each pixel's taps are
+        tx = x if self.col_offset is None else x + self.col_offset[img]
         for native, columns in zip(self.groups, self.columns):
             _, height, width, channels = native.shape
-            y0, y1, hy0, hy1 = (a[y, None] for a in self.taps[height])
-            x0, x1, wx0, wx1 = (a[x, None] for a in self.taps[width])
+            y0, y1, hy0, hy1 = (a[ty, None] for a in self.row_taps[height])
+            x0, x1, wx0, wx1 = (a[tx, None] for a in self.col_taps[width])
             pixels = native.view(-1, channels)
 
             def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
@@ -174,20 +218,27 @@ class PixelSampler:
             place(features, columns, group)
         return features
 
+    def image_taps(self, index: int) -> tuple[int, int, dict, dict]:
+        """Image `index`'s output (height, width) and its taps: per native height, per native width."""
+        (height, width), (row, col) = self.canvases[index], self.starts[index]
+        return (height, width, {h: tuple(a[row:row + height] for a in taps) for h, taps in self.row_taps.items()},
+                {w: tuple(a[col:col + width] for a in taps) for w, taps in self.col_taps.items()})
+
     def image_features(self, index: int, rows: slice) -> torch.Tensor:
-        """(len(rows) * size, dim) features of a band of rows of one image, in row-major pixel order.
+        """(len(rows) * width, dim) features of a band of rows of one image, in row-major pixel order.
 
         Equal to `gather` on those pixels, bit for bit (the same products and sums), but each source row is
         interpolated across the columns once and shared by every output row that reads it."""
-        ys = torch.arange(self.size)[rows]
-        features = torch.empty(len(ys), self.size, self.dim)
+        height, width, row_taps, col_taps = self.image_taps(index)
+        ys = torch.arange(height)[rows]
+        features = torch.empty(len(ys), width, self.dim)
         for native, columns in zip(self.groups, self.columns):
-            y0, y1, hy0, hy1 = (a[ys] for a in self.taps[native.shape[1]])
-            x0, x1, wx0, wx1 = self.taps[native.shape[2]]
+            y0, y1, hy0, hy1 = (a[ys] for a in row_taps[native.shape[1]])
+            x0, x1, wx0, wx1 = col_taps[native.shape[2]]
             sources, position = torch.unique(torch.cat([y0, y1]), return_inverse=True)
             for offset, start, channels in columns:  # one map at a time, written straight into its columns
                 lines = native[index, sources, :, offset:offset + channels].float()  # (S, w, C)
-                across = lines[:, x0] * wx0[:, None] + lines[:, x1] * wx1[:, None]  # (S, size, C)
+                across = lines[:, x0] * wx0[:, None] + lines[:, x1] * wx1[:, None]  # (S, width, C)
                 top, bottom = across[position[: len(ys)]], across[position[len(ys):]]
                 torch.add(top * hy0[:, None, None], bottom * hy1[:, None, None], out=features[..., start:start + channels])
         return features.view(-1, self.dim)
@@ -204,7 +255,8 @@ class PixelSampler:
         for native, columns in zip(self.groups, self.columns):
             rows = torch.cat([weight[start:start + channels] for _, start, channels in columns]).to(products)
             parts[tuple(native.shape[1:3])] = (native[index], rows)
-        return ProjectedImage(parts, {s: self.taps[s] for size in parts for s in size}, self.size)
+        height, width, row_taps, _ = self.image_taps(index)
+        return ProjectedImage(parts, {h: row_taps[h] for h, _ in parts}, (height, width))
 
 
 def place(features: torch.Tensor, columns: list[tuple[int, int, int]], values: torch.Tensor) -> None:
@@ -216,20 +268,23 @@ def place(features: torch.Tensor, columns: list[tuple[int, int, int]], values: t
 class ProjectedImage:
     """One image's first-layer products (PixelSampler.projected): per native size, the (h, w, C) features of the
     maps of that size and their (C, out) rows of the weight. `rows` multiplies only the native rows a band of
-    output rows reads, so memory holds a band's products, never the image's."""
+    output rows reads, so memory holds a band's products, never the image's. `taps`: the row taps per native
+    height; `size`: the output (height, width)."""
 
-    def __init__(self, parts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], taps: dict, size: int):
-        self.parts, self.size = parts, size
+    def __init__(self, parts: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], taps: dict,
+                 size: tuple[int, int]):
+        self.parts = parts
+        self.height, self.width = size
         self.device = next(iter(parts.values()))[1].device
         self.taps = {s: tuple(t.to(self.device) for t in taps[s]) for s in taps}
 
     def rows(self, rows: slice) -> torch.Tensor:
-        """(len(rows) * size, out) float32: the products of those output pixels' upsampled features, in row-major
+        """(len(rows) * width, out) float32: the products of those output pixels' upsampled features, in row-major
         order. Each native size's products are computed for the native rows the band reads, interpolated between
         their two source rows at native width (the taps of PixelSampler.image_features), then across the columns
         by torch's bilinear kernel, which vectorises over the `out` values of a pixel; both steps are bilinear
         interpolation (align_corners=False)."""
-        ys = torch.arange(self.size, device=self.device)[rows]
+        ys = torch.arange(self.height, device=self.device)[rows]
         total = None
         for (height, width), (native, weight) in self.parts.items():
             y0, y1, hy0, hy1 = (a[ys] for a in self.taps[height])
@@ -237,11 +292,11 @@ class ProjectedImage:
             pixels = native[first:last + 1].to(self.device, weight.dtype).view(-1, native.shape[-1])
             products = (pixels @ weight).float().view(last + 1 - first, width, -1)
             down = products[y0 - first] * hy0[:, None, None] + products[y1 - first] * hy1[:, None, None]  # (R, w, out)
-            across = F.interpolate(down[None].permute(0, 3, 1, 2), size=(len(ys), self.size), mode="bilinear",
+            across = F.interpolate(down[None].permute(0, 3, 1, 2), size=(len(ys), self.width), mode="bilinear",
                                    align_corners=False)  # rows map to themselves; columns are interpolated
-            band = across[0].permute(1, 2, 0)  # (R, size, out), a view of channels-last memory
+            band = across[0].permute(1, 2, 0)  # (R, width, out), a view of channels-last memory
             total = band.contiguous() if total is None else total.add_(band)
-        return total.view(len(ys) * self.size, -1)
+        return total.view(len(ys) * self.width, -1)
 
 
 class StorePixelSource:

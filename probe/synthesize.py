@@ -41,7 +41,7 @@ from probe.diffusion import per_image_noise
 from probe.ensemble import PixelEnsemble
 from probe.errors import ProbeError
 from probe.outputs import atomic_write, check_out, working_dir, write_json
-from probe.runner import Cell, run_sweep
+from probe.runner import Cell, finish_sweep, run_sweep
 from probe.segment import load_predictor, predict_image
 from probe.store import ActivationStore, PixelSampler
 from probe.train import to_uint8
@@ -168,7 +168,8 @@ def chunk_cells(ensemble_dir: Path, options: SynthesizeOptions, out: Path) -> li
     """The chunks of the run as runner cells (the seed is the cell's)."""
     return [Cell({"ensemble": str(Path(ensemble_dir).resolve()), "out": str(Path(out).resolve()),
                   "sampler": options.sampler, "n": options.n, "start": start,
-                  "count": min(options.chunk_size, options.n - start), "device": options.device}, options.seed)
+                  "count": min(options.chunk_size, options.n - start), "device": options.device}, options.seed,
+                 title=f"images {start}-{min(start + options.chunk_size, options.n) - 1}")
             for start in range(0, options.n, options.chunk_size)]
 
 
@@ -199,8 +200,10 @@ def run_synthesize(ensemble_dir: Path, options: SynthesizeOptions, out: Path, *,
     working_dir(out, command="synthesize", inputs=[ensemble_dir])
     if not (out / SETTINGS).is_file():
         write_json(out / SETTINGS, {"settings": settings})
+    recorded = {("ensemble identity" if key == "identity" else f"--{key.replace('_', '-')}"): value
+                for key, value in settings.items()}
     records = run_sweep(chunk_cells(ensemble_dir, options, out), synthesize_chunk, out, command="synthesize",
-                        ray=ray, threads=threads, gpus_per_cell=gpus_per_cell, progress=progress)
+                        ray=ray, threads=threads, gpus_per_cell=gpus_per_cell, progress=progress, options=recorded)
     return finish(out, records, options, manifest, settings)
 
 
@@ -237,4 +240,5 @@ def finish(out: Path, records: list[dict], options: SynthesizeOptions, manifest:
                                 "images": len(stems), "kept": int((~dropped).sum()), "dropped": int(dropped.sum()),
                                 "seconds": seconds, "threads": sorted({r["threads"] for r in records}),
                                 "class_names": manifest["class_names"], "ignore_label": manifest["ignore_label"]})
+    finish_sweep(out, ["train", "dropped", "uncertainty.csv", CLASSES_FILE, "palette.json", "preview.png", SETTINGS])
     return table

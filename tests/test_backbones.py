@@ -14,6 +14,7 @@ import torch
 
 from conftest import FIXTURES
 from test_diffusers import changed_weights, diffusers_folders  # noqa: F401 (a fixture): tiny diffusers model folders
+from test_transformers_backbones import transformers_folders, transformers_models  # noqa: F401 (fixtures)
 from probe.backbones import BACKBONES, BackboneSpec, build_backbone
 from probe.data.layout import load_images
 from probe.errors import ProbeError
@@ -32,6 +33,7 @@ SPECS = {
     "swav_w2": (BackboneSpec("swav_w2", FIXTURES / "swav_tiny64.pt"), 64),
     "diffusers": (BackboneSpec("diffusers", None, None, "1,3", "10,50"), 32),  # checkpoint: diffusers_folders
     "sd": (BackboneSpec("sd", None, None, "0,3", "500"), 32),
+    "transformers": (BackboneSpec("transformers", None, layers="0,2"), 32),  # checkpoint: transformers_folders
 }
 
 
@@ -50,6 +52,8 @@ def test_backbone_contract(tmp_path, kind, request):
     spec, native = SPECS[kind]
     if kind in ("diffusers", "sd"):
         spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("diffusers_folders")[kind]})
+    if kind == "transformers":
+        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("transformers_folders")["dinov2"]})
     backbone = build_backbone(spec, "segment", native)
     assert backbone.kind == kind and backbone.identity["backbone"] == kind and "version" in backbone.identity
     assert json.loads(json.dumps(backbone.identity)) == backbone.identity  # JSON as it is: cache keys, manifests

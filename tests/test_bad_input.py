@@ -101,10 +101,12 @@ def test_segment_bad_label_maps(tmp_path, tiny_domain, how, expected):
 
 
 def test_unknown_dataset_and_missing_root(tmp_path):
-    result = probe("segment", "--dataset", "zebra7", "--data-root", tmp_path, "--checkpoint", "x.pt", "--out", tmp_path / "o")
+    root = tmp_path / "datasets"
+    root.mkdir()
+    result = probe("segment", "--dataset", "zebra7", "--data-root", root, "--checkpoint", "x.pt", "--out", tmp_path / "o")
     assert result.returncode == 2 and "zebra7" in result.stderr and "horse_21" in result.stderr
-    result = probe("grid", "--dataset", "horse21", "--data-root", tmp_path, "--checkpoint", "x.pt", "--out", tmp_path / "o")
-    assert result.returncode == 2 and str(tmp_path / "horse_21") in result.stderr.replace("\n", "")
+    result = probe("grid", "--dataset", "horse21", "--data-root", root, "--checkpoint", "x.pt", "--out", tmp_path / "o")
+    assert result.returncode == 2 and str(root / "horse_21") in result.stderr.replace("\n", "")
 
 
 def test_segment_bad_precision(tmp_path):

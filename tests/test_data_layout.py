@@ -317,3 +317,60 @@ def test_bad_resolution(tmp_path: Path) -> None:
     make_split(tmp_path, ["a"])
     with pytest.raises(ProbeError, match=r"resolution 0"):
         load_images(tmp_path, 0)
+
+
+# sizes: own data at its own size, the paper's rule, non-square images (--fit)
+
+
+def test_keep_size_leaves_labels_at_the_images_size(tmp_path: Path) -> None:
+    make_split(tmp_path / "train", ["a"], size=8, num_classes=4)
+    labels = np.load(tmp_path / "train" / "a.npy")
+    (paper,) = load_labeled_split(tmp_path, "train", 4, 4, 255)
+    (own,) = load_labeled_split(tmp_path, "train", 4, 4, 255, keep_size=True)
+    np.testing.assert_array_equal(own.image, paper.image)  # the model sees the same input
+    assert paper.labels.shape == paper.size == paper.grid == (4, 4)  # the authors' rule: at the model's size
+    assert own.labels.dtype == np.int64 and own.size == own.grid == (8, 8)
+    np.testing.assert_array_equal(own.labels, labels)
+    np.testing.assert_array_equal(own.picture, np.asarray(Image.open(tmp_path / "train" / "a.png")))
+    (same,) = load_labeled_split(tmp_path, "train", 8, 4, 255, keep_size=True)  # at the model's size: as before
+    (before,) = load_labeled_split(tmp_path, "train", 8, 4, 255)
+    assert same.picture is None and same.shape is None
+    np.testing.assert_array_equal(same.labels, before.labels)
+    np.testing.assert_array_equal(same.image, before.image)
+    (unlabelled,) = load_images(tmp_path / "train" / "a.png", 4, keep_size=True)
+    assert unlabelled.size == (8, 8) and load_images(tmp_path / "train" / "a.png", 4)[0].size == (4, 4)
+
+
+def test_fit_makes_non_square_images_square(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)  # 6 wide, 4 high
+    labels = rng.integers(0, 3, (4, 6)).astype(np.uint8)
+    write_sample(tmp_path / "train", "wide", pixels, labels)
+    with pytest.raises(ProbeError, match=r"wide\.png is 6x4; only square images .*--fit resize.*--fit pad"):
+        load_labeled_split(tmp_path, "train", 3, 3, 255, keep_size=True)
+    with pytest.raises(ProbeError, match=r"--fit 'crop': choose resize .* or pad"):
+        load_labeled_split(tmp_path, "train", 3, 3, 255, fit="crop")
+
+    # resize: the image stretched to the model's square in one resize; labels at the image's size, or nearest
+    (own,) = load_labeled_split(tmp_path, "train", 3, 3, 255, keep_size=True, fit="resize")
+    stretched = np.asarray(Image.fromarray(pixels).resize((3, 3), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(own.image, stretched.transpose(2, 0, 1).astype(np.float32) / 255 * 2 - 1)
+    assert own.size == own.grid == (4, 6)
+    np.testing.assert_array_equal(own.labels, labels)
+    (paper,) = load_labeled_split(tmp_path, "train", 3, 3, 255, fit="resize")
+    np.testing.assert_array_equal(paper.labels, labels[np.ix_(nearest_source_indices(4, 3), nearest_source_indices(6, 3))])
+
+    # pad: bottom and right to a square of the longer side, black; the labels cover the canvas's top left
+    (own,) = load_labeled_split(tmp_path, "train", 6, 3, 255, keep_size=True, fit="pad")
+    square = np.zeros((6, 6, 3), dtype=np.uint8)
+    square[:4] = pixels
+    np.testing.assert_array_equal(own.image, square.transpose(2, 0, 1).astype(np.float32) / 255 * 2 - 1)
+    assert own.size == (4, 6) and own.grid == (6, 6)
+    np.testing.assert_array_equal(own.labels, labels)
+    np.testing.assert_array_equal(own.picture, pixels)
+    (paper,) = load_labeled_split(tmp_path, "train", 3, 3, 255, fit="pad")  # padded with the ignore label, nearest
+    padded = np.full((6, 6), 255, dtype=np.uint8)
+    padded[:4] = labels
+    np.testing.assert_array_equal(paper.labels, padded[::2, ::2])
+    (unlabelled,) = load_images(tmp_path / "train", 3, keep_size=True, fit="pad")
+    assert unlabelled.size == (4, 6) and unlabelled.grid == (6, 6)

@@ -92,11 +92,12 @@ def diffusers_folders(tmp_path_factory) -> dict[str, Path]:
 
 
 def changed_weights(folder: Path, destination: Path) -> Path:
-    """A copy of a model folder whose UNet has one weight tensor changed by +1."""
+    """A copy of a model folder whose UNet (a transformers folder: its model) has one weight tensor changed by +1."""
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(folder, destination)
-    weights = next(destination.rglob("diffusion_pytorch_model.safetensors"))
+    weights = next(destination.rglob("diffusion_pytorch_model.safetensors"), None) or \
+        next(destination.rglob("model.safetensors"))  # a transformers model folder
     state = load_file(weights)
     key = next(k for k, v in state.items() if v.dim() > 1)
     state[key] = state[key] + 1

@@ -220,8 +220,15 @@ def test_early_batch_size_reaches_the_ensemble_of_one_run_and_of_every_seed(tmp_
     assert sum(early["ensemble_iterations"]) < sum(authors["ensemble_iterations"])  # fewer, fatter early steps
     assert run(*args, "--out", tmp_path / "default").exit_code == 0
     default = read_metrics(tmp_path / "default")
-    assert default["options"]["early_batch_size"] == 128
-    assert sum(early["ensemble_iterations"]) < sum(default["ensemble_iterations"]) < sum(authors["ensemble_iterations"])
+    assert default["options"]["early_batch_size"] == 64  # the authors' rule is the default: the same fit
+    assert default["training_rule"] == authors["training_rule"] == "authors (batches of 64)"
+    assert early["training_rule"].startswith("early batches of 256 in epochs 0-3") and "not the authors'" in \
+        early["training_rule"]
+    assert default["ensemble_iterations"] == authors["ensemble_iterations"] and default["miou"] == authors["miou"]
+    assert run(*args, "--early-batch-size", 128, "--out", tmp_path / "opt_in").exit_code == 0
+    opt_in = read_metrics(tmp_path / "opt_in")
+    assert opt_in["training_rule"].startswith("early batches of 128")
+    assert sum(early["ensemble_iterations"]) < sum(opt_in["ensemble_iterations"]) < sum(default["ensemble_iterations"])
     result = run(*args, "--early-batch-size", 256, "--seeds", "0,1", "--out", tmp_path / "seeds")
     assert result.exit_code == 0, result.output
     assert read_metrics(tmp_path / "seeds" / "seed_0")["ensemble_iterations"] == early["ensemble_iterations"]
@@ -232,10 +239,70 @@ def test_only_early_batches_other_than_the_authors_enter_cell_keys(tmp_path, tin
     authors = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=64)
     default = segment_config(data, BackboneSpec(kind="pixels"), train_number=2)
     early = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=512)
-    assert "early_batch_size" not in authors and BATCH_SIZE == 64
-    assert (default["early_batch_size"], early["early_batch_size"]) == (EARLY_BATCH_SIZE, 512) == (128, 512)
+    opt_in = segment_config(data, BackboneSpec(kind="pixels"), train_number=2, early_batch_size=128)
+    assert "early_batch_size" not in authors and BATCH_SIZE == EARLY_BATCH_SIZE == 64
+    assert default == authors  # the default is the authors' rule: the keys of their sweeps stay
+    assert (opt_in["early_batch_size"], early["early_batch_size"]) == (128, 512)
     for command in ("segment", "efficiency"):
         result = run(command, "--data", tiny_domain, "--backbone" if command == "segment" else "--backbones", "pixels",
                      "--early-batch-size", 1, "--out", tmp_path / command, "--quiet")
         assert result.exit_code == 2 and "--early-batch-size 1: batch normalisation needs at least 2" in result.output
         assert not (tmp_path / command).exists()
+
+
+def test_a_sweep_resumed_with_other_result_determining_options_is_refused(tmp_path, tiny_domain, monkeypatch):
+    out = tmp_path / "eff"
+    args = ["efficiency", "--data", tiny_domain, "--backbones", "pixels", "--train-numbers", 1, "--members", 1,
+            "--threads", 1, "--out", out]
+    first = [*args, "--seeds", "0", "--quiet"]
+    monkeypatch.setattr(sys, "argv", ["probe", *map(str, first)])
+    assert run(*first).exit_code == 0
+    cells = sorted(p.name for p in (out / "cells").iterdir())
+    for changed, words in ((["--members", 2], "--members 1 in the sweep, 2 in this run"),
+                           (["--threads", 2], "--threads 1 in the sweep, 2 in this run"),
+                           (["--early-batch-size", 128], "--early-batch-size 64 in the sweep, 128 in this run"),
+                           (["--checkpoint", FIXTURES / "adm_tiny32.pt"],
+                            f"--checkpoint unset in the sweep, {FIXTURES / 'adm_tiny32.pt'} in this run")):
+        result = run(*args, "--seeds", "0,1", *changed)  # the later value of a repeated option wins
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "another --out" in result.output
+        assert sorted(p.name for p in (out / "cells").iterdir()) == cells  # no cell computed
+    refused = run("grid", "--data", tiny_domain, "--backbone", "pixels", "--out", out, "--quiet")
+    assert refused.exit_code == 2 and "probe efficiency" in refused.output
+
+    # a seed more, with progress bars (--quiet dropped) and the default's value given: allowed, only the new cell
+    second = [*args, "--seeds", "0,1", "--early-batch-size", 64]
+    monkeypatch.setattr(sys, "argv", ["probe", *map(str, second)])
+    result = run(*second)
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "cells").iterdir())) == 2 and len(pd.read_csv(out / "efficiency.csv")) == 2
+    marker = json.loads((out / "probe-run.json").read_text())
+    assert [r["argv"] for r in marker["runs"]] == [list(map(str, first)), list(map(str, second))]
+    assert [(len(r["computed"]), r["reused"], r["status"]) for r in marker["runs"]] == [(1, 0, "finished"),
+                                                                                        (1, 1, "finished")]
+    assert marker["files"] == ["cells", "efficiency.csv", "efficiency.png", "table.md"]
+    assert marker["options"]["--members"] == 1 and marker["options"]["--threads"] == 1
+    assert marker["options"]["--early-batch-size"] == 64  # unset is recorded as the rule it meant
+    assert "--seeds" not in marker["options"] and "--quiet" not in marker["options"]
+    assert "efficiency: pixels n=1 seed 1" in result.output  # the progress bar names the cell as a person would
+
+
+def test_a_grid_resumed_with_other_threads_is_refused_and_says_which(tmp_path, tiny_domain):
+    out = tmp_path / "grid"
+    args = ["grid", "--data", tiny_domain, *GRID_MODEL[:4], "--blocks", "5", "--steps", "50", "--train-number", 2,
+            "--test-number", 2, "--out", out, "--quiet"]
+    assert run(*args, "--threads", 1).exit_code == 0
+    for changed, words in ((["--threads", 2], "--threads 1 in the sweep, 2 in this run"),
+                           (["--threads", 1, "--members", 2], "--members 1 in the sweep, 2 in this run"),
+                           (["--threads", 1, "--train-number", 3], "--train-number 2 in the sweep, 3 in this run"),
+                           (["--threads", 1, "--device", "meta"], "--device cpu in the sweep, meta in this run")):
+        result = run(*args, *changed)
+        assert result.exit_code == 2 and words in result.output, result.output
+    # what only changes the tables drawn from the cells may change
+    areas = sorted(pd.read_csv(out / "class_groups.csv").mean_area)
+    cut = (areas[1] + areas[2]) / 2  # two small classes, the others large
+    result = run(*args, "--threads", 1, "--size-threshold", cut)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "grid.json").read_text())["size_threshold"] == cut
+    assert (pd.read_csv(out / "class_groups.csv").group == "small").sum() == 2
+    assert len(list((out / "cells").iterdir())) == 1

@@ -21,3 +21,26 @@ def test_a_given_threshold_is_used_and_checked():
     assert size_groups(np.array([0.3, 0.01]), 0.02) == ({0: "large", 1: "small"}, 0.02)
     with pytest.raises(ProbeError, match=r"--size-threshold 1.5: give a fraction of the image between 0 and 1"):
         size_groups(np.array([0.3, 0.01]), 1.5)
+
+
+def test_layer_names_of_every_family_pass_the_syntax_check():
+    from probe.spec import check_cell_syntax
+
+    check_cell_syntax("5,6,0-17,block5,layer2.0,up1.2,rgb3x3", "blocks")  # rgb3x3: the pixels backbone's one layer
+    for typo in ("5;6", "5,6,x"):
+        with pytest.raises(ProbeError, match="is not a number, a range or a layer name"):
+            check_cell_syntax(typo, "blocks")
+
+
+def test_a_grid_of_the_pixels_backbone_runs(tmp_path):
+    """Its cells name the layer rgb3x3, which the grid writes into each cell's spec and reads back."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = Path(sys.executable).with_name("probe")
+    result = subprocess.run([str(probe), "grid", "--backbone", "pixels", "--train-number", "2", "--test-number", "2",
+                             "--threads", "1", "--quiet", "--out", str(tmp_path / "g")], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("best cell: rgb3x3, mIoU ")

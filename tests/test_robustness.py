@@ -140,3 +140,64 @@ def test_robustness_bad_input(tmp_path, tiny_domain):
                      *extra)
         assert result.exit_code == 2 and words in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def image_folders(cache) -> list[str]:
+    """The cache's activation folders per image (<identity>/<image key>), and any hidden folder left there."""
+    root = cache / "activations"
+    return sorted(str(p.relative_to(root)) for p in root.glob("*/*") if p.is_dir()) + sorted(
+        p.name for p in root.glob(".*"))
+
+
+def test_robustness_keeps_only_the_clean_activations_and_scores_as_through_the_cache(tmp_path, caplog):
+    # the default domain, 1 corruption at 1 severity, pixels, 1 member: the corrupted copies' activations are
+    # extracted into a temporary store deleted once scored; the cache keeps the 20 + 20 clean images' only
+    out = tmp_path / "rob"
+    result = run("robustness", "--backbones", "pixels", "--corruptions", "gaussian_noise", "--severities", 3,
+                 "--seeds", 0, "--members", 1, "--threads", 1, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    folders = image_folders(tmp_path / "cache")
+    assert len(folders) == 40 and not any(name.startswith(".") for name in folders), folders
+    row = pd.read_csv(out / "robustness.csv").iloc[0]
+
+    # the same numbers as scoring through the normal store (what robustness did before issue 26), in its own cache
+    source = open_source()
+    evaluation = evaluate(source, SegmentOptions(backbone=BackboneSpec(kind="pixels"), members=1), 0,
+                          cache=tmp_path / "normal", progress=False)
+    assert row.clean_miou == pytest.approx(evaluation.metrics["miou"], abs=1e-12)
+    images = corrupted_images(evaluation.test, "gaussian_noise", 3, seed=0)
+    store = ActivationStore(evaluation.backbone, tmp_path / "normal")
+    store.fill(images, progress=False)
+    score = score_images(evaluation.fitted.ensemble, store, evaluation.backbone.names, images, source.num_classes,
+                         source.ignore_label)
+    assert row.miou == pytest.approx(100 * score.miou, abs=1e-12)
+    assert len([p for p in (tmp_path / "normal").glob("*/*") if p.is_dir()]) == 60  # there: 40 + 20 copies
+
+
+def test_a_killed_robustness_sweep_leaves_no_corrupted_activations(tmp_path, tiny_domain, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    import probe.experiments.robustness as robustness_module
+    from probe.cache import clear_cache
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the first corrupted copy is scored
+    args = ["robustness", "--data", tiny_domain, "--backbones", "pixels", "--corruptions", "fog", "--severities", 1,
+            "--seeds", 0, "--members", 1, "--threads", 1, "--quiet"]
+    with monkeypatch.context() as patched:
+        patched.setattr(robustness_module, "score_images", killed)
+        result = run(*args, "--out", tmp_path / "rob")
+    assert result.exit_code == 130, result.output
+    assert len(image_folders(tmp_path / "cache")) == 7  # the clean images' (4 train, 3 test) only
+
+    # a run killed outright (SIGKILL) leaves its temporary store: the next run removes it, as does probe cache clear
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "cache" / "activations" / f".corrupted.partial-{socket.gethostname()}-{dead.stdout.strip()}-x"
+    (stale / "some-identity" / "000-abc").mkdir(parents=True)
+    assert run(*args, "--out", tmp_path / "rob2").exit_code == 0
+    assert not stale.exists() and len(image_folders(tmp_path / "cache")) == 7
+    (stale / "some-identity").mkdir(parents=True)
+    clear_cache(older_than_days=1000)  # the entries stay; the dead run's store goes
+    assert not stale.exists() and len(image_folders(tmp_path / "cache")) == 7

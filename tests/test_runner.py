@@ -10,7 +10,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.outputs import MARKER
-from probe.runner import Cell, run_sweep
+from probe.runner import Cell, finish_sweep, run_sweep
 
 CALLS = []  # the specs `count` was called with, in this process
 
@@ -140,3 +140,74 @@ def test_the_sweep_folder(tmp_path):
     assert again == first  # accepted again without --overwrite, every cell reused as written
     with pytest.raises(ProbeError, match="test-sweep"):
         run_sweep(CELLS, count, tmp_path / "sweep", command="other-sweep", progress=False)
+
+
+def test_a_rerun_with_other_result_determining_options_is_refused_before_any_cell(tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    monkeypatch.setattr(sys, "argv", ["probe", "test-sweep", "--members", "1"])
+    run_sweep(CELLS[:2], count, out, command="test-sweep", threads=1, options={"--members": 1}, progress=False)
+    cell_files = sorted(p.name for p in (out / "cells").iterdir())
+    marker_before = (out / MARKER).read_text()
+    CALLS.clear()
+    changes = [({"--members": 3}, 1, "--members 1 in the sweep, 3 in this run"),
+               ({"--members": 1}, 2, "--threads 1 in the sweep, 2 in this run")]
+    if (os.cpu_count() or 1) > 1:  # the default: all cores in this process
+        changes.append(({"--members": 1}, None, f"--threads 1 in the sweep, {os.cpu_count()} in this run"))
+    for options, threads, words in changes:
+        with pytest.raises(ProbeError) as error:
+            run_sweep(CELLS, count, out, command="test-sweep", threads=threads, options=options, progress=False)
+        message = str(error.value)
+        assert words in message and "\n" not in message, message
+        assert "another --out" in message and f"delete {out}" in message
+    assert CALLS == [] and sorted(p.name for p in (out / "cells").iterdir()) == cell_files
+    assert (out / MARKER).read_text() == marker_before  # nothing recorded either
+
+    # more cells with the same options: allowed, only the new ones computed; an option a newer probe added is
+    # recorded as this run gives it
+    monkeypatch.setattr(sys, "argv", ["probe", "test-sweep", "--members", "1", "--more"])
+    records = run_sweep(CELLS, count, out, command="test-sweep", threads=1, options={"--members": 1, "--new": 5},
+                        progress=False)
+    assert CALLS == [c.spec for c in CELLS[2:]] and [r["key"] for r in records] == [c.key for c in CELLS]
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["options"] == {"--members": 1, "--threads": 1, "--new": 5}
+    assert [run["argv"] for run in marker["runs"]] == [["test-sweep", "--members", "1"],
+                                                      ["test-sweep", "--members", "1", "--more"]]
+    assert [run["computed"] for run in marker["runs"]] == [[c.key for c in CELLS[:2]], [c.key for c in CELLS[2:]]]
+    assert [(run["reused"], run["cells"], run["threads"], run["status"]) for run in marker["runs"]] == [
+        (0, 2, 1, "cells finished"), (2, 6, 1, "cells finished")]
+    assert marker["files"] == ["cells"]
+    (out / "table.csv").write_text("x\n")
+    finish_sweep(out, ["table.csv", "never_written.png"])
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["files"] == ["cells", "table.csv"] and marker["runs"][-1]["files"] == ["table.csv"]
+    assert marker["runs"][-1]["status"] == "finished" and marker["runs"][0]["status"] == "cells finished"
+
+
+def test_a_sweep_begun_when_early_batches_of_128_were_the_default_resumes_only_with_them(tmp_path):
+    out = tmp_path / "sweep"
+    run_sweep(CELLS[:1], count, out, command="test-sweep", threads=1, options={"--early-batch-size": None},
+              progress=False)  # recorded unset, as the sweeps of a probe whose default was 128
+    with pytest.raises(ProbeError, match="--early-batch-size 128 in the sweep, 64 in this run"):
+        run_sweep(CELLS[:1], count, out, command="test-sweep", threads=1, options={"--early-batch-size": 64},
+                  progress=False)
+    run_sweep(CELLS[:2], count, out, command="test-sweep", threads=1, options={"--early-batch-size": 128},
+              progress=False)
+
+
+def test_an_interrupted_run_is_recorded_with_the_cells_it_finished(tmp_path):
+    out = tmp_path / "sweep"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(CELLS, killed_at_fourth, out, command="test-sweep", threads=1, progress=False)
+    run = json.loads((out / MARKER).read_text())["runs"][0]
+    assert run["status"] == "interrupted" and run["computed"] == [c.key for c in CELLS[:3]] and run["ended"]
+
+
+def test_cells_have_labels_a_person_reads_and_the_progress_bar_shows_them(tmp_path, capsys):
+    assert Cell({"label": "t50_block6", "layer": "block6"}, seed=0, title="block6 t=50").label == "block6 t=50 seed 0"
+    assert Cell({"scale": 2, "name": "a/b"}, seed=1).label == "name=a/b scale=2 seed 1"
+    titled = Cell({"scale": 0, "name": "a/b"}, seed=0, title="pixels n=20")
+    assert titled == Cell({"scale": 0, "name": "a/b"}, seed=0) and titled.key == CELLS[0].key  # the title is no key
+    cells = [Cell({"scale": 1, "name": "a/b"}, seed=seed, title="pixels n=20") for seed in (0, 1)]
+    run_sweep(cells, count, tmp_path / "sweep", command="test-sweep", threads=1, progress=True)
+    shown = capsys.readouterr().err
+    assert "test-sweep: pixels n=20 seed 1" in shown and cells[1].key not in shown, shown

@@ -220,3 +220,32 @@ def test_maps_of_one_size_are_read_together_and_keep_their_columns():
                        sampler.gather(np.ones(rows.size, int), rows.ravel(), columns.ravel()))
     sampler.compile()  # one fused loop; the arithmetic stays the eager gather's (rounding aside)
     assert torch.allclose(sampler.gather(idx, ys, xs), got, rtol=0, atol=1e-6) and sampler._gather.compiled
+
+
+def test_sampler_upsamples_to_each_images_own_size():
+    """Output sizes other than square and one per image (own data at its own size, images of several sizes):
+    gather equals dense bilinear upsampling of each image to its own (height, width), image_features equals gather
+    bit for bit, and the projected rows equal the upsampled features times the weight."""
+    generator = torch.Generator().manual_seed(5)
+    maps = [torch.randn(3, channels, size, size, generator=generator).half() for channels, size in ((4, 8), (3, 16))]
+    sizes = [(48, 64), (64, 64), (24, 40)]
+    sampler = PixelSampler(maps, sizes)
+    rng = np.random.default_rng(2)
+    for index, (height, width) in enumerate(sizes):
+        dense = torch.cat([F.interpolate(m[index:index + 1].float(), size=(height, width), mode="bilinear",
+                                         align_corners=False) for m in maps], 1)[0]
+        ys, xs = rng.integers(0, height, 200), rng.integers(0, width, 200)
+        got = sampler.gather(np.full(200, index), ys, xs)
+        assert torch.allclose(got, dense[:, ys, xs].T, rtol=0, atol=1e-5)
+        rows, columns = np.meshgrid(np.arange(height)[3:9], np.arange(width), indexing="ij")
+        band = sampler.image_features(index, slice(3, 9))
+        assert band.shape == (6 * width, 7)
+        assert torch.equal(band, sampler.gather(np.full(rows.size, index), rows.ravel(), columns.ravel()))
+        weight = torch.randn(sampler.dim, 5, generator=generator)
+        one = PixelSampler([m[index:index + 1] for m in maps], (height, width))
+        projected = one.projected(0, weight).rows(slice(3, 9))
+        assert projected.shape == (6 * width, 5)
+        assert (projected - band @ weight).abs().max() <= 1e-4 * (band @ weight).abs().max()
+    uniform = PixelSampler(maps, (48, 64))  # one non-square size for all images
+    assert (uniform.height, uniform.width) == (48, 64) and uniform.row_offset is None
+    assert torch.equal(uniform.image_features(0, slice(0, 48)), sampler.image_features(0, slice(0, 48)))

@@ -9,17 +9,17 @@ segmenter), "grid" (every layer), "kmeans" (a few layers for a figure) or "featu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 from probe.backbones.adm import ADMBackbone, NoisePolicy, default_model_files
-from probe.backbones.base import Backbone, Cell, check_cell_syntax, identity_hash
+from probe.backbones.base import Backbone, Cell, identity_hash
 from probe.backbones.diffusers_unet import DiffusersUNetBackbone
+from probe.backbones.diffusion_transformers import DiTBackbone, FluxBackbone, PixArtBackbone, SD3Backbone
 from probe.backbones.mae import MAEBackbone
 from probe.backbones.pixels import PixelBackbone
 from probe.backbones.stable_diffusion import StableDiffusionBackbone
 from probe.backbones.swav import SwAVBackbone
+from probe.backbones.vision_transformers import TransformersBackbone
 from probe.errors import ProbeError
+from probe.spec import BackboneSpec, check_cell_syntax
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "Cell", "NoisePolicy", "build_backbone", "check_cell_syntax",
            "default_model_files", "identity_hash"]
@@ -32,40 +32,16 @@ BACKBONES = {
     "swav": SwAVBackbone,
     "swav_w2": SwAVBackbone,
     "diffusers": DiffusersUNetBackbone,  # a diffusers UNet2DModel folder (google/ddpm-ema-*); needs the extra
-    "sd": StableDiffusionBackbone,  # a Stable Diffusion pipeline folder; needs the extra
+    "sd": StableDiffusionBackbone,  # a Stable Diffusion 1.x/2.x or SDXL pipeline folder; needs the extra
+    "dit": DiTBackbone,  # diffusion transformers (diffusion_transformers.py): a DiT pipeline folder
+    "pixart": PixArtBackbone,  # PixArt-alpha / PixArt-Sigma
+    "sd3": SD3Backbone,  # Stable Diffusion 3 / 3.5
+    "flux": FluxBackbone,  # FLUX.1
+    "transformers": TransformersBackbone,  # a transformers vision model folder (DINOv2/v3, CLIP, SigLIP, ViT-MAE, ViT)
 }
 PURPOSES = ("segment", "grid", "kmeans", "features")
-
-
-@dataclass
-class BackboneSpec:
-    """Everything a user says about a backbone; `build_backbone` turns it into one. `layers` and `steps` are the
-    --blocks / --steps texts (None: the purpose's default); options a family does not take must stay unset."""
-
-    kind: str = "ddpm"
-    checkpoint: Path | None = None
-    model_flags: str | Path | dict | None = None
-    layers: str | None = None
-    steps: str | None = None
-    noise: str | None = None
-    seed: int = 0
-    input_activations: bool = False
-    image_size: int | None = None
-    device: str = "cpu"
-    prompt: str | None = None  # sd only: the text the UNet is conditioned on (None: the empty prompt)
-    revision: str | None = None  # a hub model's revision (branch, tag or commit), for a hub name as checkpoint
-
-    def to_dict(self) -> dict:
-        """JSON-ready, for manifests (a Path becomes a string)."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict, **changes) -> BackboneSpec:
-        """The spec `to_dict` wrote (a manifest's, a sweep cell's), with `changes` applied."""
-        spec = cls(**{**data, **changes})
-        if spec.checkpoint is not None:
-            spec.checkpoint = Path(spec.checkpoint)
-        return spec
+TEXT_BACKBONES = ("sd", "pixart", "sd3", "flux")  # take --prompt
+DTYPE_BACKBONES = ("transformers", "sd", "dit", "pixart", "sd3", "flux")  # take --model-dtype
 
 
 def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: int | None = None) -> Backbone:
@@ -77,6 +53,18 @@ def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: in
         raise ValueError(f"purpose {purpose!r} is not one of {PURPOSES}")
     if spec.image_size is not None and spec.image_size < 8:
         raise ProbeError(f"--image-size {spec.image_size}: give 8 or more pixels")
-    if spec.prompt is not None and spec.kind != "sd":
-        raise ProbeError(f"--prompt: the {spec.kind} backbone takes no text prompt (only --backbone sd); drop --prompt")
+    if spec.kind == "dit" and spec.prompt is not None:
+        raise ProbeError("--prompt: the dit backbone is class-conditional (use --class-label N); drop --prompt")
+    if spec.prompt is not None and spec.kind not in TEXT_BACKBONES:
+        raise ProbeError(f"--prompt: the {spec.kind} backbone takes no text prompt (only --backbone "
+                         f"{', '.join(TEXT_BACKBONES)}); drop --prompt")
+    if spec.class_label is not None and spec.kind in TEXT_BACKBONES:
+        raise ProbeError(f"--class-label: the {spec.kind} backbone is text-conditioned (use --prompt); drop "
+                         "--class-label")
+    if spec.class_label is not None and spec.kind != "dit":
+        raise ProbeError(f"--class-label: the {spec.kind} backbone takes no class label (only --backbone dit); drop "
+                         "--class-label")
+    if spec.model_dtype is not None and spec.kind not in DTYPE_BACKBONES:
+        raise ProbeError(f"--model-dtype: the {spec.kind} backbone computes in float32 (only --backbone "
+                         f"{', '.join(DTYPE_BACKBONES)} take --model-dtype); drop --model-dtype")
     return BACKBONES[spec.kind].build(spec, purpose, native_size)

@@ -21,10 +21,10 @@ from typing import ClassVar, TypeVar
 import torch
 
 from probe.errors import ProbeError
+from probe.spec import CELL_PART, check_cell_syntax
 
 T = TypeVar("T")
 K = TypeVar("K")
-CELL_PART = re.compile(r"(\d+)(?:-(\d+))?|[a-z]+\d+(?:\.\d+)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -125,16 +125,6 @@ def loaded(checkpoint: Path | None, options: object, load: Callable[[], T]) -> T
 
 def identity_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_cell_syntax(text: str | None, what: str) -> None:
-    """Fail on a malformed --blocks / --steps value before anything is loaded (names are checked later)."""
-    if not text or text.strip().lower() == "all":
-        return
-    for part in text.split(","):
-        if not CELL_PART.fullmatch(part.strip()):
-            raise ProbeError(f"--{what} {text!r}: {part.strip()!r} is not a number, a range or a layer name; "
-                             "write e.g. 5,6,7 or 0-17 or all")
 
 
 def select_layers(text: str | None, available: list[str], default: list[str], what: str = "blocks") -> list[str]:

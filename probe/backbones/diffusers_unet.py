@@ -192,10 +192,14 @@ class DiffusersBackbone(Backbone):
         text = spec.layers and ",".join(f"block{up_names.index(p.strip())}" if p.strip() in up_names else p
                                         for p in spec.layers.split(","))
         steps_total = self.scheduler.config.num_train_timesteps
-        blocks, steps = default_cells(purpose, len(self.decoder), steps_total)
+        blocks, steps = self.default_cells(purpose, steps_total)
         layers = select_layers(text, self.all_layers, [f"block{b}" for b in blocks])
         self.blocks = [self.all_layers.index(layer) for layer in layers]
         self.cells = [Cell(layer, t) for t in select_steps(spec.steps, steps_total, steps) for layer in layers]
+
+    def default_cells(self, purpose: str, steps_total: int) -> tuple[list[int], list[int]]:
+        """(blocks, steps) for `purpose` when --blocks / --steps are not given: the paper's, scaled."""
+        return default_cells(purpose, len(self.decoder), steps_total)
 
     def layer_map(self) -> dict[str, str]:
         """{block{b}: up{i}.{j}} for every layer."""

@@ -3,7 +3,16 @@ text_encoder/, tokenizer/, scheduler/). The image goes through the VAE encoder (
 distribution times the scaling factor), noise is added in latent space at step t, and the UNet2DConditionModel
 runs conditioned on `--prompt` (default empty), encoded once with the pipeline's CLIP tokenizer and text encoder
 as the pipeline does. Cells: the conditional UNet's up_blocks layers (diffusers_unet.py), at latent resolution
-(1/8 of the image side for SD; the sampler upsamples them like any other feature map)."""
+(1/8 of the image side for SD; the sampler upsamples them like any other feature map).
+
+SDXL (a UNet whose config has `addition_embed_type` "text_time"; base and refiner) is detected from unet/config.json:
+the prompt is encoded as StableDiffusionXLPipeline does (text_encoder's and text_encoder_2's penultimate hidden
+states concatenated, text_encoder_2's projected pooled embedding; the refiner has only text_encoder_2), the added
+conditions are `text_embeds` = that pooled embedding and `time_ids` = (S, S, 0, 0, S, S) for the S x S image
+(original size, crop top-left, target size), and the latents are (VAE mean - latents_mean) x scaling / latents_std
+when the VAE config has them, else VAE mean x scaling (0.13025). Its default segment cell is DIFT's (Tang et al.,
+NeurIPS 2023): the output of up_blocks[1] at t = 261. `--model-dtype` is the dtype the UNet and text encoders compute
+in (the VAE stays float32, as the SDXL pipeline upcasts it)."""
 
 from __future__ import annotations
 
@@ -11,28 +20,31 @@ from pathlib import Path
 
 import torch
 
+from probe.backbones.adm import scaled_steps
 from probe.backbones.base import loaded
 from probe.backbones.diffusers_unet import (DiffusersBackbone, LatentCache, decoder_layers, file_stats, files_digest,
                                             load_pretrained, load_scheduler, read_config, require_diffusers,
                                             square_size, weight_files)
+from probe.backbones.latent_diffusion import (DTYPES, clip_embeds, component, denoiser_class, load_component,
+                                              pipeline_index, tokenizer_files, vae_latents)
 from probe.errors import ProbeError
 
+DIFT_UP_BLOCK, DIFT_STEP = 1, 261  # DIFT (Tang et al., NeurIPS 2023): SD's up_blocks[1] output at t = 261
+
 LAYOUT = ("a Stable Diffusion pipeline folder as diffusers saves it (unet/, vae/, text_encoder/, tokenizer/, "
-          "scheduler/), or the pipeline's hub name (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5)")
+          "scheduler/; SDXL also text_encoder_2/, tokenizer_2/), or the pipeline's hub name (e.g. "
+          "stable-diffusion-v1-5/stable-diffusion-v1-5, stabilityai/stable-diffusion-xl-base-1.0)")
 
 
 def pipeline_files(folder: Path) -> dict[str, list[Path]]:
     """Every file the sd backbone reads, by part, checked in order (the first missing one is named)."""
     if folder.is_file():
         raise ProbeError(f"{folder} is a file: --backbone sd takes {LAYOUT}")
-    unet_config = folder / "unet" / "config.json"
-    kind = read_config(unet_config, f"--backbone sd takes {LAYOUT}").get("_class_name")
-    if kind != "UNet2DConditionModel":
-        raise ProbeError(f"{unet_config} describes a {kind}, not Stable Diffusion's UNet2DConditionModel: "
-                         f"{'use --backbone diffusers for a UNet2DModel, or ' if kind == 'UNet2DModel' else ''}"
-                         f"pass {LAYOUT}")
+    unet_config, _ = denoiser_class(folder, "unet", "sd", LAYOUT)
     fix = f"--backbone sd needs {LAYOUT}"
     parts = {"unet": [unet_config, *weight_files(folder / "unet", "diffusion_pytorch_model", fix)]}
+    if is_xl(read_config(unet_config, fix)):
+        return xl_files(folder, parts, fix)
     read_config(folder / "vae" / "config.json", fix)
     parts["vae"] = [folder / "vae" / "config.json", *weight_files(folder / "vae", "diffusion_pytorch_model", fix)]
     read_config(folder / "text_encoder" / "config.json", fix)
@@ -49,6 +61,37 @@ def pipeline_files(folder: Path) -> dict[str, list[Path]]:
     parts["scheduler"] = [folder / "scheduler" / "scheduler_config.json"]
     read_config(parts["scheduler"][0], fix)
     return parts
+
+
+def is_xl(unet_config: dict) -> bool:
+    return unet_config.get("addition_embed_type") == "text_time"
+
+
+def xl_files(folder: Path, parts: dict[str, list[Path]], fix: str) -> dict[str, list[Path]]:
+    """An SDXL pipeline's files: unet/, vae/, text_encoder/ + tokenizer/ (absent in the refiner, whose
+    model_index.json says so), text_encoder_2/ + tokenizer_2/, scheduler/."""
+    parts["vae"] = component(folder, "vae", "diffusion_pytorch_model", fix)
+    index = pipeline_index(folder)
+    first = not (index.get("text_encoder", [None])[0] is None and "text_encoder" in index)
+    parts["text"] = ([*component(folder, "text_encoder", "model", fix), *tokenizer_files(folder / "tokenizer", fix)]
+                     if first else [])
+    parts["text"] += [*component(folder, "text_encoder_2", "model", fix),
+                      *tokenizer_files(folder / "tokenizer_2", fix)]
+    parts["scheduler"] = [folder / "scheduler" / "scheduler_config.json"]
+    read_config(parts["scheduler"][0], fix)
+    return parts
+
+
+def encode_xl_prompt(folder: Path, prompt: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt embeds, pooled embeds) as StableDiffusionXLPipeline.encode_prompt computes them (no clip skip):
+    each encoder's penultimate hidden state, concatenated; the pooled embedding of text_encoder_2. The encoders are
+    freed when this returns."""
+    hidden = []
+    if (folder / "text_encoder" / "config.json").is_file():
+        hidden.append(clip_embeds(folder, "text_encoder", "tokenizer", "CLIPTextModel", prompt, dtype, device)[0])
+    last, pooled = clip_embeds(folder, "text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection", prompt,
+                               dtype, device)
+    return torch.cat([*hidden, last], dim=-1), pooled
 
 
 def encode_prompt(folder: Path, prompt: str, device: str) -> torch.Tensor:
@@ -72,10 +115,15 @@ class StableDiffusionBackbone(DiffusersBackbone):
 
     kind = "sd"
 
-    def __init__(self, *, vae, text: torch.Tensor, prompt: str, **common):
+    def __init__(self, *, vae, text: torch.Tensor, prompt: str, pooled: torch.Tensor | None = None,
+                 dtype: str | None = None, **common):
         super().__init__(**common)
-        self.vae, self.text, self.prompt = vae, text, prompt
+        self.vae, self.text, self.prompt, self.pooled = vae, text, prompt, pooled
+        self.xl, self.dtype = pooled is not None, dtype
         self.latents = LatentCache()
+        if self.xl:  # (original size, crop top-left, target size), as the SDXL pipeline's _get_add_time_ids
+            size = self.image_size
+            self.time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=text.dtype, device=self.device)
 
     @classmethod
     def build(cls, spec, purpose: str, native_size: int | None) -> StableDiffusionBackbone:
@@ -87,18 +135,29 @@ class StableDiffusionBackbone(DiffusersBackbone):
         require_diffusers(spec.kind)
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
+        dtype = spec.model_dtype or "float32"
+        if dtype not in DTYPES:
+            raise ProbeError(f"--model-dtype {dtype!r}: use {', '.join(DTYPES)}")
+        xl = "text_encoder_2" in {f.parent.name for f in parts["text"]}
         unet, vae, scheduler = loaded(
-            parts["unet"][1], ["sd", file_stats([f for files in parts.values() for f in files]), spec.device],
-            lambda: (load_pretrained(UNet2DConditionModel, folder / "unet", spec.device),
+            parts["unet"][1], ["sd", file_stats([f for files in parts.values() for f in files]), dtype, spec.device],
+            lambda: (load_component(UNet2DConditionModel, folder / "unet", DTYPES[dtype], spec.device),
                      load_pretrained(AutoencoderKL, folder / "vae", spec.device),
                      load_scheduler(parts["scheduler"][0])))
-        text = loaded(parts["text"][1], ["prompt", prompt, file_stats(parts["text"]), spec.device],
-                      lambda: encode_prompt(folder, prompt, spec.device))
+        pooled = None
+        if xl:
+            text, pooled = loaded(parts["text"][1], ["xl prompt", prompt, file_stats(parts["text"]), dtype,
+                                                     spec.device],
+                                  lambda: encode_xl_prompt(folder, prompt, DTYPES[dtype], spec.device))
+        else:
+            text = loaded(parts["text"][1], ["prompt", prompt, file_stats(parts["text"]), dtype, spec.device],
+                          lambda: encode_prompt(folder, prompt, spec.device).to(DTYPES[dtype]))
         if vae.config.latent_channels != unet.config.in_channels:
             raise ProbeError(f"{folder}: the VAE gives {vae.config.latent_channels} latent channels, the UNet takes "
                              f"{unet.config.in_channels}; the folder mixes two pipelines")
         scale = 2 ** (len(vae.config.block_out_channels) - 1)  # the pipeline's vae_scale_factor
         backbone = cls(kind=spec.kind, unet=unet, scheduler=scheduler, vae=vae, text=text, prompt=prompt,
+                       pooled=pooled, dtype=spec.model_dtype,
                        layers=decoder_layers(unet, parts["unet"][0]),
                        image_size=square_size(dict(unet.config), parts["unet"][0]) * scale,
                        digest=files_digest([f for files in parts.values() for f in files]), noise=noise,
@@ -106,13 +165,31 @@ class StableDiffusionBackbone(DiffusersBackbone):
         backbone.choose_cells(spec, purpose)
         return backbone
 
+    def default_cells(self, purpose: str, steps_total: int) -> tuple[list[int], list[int]]:
+        """SDXL's segment and features default: DIFT's cell, the output of up_blocks[1] (its last layer) at t = 261
+        (scaled to T); SD 1.x/2.x keep the paper's blocks scaled to their depth (earlier runs rely on them)."""
+        if not self.xl or purpose not in ("segment", "features"):
+            return super().default_cells(purpose, steps_total)
+        names = [layer.name for layer in self.decoder]
+        block = max(b for b, name in enumerate(names) if name.startswith(f"up{DIFT_UP_BLOCK}."))
+        return [block], scaled_steps((DIFT_STEP,), steps_total)
+
     @property
     def identity(self) -> dict:
-        return {**super().identity, "prompt": self.prompt}
+        extra = {"variant": "sdxl"} if self.xl else {}
+        if self.dtype not in (None, "float32"):
+            extra["dtype"] = self.dtype
+        return {**super().identity, "prompt": self.prompt, **extra}
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """The VAE encoder's mean times the scaling factor (each batch of pixels encoded once, then reused)."""
+        """The VAE encoder's mean times the scaling factor (SDXL: with latents_mean / latents_std when the VAE has
+        them), each batch of pixels encoded once, then reused."""
+        if self.xl:
+            return self.latents.get(images, lambda x: vae_latents(self.vae, x))
         return self.latents.get(images, lambda x: self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor)
 
     def run_unet(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> None:
-        self.unet(x_t, timesteps, encoder_hidden_states=self.text.expand(len(x_t), -1, -1))
+        b, dtype = len(x_t), self.text.dtype
+        added = {"text_embeds": self.pooled.expand(b, -1), "time_ids": self.time_ids.expand(b, -1)} if self.xl else None
+        self.unet(x_t.to(dtype), timesteps, encoder_hidden_states=self.text.expand(b, -1, -1),
+                  added_cond_kwargs=added)

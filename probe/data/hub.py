@@ -1,9 +1,9 @@
-"""Hugging Face Hub names for `--backbone diffusers` and `--backbone sd`: `owner/name` resolves to a snapshot folder
-of huggingface_hub's cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE, HF_ENDPOINT and HF_TOKEN as it reads them),
-fetching only the files the backbone reads: configs, safetensors weights (one file or a sharded index and its
-shards), the tokenizer and the scheduler config; no safety checker, .bin/.ckpt, fp16/non_ema variants, flax or
-onnx. The backbone identity is the digest of those files, so a snapshot and the same files in a folder share the
-activation cache."""
+"""Hugging Face Hub names for `--backbone diffusers`, `sd`, `transformers`, `dit`, `pixart`, `sd3` and `flux`:
+`owner/name` resolves to a snapshot folder of huggingface_hub's cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE,
+HF_ENDPOINT and HF_TOKEN as it reads them), fetching only the files the backbone reads: configs, safetensors weights
+(one file or a sharded index and its shards), the tokenizers, the scheduler config and (transformers)
+preprocessor_config.json; no safety checker, .bin/.ckpt, fp16/non_ema variants, flax or onnx. The backbone identity
+is the digest of those files, so a snapshot and the same files in a folder share the activation cache."""
 
 from __future__ import annotations
 
@@ -30,7 +30,22 @@ PATTERNS = {
            "vae/config.json", *_weights("vae/", "diffusion_pytorch_model"),
            "text_encoder/config.json", *_weights("text_encoder/", "model"), "tokenizer/*",
            "scheduler/scheduler_config.json"],
+    "transformers": ["config.json", *_weights("", "model"), "preprocessor_config.json"],
 }
+PATTERNS["sd"] += ["text_encoder_2/config.json", *_weights("text_encoder_2/", "model"), "tokenizer_2/*"]  # SDXL
+
+
+def _pipeline(*texts: str) -> list[str]:
+    """A diffusion transformer pipeline: transformer/, vae/, scheduler/ and the text encoders / tokenizers named."""
+    files = ["model_index.json", "transformer/config.json", *_weights("transformer/", "diffusion_pytorch_model"),
+             "vae/config.json", *_weights("vae/", "diffusion_pytorch_model"), "scheduler/scheduler_config.json"]
+    for suffix in texts:
+        files += [f"text_encoder{suffix}/config.json", *_weights(f"text_encoder{suffix}/", "model"),
+                  f"tokenizer{suffix}/*"]
+    return files
+
+
+PATTERNS.update(dit=_pipeline(), pixart=_pipeline(""), sd3=_pipeline("", "_2", "_3"), flux=_pipeline("", "_2"))
 # never fetched, whatever the patterns above match (a guard for their future edits)
 IGNORE = ["safety_checker/*", "feature_extractor/*", "*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.onnx",
           "*.onnx_data", "*.h5", "*.fp16.*", "*.non_ema.*", "*.ema.*"]

@@ -1,8 +1,12 @@
-"""Dataset folders: square images with `<stem>.npy` label maps beside them, read as the authors read them.
+"""Dataset folders: images with `<stem>.npy` label maps beside them, read as the authors read them.
 
 Accepted layouts: `<root>/real/<split>/` (the authors' archive) or `<root>/<split>/`, with an optional
-`<root>/classes.txt` holding one class name per line. Images become (3, H, W) float32 in [-1, 1] after a
-PIL bilinear resize; label maps become (H, W) int64 after an OpenCV-style nearest resize.
+`<root>/classes.txt` holding one class name per line. Images become the model's (3, R, R) float32 input in [-1, 1]
+after a PIL bilinear resize. Label maps become (H, W) int64: resized to R x R by OpenCV's nearest rule (the authors'
+rule, kept for the paper's datasets), or with `keep_size` left at the image's own size (own data: the features are
+upsampled to it and predictions come back at it). Images must be square unless `fit` says how to make them so:
+"resize" (stretched to the model's square) or "pad" (padded at the bottom and right to a square of the longer side,
+black; label maps padded with the ignore label).
 """
 
 from __future__ import annotations
@@ -20,15 +24,37 @@ from probe.errors import ProbeError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CLASSES_FILE = "classes.txt"
 UNLABELLED = 255
+FITS = ("resize", "pad")  # the ways to make a non-square image square (--fit); None refuses it
 
 
 @dataclass
 class LabeledImage:
-    """One image, (3, H, W) float32 in [-1, 1], and its (H, W) int64 label map (None when unlabelled)."""
+    """One image as the model sees it, (3, R, R) float32 in [-1, 1], and its (H, W) int64 label map (None when
+    unlabelled) at `size`, the size its predictions come back at.
+
+    `shape`: that (H, W) when it is not the model input's (own data at its own size); `canvas`: the (H', W') that the
+    model input stands for, when it is not `size` (an image padded by fit="pad": the labels and predictions are its
+    top-left H x W). The feature maps are upsampled to the canvas. `picture`: the (H, W, 3) uint8 image at `size` for
+    figures, when it is not the model input."""
 
     stem: str
     image: np.ndarray
     labels: np.ndarray | None
+    shape: tuple[int, int] | None = None
+    canvas: tuple[int, int] | None = None
+    picture: np.ndarray | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the label map and the predictions."""
+        if self.labels is not None:
+            return tuple(self.labels.shape)
+        return self.shape or tuple(self.image.shape[1:])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H', W') the feature maps are upsampled to: the canvas, else `size`."""
+        return self.canvas or self.size
 
 
 def _layouts(root: Path, split: str) -> str:
@@ -65,15 +91,22 @@ def _check_resolution(resolution: int) -> None:
         raise ProbeError(f"resolution {resolution!r} is not a positive integer; pass e.g. 256")
 
 
-def _open_square_rgb(path: Path) -> Image.Image:
+def check_fit(fit: str | None) -> None:
+    if fit is not None and fit not in FITS:
+        raise ProbeError(f"--fit {fit!r}: choose resize (stretch the image to the model's square) or pad (pad it to "
+                         "a square)")
+
+
+def _open_rgb(path: Path, fit: str | None = None) -> Image.Image:
+    """The image as RGB; a non-square one only with a `fit`."""
     try:
         with Image.open(path) as opened:
             image = opened.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ProbeError(f"cannot read image {path} ({error}); replace or remove the file") from error
-    if image.width != image.height:
-        raise ProbeError(f"image {path} is {image.width}x{image.height}; only square images are supported, "
-                         "crop it to a square")
+    if image.width != image.height and fit is None:
+        raise ProbeError(f"image {path} is {image.width}x{image.height}; only square images are supported: crop it "
+                         "to a square, or pass --fit resize (stretch it) or --fit pad (pad it)")
     return image
 
 
@@ -95,7 +128,7 @@ def nearest_source_indices(source_size: int, target_size: int) -> np.ndarray:
 
 
 def resize_labels_nearest(labels: np.ndarray, resolution: int) -> np.ndarray:
-    """Resize a 2-D label map to (resolution, resolution) as cv2.resize(..., INTER_NEAREST) does."""
+    """Resize a 2-D label map (of any shape) to (resolution, resolution) as cv2.resize(..., INTER_NEAREST) does."""
     rows = nearest_source_indices(labels.shape[0], resolution)
     cols = nearest_source_indices(labels.shape[1], resolution)
     return labels[np.ix_(rows, cols)]
@@ -108,31 +141,63 @@ def _load_npy(path: Path) -> np.ndarray:
         raise ProbeError(f"cannot read label map {path} ({error}); save it with numpy.save") from error
 
 
-def _read_labels(path: Path, image_path: Path, image_size: int, num_classes: int, ignore_label: int,
-                 resolution: int) -> np.ndarray:
-    """Load, check and resize the label map of `image_path`: uint8 as the authors cast it, then int64."""
+def _read_labels(path: Path, image_path: Path, shape: tuple[int, int], num_classes: int,
+                 ignore_label: int) -> np.ndarray:
+    """Load and check the label map of `image_path`, whose (height, width) is `shape`: uint8 as the authors cast it."""
+    height, width = shape
     if not path.is_file():
         raise ProbeError(f"label map {path} missing for image {image_path}; put a {path.name} of shape "
-                         f"({image_size}, {image_size}) beside it")
+                         f"({height}, {width}) beside it")
     raw = _load_npy(path)
     if raw.ndim != 2:
-        raise ProbeError(f"label map {path} has shape {raw.shape}; expected a 2-D ({image_size}, {image_size}) map")
-    if raw.shape != (image_size, image_size):
+        raise ProbeError(f"label map {path} has shape {raw.shape}; expected a 2-D ({height}, {width}) map")
+    if raw.shape != (height, width):
         raise ProbeError(f"label map {path} is {raw.shape[0]}x{raw.shape[1]} but its image {image_path.name} is "
-                         f"{image_size}x{image_size}; save the map at the image's size")
+                         f"{height}x{width} (rows x columns); save the map at the image's size")
     labels = raw.astype(np.uint8)
     bad = (labels != raw) | ((labels >= num_classes) & (labels != ignore_label))
     if bad.any():
         raise ProbeError(f"label map {path} holds values {np.unique(raw[bad])[:5].tolist()} outside "
                          f"0..{num_classes - 1} (ignore label {ignore_label}); fix the map or the number of classes")
-    return resize_labels_nearest(labels, resolution).astype(np.int64)
+    return labels
+
+
+def _prepared(stem: str, image: Image.Image, labels: np.ndarray | None, resolution: int, keep_size: bool,
+              fit: str | None, ignore_label: int = UNLABELLED) -> LabeledImage:
+    """The model input at `resolution` and the label map: at `resolution` (OpenCV's nearest rule, the authors'),
+    or with `keep_size` at the image's own size. A non-square image is made square by `fit`: "resize" stretches it
+    in the one resize to the model's input (its label map, at `resolution`, by the nearest rule); "pad" pads it at
+    the bottom and right to a square of its longer side, black (its label map with the ignore label)."""
+    width, height = image.size
+    side = max(width, height)
+    padded = fit == "pad" and width != height
+    square = image
+    if padded:
+        square = Image.new("RGB", (side, side))
+        square.paste(image, (0, 0))
+    pixels = scaled_pixels(square, resolution)
+    if not keep_size:
+        if labels is not None:
+            if padded:
+                labels = np.pad(labels, ((0, side - height), (0, side - width)), constant_values=ignore_label)
+            labels = resize_labels_nearest(labels, resolution).astype(np.int64)
+        return LabeledImage(stem, pixels, labels)
+    size = (height, width)
+    at_model_size = size == (resolution, resolution)
+    return LabeledImage(stem, pixels, None if labels is None else labels.astype(np.int64),
+                        shape=None if at_model_size else size, canvas=(side, side) if padded else None,
+                        picture=None if at_model_size else np.asarray(image))
 
 
 def load_labeled_split(root: Path, split: str, resolution: int, num_classes: int, ignore_label: int,
-                       limit: int | None = None, at_most: int | None = None) -> list[LabeledImage]:
+                       limit: int | None = None, at_most: int | None = None, *, keep_size: bool = False,
+                       fit: str | None = None) -> list[LabeledImage]:
     """The first images of `split` by file name, each with its label map: `limit` of them (an error when the
-    split holds fewer), else up to `at_most` (a default that adapts to small splits), else all."""
+    split holds fewer), else up to `at_most` (a default that adapts to small splits), else all. `keep_size`: label
+    maps at their images' own size (else at `resolution`); `fit`: how a non-square image is made square (else it
+    is refused)."""
     _check_resolution(resolution)
+    check_fit(fit)
     folder = find_split_dir(root, split)
     paths = list_images(folder)
     if limit is None and at_most is not None:
@@ -142,14 +207,16 @@ def load_labeled_split(root: Path, split: str, resolution: int, num_classes: int
             raise ProbeError(f"{limit} images asked for but {folder} holds {len(paths)}; "
                              f"ask for 1..{len(paths)}")
         paths = paths[:limit]
-    return [load_labeled_image(path, resolution, num_classes, ignore_label) for path in paths]
+    return [load_labeled_image(path, resolution, num_classes, ignore_label, keep_size=keep_size, fit=fit)
+            for path in paths]
 
 
-def load_labeled_image(path: Path, resolution: int, num_classes: int, ignore_label: int) -> LabeledImage:
+def load_labeled_image(path: Path, resolution: int, num_classes: int, ignore_label: int, *, keep_size: bool = False,
+                       fit: str | None = None) -> LabeledImage:
     """One image at `resolution` with its label map (`<stem>.npy` beside it), checked as `load_labeled_split` does."""
-    image = _open_square_rgb(path)
-    labels = _read_labels(path.with_suffix(".npy"), path, image.width, num_classes, ignore_label, resolution)
-    return LabeledImage(path.stem, scaled_pixels(image, resolution), labels)
+    image = _open_rgb(path, fit)
+    labels = _read_labels(path.with_suffix(".npy"), path, (image.height, image.width), num_classes, ignore_label)
+    return _prepared(path.stem, image, labels, resolution, keep_size, fit, ignore_label)
 
 
 def image_paths(paths_or_dir: Path | str | Iterable[Path | str]) -> list[Path]:
@@ -169,13 +236,17 @@ def image_paths(paths_or_dir: Path | str | Iterable[Path | str]) -> list[Path]:
 
 def native_size(paths_or_dir: Path | str | Iterable[Path | str]) -> int:
     """The size of the first image (images are square)."""
-    return _open_square_rgb(image_paths(paths_or_dir)[0]).width
+    return _open_rgb(image_paths(paths_or_dir)[0]).width
 
 
-def load_images(paths_or_dir: Path | str | Iterable[Path | str], resolution: int) -> list[LabeledImage]:
-    """Unlabelled images from a folder (sorted by file name), one file, or a list of files, at `resolution`."""
+def load_images(paths_or_dir: Path | str | Iterable[Path | str], resolution: int, *, keep_size: bool = False,
+                fit: str | None = None) -> list[LabeledImage]:
+    """Unlabelled images from a folder (sorted by file name), one file, or a list of files, at `resolution`.
+    `keep_size`: their predictions come back at each image's own size (LabeledImage.size), else at `resolution`;
+    `fit`: how a non-square image is made square (else it is refused)."""
     _check_resolution(resolution)
-    return [LabeledImage(path.stem, scaled_pixels(_open_square_rgb(path), resolution), None)
+    check_fit(fit)
+    return [_prepared(path.stem, _open_rgb(path, fit), None, resolution, keep_size, fit)
             for path in image_paths(paths_or_dir)]
 
 

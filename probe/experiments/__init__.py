@@ -23,10 +23,16 @@ class SweepData:
     data_root: str | None = None
     data: str | None = None
     cache: str | None = None
+    fit: str | None = None  # --fit: how non-square images are made square
 
     def source(self) -> Source:
         """The data source, opened once per process."""
-        return _source(self.dataset, self.data_root, self.data)
+        return _source(self.dataset, self.data_root, self.data, self.fit)
+
+    def config(self) -> dict:
+        """The fields for a cell's config; `fit` only when given, so that the cells of sweeps without it keep
+        their keys."""
+        return {k: v for k, v in vars(self).items() if k != "fit" or v is not None}
 
 
 def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | None, test_number: int | None = None,
@@ -39,15 +45,15 @@ def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | N
     full.pop("seed")
     label = "_".join([spec.kind, *([spec.noise] if spec.noise else []), *(f"{k}{v}" for k, v in extra.items()),
                       f"n{train_number or 'all'}"])
-    return {"label": label, "data": vars(data), "backbone": full, "train_number": train_number,
+    return {"label": label, "data": data.config(), "backbone": full, "train_number": train_number,
             "test_number": test_number, "members": members, "precision": precision, "train_draw": train_draw,
             "batched": batched, "train_data": train_data,
             **({"early_batch_size": early_batch_size} if early_batch_size != BATCH_SIZE else {}), **extra}
 
 
 @functools.lru_cache(maxsize=8)
-def _source(dataset: str | None, data_root: str | None, data: str | None) -> Source:
-    return open_source(dataset, data_root, data)
+def _source(dataset: str | None, data_root: str | None, data: str | None, fit: str | None = None) -> Source:
+    return open_source(dataset, data_root, data, fit=fit)
 
 
 def evaluate_cell(spec: dict) -> tuple[Evaluation, Source, Path | None]:

@@ -15,7 +15,8 @@ from probe.errors import ProbeError
 from probe.ensemble import EARLY_BATCH_SIZE
 from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
 from probe.outputs import atomic_write
-from probe.runner import Cell, run_sweep
+from probe.plan import segment_extractions
+from probe.runner import Cell, finish_sweep, run_sweep
 from probe.sources import backbone_spec
 
 TRAIN_NUMBERS = (1, 2, 5, 10, 20)
@@ -34,17 +35,20 @@ def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: 
         raise ProbeError(f"--train-numbers {too_many[0]}: the train split holds {available} images; "
                          f"give numbers in 1..{available}")
     return [Cell(segment_config(data, spec, train_number=n, members=members, train_draw=True,
-                                early_batch_size=early_batch_size), seed)
+                                early_batch_size=early_batch_size), seed, title=f"{spec.kind} n={n}")
             for spec in specs for n in train_numbers for seed in seeds]
 
 
 def run_efficiency(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int], out: Path,
                    *, members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE, ray: str | None = None,
-                   threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the sweep in `out`; write efficiency.csv (tidy), table.md and efficiency.png."""
+                   threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True,
+                   sweep_options: dict | None = None, dry_run: bool = False) -> pd.DataFrame:
+    """Run (or resume) the sweep in `out`; write efficiency.csv (tidy), table.md and efficiency.png.
+    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`)."""
     cells = efficiency_cells(data, specs, train_numbers, seeds, members, early_batch_size)
     records = run_sweep(cells, segment_work, out, command="efficiency", ray=ray, threads=threads,
-                        gpus_per_cell=gpus_per_cell, progress=progress)
+                        gpus_per_cell=gpus_per_cell, progress=progress, options=sweep_options,
+                        extractions=segment_extractions, dry_run=dry_run)
     table = pd.DataFrame([{"backbone": r["config"]["backbone"]["kind"], "train_number": r["config"]["train_number"],
                            "seed": r["config"]["seed"], "miou": r["result"]["miou"], "threads": r["threads"]}
                           for r in records])
@@ -52,6 +56,7 @@ def run_efficiency(data: SweepData, specs: list[BackboneSpec], train_numbers: li
     markdown = mean_std_table(table, "backbone", "train_number")
     atomic_write(out / "table.md", lambda p: p.write_text(markdown))
     plots.efficiency_lines(table, out / "efficiency.png")
+    finish_sweep(out, ["efficiency.csv", "table.md", "efficiency.png"])
     return table
 
 

@@ -5,10 +5,13 @@ over corruptions, per backbone.
 A cell is one (backbone, seed): ONE ensemble fit on the clean train images (exactly `probe segment`'s), scored on
 the clean test images and on every (corruption, severity) version of them. The corrupted images keep their stems
 (the store keys images by a hash of their pixels, so each version gets its own activations) and are corrupted with
-a seed of (run seed, stem, corruption, severity), so a sweep gives the same numbers in-process and on Ray."""
+a seed of (run seed, stem, corruption, severity), so a sweep gives the same numbers in-process and on Ray. Their
+activations live in a temporary store deleted as each version is scored (`robustness_work`)."""
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +26,10 @@ from probe.ensemble import EARLY_BATCH_SIZE, PixelEnsemble
 from probe.errors import ProbeError
 from probe.experiments import SweepData, evaluate_cell, mean_std_table, segment_config
 from probe.metrics import SegmentationScore
-from probe.outputs import atomic_write
-from probe.runner import Cell, run_sweep
+from probe.cache import activations_root
+from probe.outputs import atomic_write, staging_folder
+from probe.plan import segment_extractions
+from probe.runner import Cell, finish_sweep, run_sweep
 from probe.segment import predict_image
 from probe.sources import backbone_spec, to_uint8_image
 from probe.store import ActivationStore, PixelSampler
@@ -36,8 +41,8 @@ def corrupted_images(images: list[LabeledImage], name: str, severity: int, seed:
     versions = []
     for image in images:
         pixels = corrupt(to_uint8_image(image), name, severity, corruption_seed(seed, image.stem, name, severity))
-        versions.append(LabeledImage(image.stem, scaled_pixels(Image.fromarray(pixels), image.image.shape[-1]),
-                                     image.labels))
+        versions.append(replace(image, image=scaled_pixels(Image.fromarray(pixels), image.image.shape[-1]),
+                                picture=None))
     return versions
 
 
@@ -45,27 +50,40 @@ def score_images(ensemble: PixelEnsemble, store: ActivationStore, names: list[st
                  num_classes: int, ignore_label: int) -> SegmentationScore:
     """The fitted `ensemble` scored on `images` (their activations already in `store`), image by image as
     segment.fit_and_predict scores the test images."""
-    size = images[0].image.shape[-1]
     score = SegmentationScore(num_classes, ignore_label)
     for image in images:
-        prediction, _ = predict_image(ensemble, PixelSampler.from_store(store, [image], names, size))
+        prediction, _ = predict_image(ensemble, PixelSampler.from_store(store, [image], names), size=image.size)
         score.update(prediction, image.labels)
     return score
 
 
 def robustness_work(spec: dict, threads: int) -> dict:
     """One cell: fit on the clean train images and score on the clean test images as `probe segment` does, then
-    score the same ensemble on every (corruption, severity) version of the test images. mIoU in %."""
+    score the same ensemble on every (corruption, severity) version of the test images. mIoU in %.
+
+    The clean images' activations go to the cache; each corrupted version's go to a temporary store, deleted as soon
+    as that version is scored, so the sweep holds one version's activations at a time and leaves none in the cache.
+    The store is a staging folder in the cache's activations folder (`.corrupted.partial-{host}-{pid}-…`): one that
+    a killed run left is deleted by the next run here and by `probe cache clear`."""
     evaluation, source, cache = evaluate_cell(spec)
-    store = ActivationStore(evaluation.backbone, cache)
     corrupted = []
-    for name in spec["corruptions"]:
-        for severity in spec["severities"]:
-            images = corrupted_images(evaluation.test, name, severity, spec["seed"])
-            store.fill(images, progress=False)
-            score = score_images(evaluation.fitted.ensemble, store, evaluation.backbone.names, images,
-                                 source.num_classes, source.ignore_label)
-            corrupted.append({"corruption": name, "severity": severity, "miou": 100 * score.miou})
+    kept_in_cache = ActivationStore.written  # the corrupted copies' files are temporary: none stays in the cache
+    scratch = staging_folder(Path(cache or activations_root()) / "corrupted")
+    try:
+        for name in spec["corruptions"]:
+            for severity in spec["severities"]:
+                images = corrupted_images(evaluation.test, name, severity, spec["seed"])
+                store = ActivationStore(evaluation.backbone, scratch)
+                try:
+                    store.fill(images, progress=False)
+                    score = score_images(evaluation.fitted.ensemble, store, evaluation.backbone.names, images,
+                                         source.num_classes, source.ignore_label)
+                finally:
+                    shutil.rmtree(store.root, ignore_errors=True)
+                corrupted.append({"corruption": name, "severity": severity, "miou": 100 * score.miou})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        ActivationStore.written = kept_in_cache
     metrics = evaluation.metrics
     return {"clean": metrics["miou"], "corrupted": corrupted, "train_images": metrics["train_images"],
             "test_images": metrics["test_images"]}
@@ -90,7 +108,8 @@ def robustness_cells(data: SweepData, specs: list[BackboneSpec], corruptions: li
     severities = sorted(severities)
     return [Cell({**segment_config(data, spec, train_number=train_number, test_number=test_number, members=members,
                                    early_batch_size=early_batch_size),
-                  "corruptions": list(corruptions), "severities": severities}, seed)
+                  "corruptions": list(corruptions), "severities": severities}, seed,
+                 title=f"{spec.kind}, {len(corruptions)} corruptions x {len(severities)} severities")
             for spec in specs for seed in seeds]
 
 
@@ -120,15 +139,19 @@ def drop_markdown(table: pd.DataFrame) -> str:
 def run_robustness(data: SweepData, specs: list[BackboneSpec], corruptions: list[str], severities: list[int],
                    seeds: list[int], out: Path, *, train_number: int | None = None, test_number: int | None = None,
                    members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE, ray: str | None = None,
-                   threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the sweep in `out`; write robustness.csv (tidy), table.md and robustness.png."""
+                   threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True,
+                   sweep_options: dict | None = None, dry_run: bool = False) -> pd.DataFrame:
+    """Run (or resume) the sweep in `out`; write robustness.csv (tidy), table.md and robustness.png.
+    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`)."""
     cells = robustness_cells(data, specs, corruptions, severities, seeds, train_number=train_number,
                              test_number=test_number, members=members, early_batch_size=early_batch_size)
     records = run_sweep(cells, robustness_work, out, command="robustness", ray=ray, threads=threads,
-                        gpus_per_cell=gpus_per_cell, progress=progress)
+                        gpus_per_cell=gpus_per_cell, progress=progress, options=sweep_options, dry_run=dry_run,
+                        extractions=lambda todo: segment_extractions(todo, corrupted=True))
     table = robustness_table(records)
     atomic_write(out / "robustness.csv", lambda p: table.to_csv(p, index=False))
     markdown = drop_markdown(table)
     atomic_write(out / "table.md", lambda p: p.write_text(markdown))
     plots.robustness_lines(table, out / "robustness.png")
+    finish_sweep(out, ["robustness.csv", "table.md", "robustness.png"])
     return table

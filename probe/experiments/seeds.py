@@ -11,8 +11,10 @@ import pandas as pd
 from probe.experiments import SweepData, evaluate_cell, segment_config
 from probe.metrics import mean_std
 from probe.outputs import atomic_write, output_dir, write_json
-from probe.runner import Cell, run_sweep
+from probe.plan import segment_extractions
+from probe.runner import Cell, finish_sweep, run_sweep
 from probe.segment import SegmentOptions, write_evaluation
+from probe.spec import training_rule
 
 
 def seed_work(spec: dict, threads: int) -> dict:
@@ -25,17 +27,20 @@ def seed_work(spec: dict, threads: int) -> dict:
 
 
 def run_seeds(data: SweepData, options: SegmentOptions, seeds: list[int], out: Path, *, ray: str | None = None,
-              threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> dict:
-    """Run (or resume) one cell per seed in `out`; write seeds.csv and the summary metrics.json; return it."""
+              threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True,
+              sweep_options: dict | None = None, dry_run: bool = False) -> dict:
+    """Run (or resume) one cell per seed in `out`; write seeds.csv and the summary metrics.json; return it.
+    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`)."""
     out = Path(out).expanduser().absolute()  # a cell's folder, as a Ray worker on another machine sees it
     cells = [Cell({**segment_config(data, options.backbone, train_number=options.train_number,
                                     test_number=options.test_number, members=options.members,
                                     precision=options.precision, train_draw=options.train_draw,
                                     batched=options.batched, train_data=options.train_data,
                                     early_batch_size=options.early_batch_size),
-                   "folder": str(out / f"seed_{seed}")}, seed) for seed in seeds]
+                   "folder": str(out / f"seed_{seed}")}, seed, title=options.backbone.kind) for seed in seeds]
     records = run_sweep(cells, seed_work, out, command="segment", ray=ray, threads=threads,
-                        gpus_per_cell=gpus_per_cell, progress=progress)
+                        gpus_per_cell=gpus_per_cell, progress=progress, options=sweep_options,
+                        extractions=segment_extractions, dry_run=dry_run)
     scores = [r["result"]["miou"] for r in records]
     table = pd.DataFrame({"seed": seeds, "miou": scores, "backbone": options.backbone.kind,
                           "threads": [r["threads"] for r in records]})
@@ -43,6 +48,7 @@ def run_seeds(data: SweepData, options: SegmentOptions, seeds: list[int], out: P
     mean, std = mean_std(scores)
     summary = {"miou": mean, "miou_std": std, "seeds": seeds, "miou_per_seed": scores,
                "dataset": data.source().name, "trained_on": options.train_data or data.source().name,
-               "options": options.to_dict()}
+               "options": options.to_dict(), "training_rule": training_rule(options.early_batch_size)}
     write_json(out / "metrics.json", summary)
+    finish_sweep(out, ["seeds.csv", "metrics.json", *(f"seed_{seed}" for seed in seeds)])
     return summary

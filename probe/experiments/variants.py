@@ -13,7 +13,8 @@ from probe.backbones import BackboneSpec, build_backbone
 from probe.ensemble import EARLY_BATCH_SIZE
 from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
 from probe.outputs import atomic_write
-from probe.runner import Cell, run_sweep
+from probe.plan import segment_extractions
+from probe.runner import Cell, finish_sweep, run_sweep
 from probe.sources import backbone_spec
 
 
@@ -26,17 +27,20 @@ def variant_names(draws: int, inversion_steps: int | None) -> list[str]:
 def run_variants(data: SweepData, spec: BackboneSpec, variants: list[str], seeds: list[int], out: Path, *,
                  train_number: int | None = None, members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE,
                  ray: str | None = None, threads: int | None = None, gpus_per_cell: float = 0,
-                 progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) one cell per (variant, seed) in `out`; write variants.csv, table.md and variants.png."""
+                 progress: bool = True, sweep_options: dict | None = None, dry_run: bool = False) -> pd.DataFrame:
+    """Run (or resume) one cell per (variant, seed) in `out`; write variants.csv, table.md and variants.png.
+    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`)."""
     source = data.source()
     specs = [replace(spec, noise=variant) for variant in variants]
     for variant_spec in specs:  # a bad variant or checkpoint fails before the sweep starts
         build_backbone(backbone_spec(source, variant_spec), "segment", source.native_size)
     cells = [Cell(segment_config(data, variant_spec, train_number=train_number, members=members,
-                                 early_batch_size=early_batch_size), seed)
+                                 early_batch_size=early_batch_size), seed,
+                  title=f"{variant_spec.kind} {variant_spec.noise}")
              for variant_spec in specs for seed in seeds]
     records = run_sweep(cells, segment_work, out, command="variants", ray=ray, threads=threads,
-                        gpus_per_cell=gpus_per_cell, progress=progress)
+                        gpus_per_cell=gpus_per_cell, progress=progress, options=sweep_options,
+                        extractions=segment_extractions, dry_run=dry_run)
     table = pd.DataFrame([{"variant": r["config"]["backbone"]["noise"], "seed": r["config"]["seed"],
                            "miou": r["result"]["miou"], "threads": r["threads"]} for r in records])
     atomic_write(out / "variants.csv", lambda p: table.to_csv(p, index=False))
@@ -44,4 +48,5 @@ def run_variants(data: SweepData, spec: BackboneSpec, variants: list[str], seeds
     atomic_write(out / "table.md", lambda p: p.write_text(markdown))
     plots.seed_bars(table, out / "variants.png", title=f"Extraction variants ({spec.kind}, {len(seeds)} seeds)",
                     group="variant")
+    finish_sweep(out, ["variants.csv", "table.md", "variants.png"])
     return table
