@@ -141,28 +141,29 @@ def _check_out(out: Path, overwrite: bool, *inputs: Optional[Path]) -> None:
 Dataset = typer.Option(None, "--dataset", help="A paper dataset (horse21, ffhq34, ...), fetched on first use.")
 DataRoot = typer.Option(None, "--data-root", help="Your copy of the paper datasets instead.")
 Data = typer.Option(None, "--data", help="A dataset folder (README: data layout).")
-Fit = typer.Option(None, "--fit", help="Non-square images: resize (stretch to the model's square) or pad (to a square, black; labels ignored there). Default: refused. Predictions come back at each image's own size.")
-Backbone = typer.Option("ddpm", "--backbone", help="The network (README: Backbones): ddpm, random, pixels, mae, swav, swav_w2, diffusers, sd (SD 1.x/2.x, SDXL), transformers, dit, pixart, sd3, flux.")
+Fit = typer.Option(None, "--fit", help="Non-square images: resize or pad (README).")
+Backbone = typer.Option("ddpm", "--backbone", help="ddpm, mae, transformers, sd, flux, ... (README).")
 Checkpoint = typer.Option(None, "--checkpoint", help="Weights: a file, folder or hub name.")
 Revision = typer.Option(None, "--revision", help="A hub model's branch, tag or commit.")
-Prompt = typer.Option(None, "--prompt", help="sd, pixart, sd3, flux: the text prompt (default: empty).")
-ClassLabel = typer.Option(None, "--class-label", help="dit: the ImageNet class the model is conditioned on (default: the null class).")
-ModelDtype = typer.Option(None, "--model-dtype", help="transformers, sd, dit, pixart, sd3, flux: the dtype the network computes in: float32 (default), bfloat16 or float16.")
+Prompt = typer.Option(None, "--prompt", help="sd, pixart, sd3, flux: the text prompt.")
+ClassLabel = typer.Option(None, "--class-label", help="dit: the class (default: the null class).")
+ModelDtype = typer.Option(None, "--model-dtype", help="float32 (default), bfloat16 or float16.")
 ModelFlagsOpt = typer.Option(None, "--model-flags", help="ADM flags or a JSON file; mae: --num_heads N.")
 Blocks = typer.Option(None, "--blocks", help="Layers: 5,6,7 / 0-17 / names / all.")
 Steps = typer.Option(None, "--steps", help="Diffusion steps t, e.g. 50,150,250. x_t: the scheduler's add_noise; sd3/flux (flow matching): x_t = (1 - s) x0 + s e with s = t / T, no shift.")
 Noise = typer.Option(None, "--noise", help="shared, per-image, mean-of-K or ddim-inversion.")
 InputActivations = typer.Option(False, "--input-activations", help="ddpm/random: each block's input, not its output.")
-ImageSize = typer.Option(None, "--image-size", help="pixels/swav: the input size (default: the data's); transformers: another input size than the model's.")
+ImageSize = typer.Option(None, "--image-size", help="pixels, swav, transformers: the input size.")
 Seed = typer.Option(0, "--seed", help="Seed of every random choice.")
 Device = typer.Option("cpu", "--device", help="cpu or cuda.")
 Out = typer.Option(..., "--out", help="Output folder (new, empty, or --overwrite).")
 Overwrite = typer.Option(False, "--overwrite", help="Replace a previous result of probe in --out.")
 Cache = typer.Option(None, "--cache", help="Activation store folder (default: the cache).")
 Quiet = typer.Option(False, "--quiet", help="No progress bars.")
+QuietPlan = typer.Option(False, "--quiet", help="No progress bars, no plan.")
 EarlyBatchSize = typer.Option(None, "--early-batch-size", help="Batch of epochs 0-3: 64 (authors', default) or 128.")
 TorchThreads = typer.Option(None, "--threads", help="Torch threads (default: all cores).")
-DryRunOpt = typer.Option(False, "--dry-run", help="Print the plan (cells, passes, cache size) and exit.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the plan and exit.")
 
 
 def _kinds(text: str, checkpoint: Optional[Path] = None) -> list[tuple[str, bool]]:
@@ -369,7 +370,7 @@ def segment(
     out: Path = typer.Option(Path("runs/segment"), "--out", help="Output folder (a sweep folder with --seeds)."),
     overwrite: bool = Overwrite,
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: all cores)."),
-    quiet: bool = Quiet, dry_run: bool = DryRunOpt,
+    quiet: bool = QuietPlan, dry_run: bool = DryRunOpt,
 ):
     """Few-shot segmentation (the paper's Table 2): a backbone's pixel features, an ensemble of 10 MLPs, majority
     vote, mIoU as the authors compute it.
@@ -450,7 +451,7 @@ def grid(
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
     ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
     out: Path = typer.Option(Path("runs/grid"), "--out", help="Sweep folder; a rerun resumes."),
-    quiet: bool = Quiet, dry_run: bool = DryRunOpt,
+    quiet: bool = QuietPlan, dry_run: bool = DryRunOpt,
 ):
     """mIoU of an MLP probe for every (layer, step) of a backbone, one column for mae, swav and pixels: heatmaps
     for all, small and large classes and the per-step line plot (the paper's Fig. 2 and 3). Each probe is a cell
@@ -500,7 +501,7 @@ def layers(
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
     ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
     out: Path = typer.Option(Path("runs/layers"), "--out", help="Sweep folder: cells/ as each probe finishes, then layers.csv, layers_cells.csv, layers.png. A rerun resumes."),
-    quiet: bool = Quiet, dry_run: bool = DryRunOpt,
+    quiet: bool = QuietPlan, dry_run: bool = DryRunOpt,
 ):
     """One figure across models: probe grid's per-layer probe for each backbone in one resumable sweep, then mIoU
     per layer against relative depth (layer index / (layers - 1)), one line per backbone; a diffusion backbone's
@@ -639,7 +640,7 @@ def efficiency(
     ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
     device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/efficiency"), "--out", help="Sweep folder; a rerun resumes."),
-    quiet: bool = Quiet, dry_run: bool = DryRunOpt,
+    quiet: bool = QuietPlan, dry_run: bool = DryRunOpt,
 ):
     """mIoU against the number of labelled training images per backbone (the paper's Table 4): a resumable sweep
     of `probe segment` fits, in this process or on Ray.
@@ -686,7 +687,7 @@ def variants(
     ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
     device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/variants"), "--out", help="Sweep folder; a rerun resumes."),
-    quiet: bool = Quiet, dry_run: bool = DryRunOpt,
+    quiet: bool = QuietPlan, dry_run: bool = DryRunOpt,
 ):
     """The extraction variants side by side (the paper's Table 5, extended): shared noise (the authors'), noise per
     image, the mean over K draws, and x_t reached by deterministic DDIM inversion of x0; mean ± std over seeds.
@@ -734,7 +735,7 @@ def robustness(
     ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
     device: str = Device, cache: Optional[Path] = Cache,
     out: Path = typer.Option(Path("runs/robustness"), "--out", help="Sweep folder; a rerun resumes."),
-    quiet: bool = Quiet, dry_run: bool = DryRunOpt,
+    quiet: bool = QuietPlan, dry_run: bool = DryRunOpt,
 ):
     """Robustness to image corruptions (the paper's Fig. 6): per backbone and seed one ensemble fit on clean
     images (as `probe segment`), scored on the clean test images and on each ImageNet-C corruption at each
@@ -784,7 +785,7 @@ def synthesize(
     ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
     device: str = Device,
     out: Path = typer.Option(Path("runs/synthesize"), "--out", help="Run folder; a rerun resumes."),
-    quiet: bool = Quiet,
+    quiet: bool = QuietPlan, dry_run: bool = DryRunOpt,
 ):
     """Synthesize a labelled dataset (the authors' DatasetDDPM data): images drawn from the ensemble's DDPM, labelled
     pixel by pixel by the ensemble's majority vote with each image's Jensen-Shannon uncertainty (as probe predict),
@@ -807,7 +808,7 @@ def synthesize(
     options = SynthesizeOptions(n=n, sampler=sampler, seed=seed, drop_uncertain=drop_uncertain, chunk_size=chunk_size,
                                 device=device)
     table = run_synthesize(ensemble, options, out, ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
-                           progress=not quiet)
+                           progress=not quiet, dry_run=dry_run)
     typer.echo(f"{len(table)} images, {int(table['kept'].sum())} kept in {out}/train, mean uncertainty "
                f"{table['uncertainty'].mean():.4f}  -> {out}")
 
@@ -916,7 +917,7 @@ def _list_downloads(fetch, items) -> None:
 
     table = Table(title=f"published under {fetch.storage_root()}")
     for column in ("item", "state", "size", "cached at"):
-        table.add_column(column, justify="right" if column == "size" else "left")
+        table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
     for item in items:
         row = fetch.item_status(item)
         table.add_row(row["item"], row["state"], _size(row["bytes"]) if row["bytes"] else "?", row["path"])

@@ -65,6 +65,8 @@ class Plan:
     cache_dir: Path = field(default_factory=Path)
     free_bytes: int = 0
     downloads: list[str] = field(default_factory=list)
+    temporary_what: str = "corrupted copies"  # what the temporary store holds
+    temporary_when: str = "deleted as scored"  # and when it goes
 
     @property
     def write_bytes(self) -> int:
@@ -84,7 +86,8 @@ class Plan:
                  f"plan: activation cache {gigabytes(self.total_bytes)} ({gigabytes(self.write_bytes)} to write, "
                  f"{gigabytes(self.cached_bytes)} cached) in {self.cache_dir}, {gigabytes(self.free_bytes)} free"]
         if self.temporary_bytes:
-            lines[-1] += f"; corrupted copies {gigabytes(self.temporary_bytes)} at most at once, deleted as scored"
+            lines[-1] += (f"; {self.temporary_what} {gigabytes(self.temporary_bytes)} at most at once, "
+                          f"{self.temporary_when}")
         lines.append(f"plan: downloads: {', '.join(self.downloads) if self.downloads else 'none needed'}; time: "
                      "estimated once the first cell has run")
         return lines
@@ -269,9 +272,10 @@ def make_plan(command: str, cells: int, todo: int, extractions: list[Extraction]
     return plan
 
 
-def announce(plan: Plan, dry_run: bool = False) -> None:
-    """Print the plan; refuse a run that would not fit on the cache's disk; with `dry_run` stop there (DryRun)."""
-    for line in plan.lines():
+def announce(plan: Plan, dry_run: bool = False, show: bool = True) -> None:
+    """Print the plan (`show`: False for --quiet, unless `dry_run`); refuse a run that would not fit on the cache's
+    disk; with `dry_run` stop there (DryRun)."""
+    for line in plan.lines() if show or dry_run else []:
         log.info(line)
     plan.check_disk()
     if dry_run:

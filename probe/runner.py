@@ -12,6 +12,10 @@ a rerun that gives other values is refused before any cell runs (`check_options`
 always compare. A rerun may list other cells (more seeds, say) and change what only changes speed (Ray, GPUs per
 task, progress bars). The marker also lists every run (`runs`: command line, version, times, Ray, the cells it
 computed, the names it wrote, how it ended) and the names the sweep wrote (`files`).
+
+Before any cell, a sweep that says what it extracts prints its plan (probe.plan: cells, images, passes, the
+activation cache it will write, downloads), is refused when that would not fit on the cache's disk, and stops there
+with `dry_run`; after its first computed cell it says the time left.
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ def run_sweep(cells: Sequence[Cell], work: Work, out: Path, *, command: str, ray
     check_options(Path(out).expanduser(), command=command, options=options)
     records = {cell.key: record for cell in cells if (record := _finished(Path(out).expanduser(), cell)) is not None}
     todo = [cell for cell in cells if cell.key not in records]
-    plan = _announce(command, cells, todo, extractions, dry_run)
+    plan = _announce(command, cells, todo, extractions, dry_run, progress)
     out = working_dir(out, command=command)
     _begin_run(out, options, {"ray": ray, "gpus_per_cell": gpus_per_cell, "threads": threads, "cells": len(cells),
                               "reused": len(records)})
@@ -158,7 +162,7 @@ def run_sweep(cells: Sequence[Cell], work: Work, out: Path, *, command: str, ray
     try:
         with progress_bar(progress) as bar:
             task = bar.add_task(command, total=len(cells), completed=len(records))
-            estimate = _Estimate(command, plan, len(todo), ray, threads)
+            estimate = _Estimate(command, plan, len(todo) if progress else 0, ray, threads)
 
             def finished(record: dict) -> None:
                 path = _cell_path(out, record["key"])
@@ -185,8 +189,9 @@ def run_sweep(cells: Sequence[Cell], work: Work, out: Path, *, command: str, ray
     return [records[key] for key in keys]
 
 
-def _announce(command: str, cells: Sequence[Cell], todo: list[Cell], extractions, dry_run: bool):
-    """The sweep's plan, printed (probe.plan.announce: refused when it does not fit; DryRun with `dry_run`)."""
+def _announce(command: str, cells: Sequence[Cell], todo: list[Cell], extractions, dry_run: bool, show: bool):
+    """The sweep's plan, printed unless not `show` (probe.plan.announce: refused when it does not fit; DryRun with
+    `dry_run`)."""
     from probe.errors import DryRun
     from probe.plan import announce, make_plan
 
@@ -196,7 +201,7 @@ def _announce(command: str, cells: Sequence[Cell], todo: list[Cell], extractions
             raise DryRun()
         return None
     plan = make_plan(command, len(cells), len(todo), extractions(todo) if todo else [])
-    announce(plan, dry_run)
+    announce(plan, dry_run, show)
     return plan
 
 

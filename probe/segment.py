@@ -133,7 +133,7 @@ class SegmentOptions:
     members: int = 10
     batched: bool = True
     precision: str = "auto"
-    early_batch_size: int = EARLY_BATCH_SIZE  # pixels per step of epochs 0-3 (unchecked); 64 (default): the authors' rule
+    early_batch_size: int = EARLY_BATCH_SIZE  # pixels per step of epochs 0-3 (unchecked); 64: the authors' rule
     train_draw: bool = False  # draw the training images with the run's seed instead of taking the first by name
     train_data: str | None = None  # a dataset folder whose train split trains (e.g. synthesized images); None: the source's
 
@@ -245,14 +245,15 @@ def write_evaluation(evaluation: Evaluation, source: Source, out: Path) -> None:
 def run_segment(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None = None,
                 progress: bool = True, overwrite: bool = False, dry_run: bool = False) -> dict:
     """Fit and evaluate with one seed; write every output to `out` (as one result, swapped in at the end) and
-    return the metrics. Several seeds are a sweep: probe.experiments.seeds. The plan is printed first (probe.plan:
-    refused when the activations would not fit on the cache's disk; `dry_run`: only the plan, then DryRun)."""
+    return the metrics. Several seeds are a sweep: probe.experiments.seeds. The plan is printed first with `progress`
+    (probe.plan: refused when the activations would not fit on the cache's disk; `dry_run`: only the plan, then
+    DryRun)."""
     from probe.plan import Extraction, announce, make_plan
 
     backbone = build_backbone(replace(options.backbone, seed=seed), "segment", source.native_size)
     images = (training_images(source, options, backbone.image_size, seed)
               + source.split("test", backbone.image_size, options.test_number, SPLIT_NUMBER))
-    announce(make_plan("segment", 1, 1, [Extraction(backbone, images, cache)]), dry_run)
+    announce(make_plan("segment", 1, 1, [Extraction(backbone, images, cache)]), dry_run, show=progress)
     del images
     inputs = [*source.inputs, cache, options.train_data]
     with output_dir(out, command="segment", overwrite=overwrite, inputs=inputs) as tmp:

@@ -186,23 +186,48 @@ def _check_resumable(out: Path, settings: dict) -> None:
                          f"{settings[key]!r}: rerun with its options to resume it, or choose another --out")
 
 
+def synthesize_plan(backbone: ADMBackbone, options: SynthesizeOptions, cells: list[Cell], todo: list[Cell]):
+    """The run's plan (probe.plan): UNet passes to sample (every step of the schedule, or K) and to label (the
+    ensemble's steps) the images still to draw; nothing goes to the cache, a chunk's activations to a temporary
+    folder (in the system's temporary folder) deleted with it."""
+    from probe.plan import Plan, cell_shapes, free_space, npy_bytes
+
+    images = sum(cell.config["count"] for cell in todo)
+    sampling = ddim_steps(options.sampler) or backbone.diffusion.num_steps
+    shapes = cell_shapes(backbone)
+    scratch = Path(tempfile.gettempdir())
+    return Plan("synthesize", len(cells), len(todo), images=options.n,
+                passes=images * (sampling + len(backbone.steps)), image_steps=images * len(backbone.steps),
+                steps=len(backbone.steps), diffusion=True,
+                temporary_bytes=min(options.chunk_size, options.n) * sum(npy_bytes(s) for s in shapes.values()),
+                cache_dir=scratch, free_bytes=free_space(scratch), temporary_what="a chunk's activations",
+                temporary_when="deleted with it")
+
+
 def run_synthesize(ensemble_dir: Path, options: SynthesizeOptions, out: Path, *, ray: str | None = None,
-                   threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True) -> pd.DataFrame:
+                   threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True,
+                   dry_run: bool = False) -> pd.DataFrame:
     """Draw, label and write the dataset into the run folder `out` (resuming a run of the same settings there);
-    returns the table of uncertainty.csv (image, uncertainty, kept)."""
+    returns the table of uncertainty.csv (image, uncertainty, kept). The plan is printed first (`dry_run`: only the
+    plan, then probe.errors.DryRun, before `out` is created)."""
+    from probe.plan import announce
+
     options.check()
     out = Path(out).expanduser()
     check_out(out, inputs=[ensemble_dir], command="synthesize")
-    _, manifest, _ = open_ensemble(Path(ensemble_dir), options.device)
+    _, manifest, backbone = open_ensemble(Path(ensemble_dir), options.device)
     settings = {**options.settings(), "ensemble": str(Path(ensemble_dir).resolve()), "identity": manifest["identity"]}
     if out.is_dir():
         _check_resumable(out, settings)
+    cells = chunk_cells(ensemble_dir, options, out)
+    todo = [cell for cell in cells if not (out / "cells" / f"{cell.key}.json").is_file()]
+    announce(synthesize_plan(backbone, options, cells, todo), dry_run, show=progress)
     working_dir(out, command="synthesize", inputs=[ensemble_dir])
     if not (out / SETTINGS).is_file():
         write_json(out / SETTINGS, {"settings": settings})
     recorded = {("ensemble identity" if key == "identity" else f"--{key.replace('_', '-')}"): value
                 for key, value in settings.items()}
-    records = run_sweep(chunk_cells(ensemble_dir, options, out), synthesize_chunk, out, command="synthesize",
+    records = run_sweep(cells, synthesize_chunk, out, command="synthesize",
                         ray=ray, threads=threads, gpus_per_cell=gpus_per_cell, progress=progress, options=recorded)
     return finish(out, records, options, manifest, settings)
 

@@ -15,6 +15,7 @@ import torch
 from conftest import FIXTURES
 from test_diffusers import changed_weights, diffusers_folders  # noqa: F401 (a fixture): tiny diffusers model folders
 from test_transformers_backbones import transformers_folders, transformers_models  # noqa: F401 (fixtures)
+from test_latent_diffusion import SIZE as LATENT_SIZE, pipelines  # noqa: F401 (a fixture): tiny DiT ... FLUX folders
 from probe.backbones import BACKBONES, BackboneSpec, build_backbone
 from probe.data.layout import load_images
 from probe.errors import ProbeError
@@ -34,6 +35,10 @@ SPECS = {
     "diffusers": (BackboneSpec("diffusers", None, None, "1,3", "10,50"), 32),  # checkpoint: diffusers_folders
     "sd": (BackboneSpec("sd", None, None, "0,3", "500"), 32),
     "transformers": (BackboneSpec("transformers", None, layers="0,2"), 32),  # checkpoint: transformers_folders
+    "dit": (BackboneSpec("dit", layers="0,1", steps="100"), 32),  # checkpoint: pipelines
+    "pixart": (BackboneSpec("pixart", layers="0,1", steps="100"), 32),
+    "sd3": (BackboneSpec("sd3", layers="0,1", steps="100"), 32),
+    "flux": (BackboneSpec("flux", layers="0,1", steps="100", image_size=LATENT_SIZE), LATENT_SIZE),
 }
 
 
@@ -54,6 +59,8 @@ def test_backbone_contract(tmp_path, kind, request):
         spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("diffusers_folders")[kind]})
     if kind == "transformers":
         spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("transformers_folders")["dinov2"]})
+    if kind in ("dit", "pixart", "sd3", "flux"):
+        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("pipelines")[kind]})
     backbone = build_backbone(spec, "segment", native)
     assert backbone.kind == kind and backbone.identity["backbone"] == kind and "version" in backbone.identity
     assert json.loads(json.dumps(backbone.identity)) == backbone.identity  # JSON as it is: cache keys, manifests

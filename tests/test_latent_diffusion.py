@@ -17,7 +17,6 @@ from test_diffusers import images, seeded, write_images, write_tokenizer
 from typer.testing import CliRunner
 
 from probe.backbones import BackboneSpec, build_backbone
-from probe.errors import ProbeError
 
 SIZE, PROMPT = 32, "a cat"  # 32 x 32 images, 2-level VAEs: 16 x 16 latents
 

@@ -68,7 +68,7 @@ def test_the_planned_cache_is_what_the_grid_writes_and_a_rerun_plans_it_as_cache
     planned = plan_text(caplog)
     assert "plan: grid, 6 cells, 4 images, 8 UNet passes to compute (4 images x 2 steps)" in planned, planned
     caplog.clear()
-    result = run(*args)
+    result = run(*args[:-1])  # without --quiet, which drops the plan with the progress bars
     assert result.exit_code == 0, result.output
     assert plan_text(caplog) == planned  # the run printed the same plan first
     written = written_bytes(tmp_path / "cache" / "activations")
@@ -143,3 +143,21 @@ def test_a_dry_run_that_needs_downloads_names_them_and_downloads_nothing(tmp_pat
     assert "needs these downloads first: datasets.tar.gz, models/ddpm_checkpoints/lsun_horse.pt" in text, text
     assert "probe download horse21" in text
     assert not (tmp_path / "g").exists() and not (tmp_path / "cache" / "downloads").exists()
+
+
+def test_synthesize_plans_its_passes_and_its_chunks_temporary_store(tmp_path, tiny_domain, caplog):
+    caplog.set_level(logging.INFO, logger="probe")
+    segment = tmp_path / "segment"
+    result = run("segment", "--data", tiny_domain, "--checkpoint", FIXTURES / "adm_tiny32.pt", "--model-flags",
+                 FIXTURES / "adm_tiny32.json", "--train-number", 2, "--test-number", 1, "--members", 1,
+                 "--threads", 1, "--out", segment, "--quiet")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "synth"
+    result = run("synthesize", "--ensemble", segment / "ensemble", "--n", 5, "--chunk-size", 2, "--sampler", "ddim:4",
+                 "--out", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    text = plan_text(caplog)
+    # 5 images x (4 DDIM steps + the ensemble's 3 steps to label them), in 3 chunks; nothing cached
+    assert "plan: synthesize, 3 cells, 5 images, 35 UNet passes to compute" in text, text
+    assert "activation cache 0 GB" in text and "a chunk's activations " in text and "deleted with it" in text
+    assert not out.exists()
