@@ -75,7 +75,8 @@ class Plan:
     def lines(self) -> list[str]:
         """The plan as a few lines of text."""
         done = self.cells - self.todo
-        cells = f"{self.cells} cells" + (f" ({done} finished, {self.todo} to compute)" if done else "")
+        cells = f"{self.cells} cell{'s' if self.cells != 1 else ''}" + (
+            f" ({done} finished, {self.todo} to compute)" if done else "")
         images = f"{self.images} images" + (f" + {self.temporary_images} corrupted copies" if self.temporary_images
                                             else "")
         kind = "UNet passes" if self.diffusion else "backbone passes"
@@ -107,7 +108,7 @@ def gigabytes(nbytes: float) -> str:
     """Bytes as GB (powers of 1000) to three digits; below 0.01 GB as MB."""
     value = nbytes / 1e9
     if value == 0:
-        return "0 GB"
+        return "0 MB"
     if value < 0.01:
         return f"{nbytes / 1e6:.3g} MB"
     return f"{value:.1f} GB" if value >= 100 else f"{value:.3g} GB"
@@ -298,7 +299,8 @@ def time_left(plan: Plan | None, first_seconds: float, extracted: int, extractio
 def time_line(command: str, seconds_left: float, first_seconds: float, remaining: int) -> str:
     minutes = seconds_left / 60
     amount = f"about {minutes:.0f} min" if minutes >= 1 else f"about {seconds_left:.0f} s"
-    return f"{command}: the first cell took {first_seconds:.1f} s; {amount} left for the other {remaining} cells"
+    return (f"{command}: the first cell took {first_seconds:.1f} s; {amount} left for the other {remaining} "
+            f"cell{'s' if remaining != 1 else ''}")
 
 
 def reseeded(backbone, seed: int):

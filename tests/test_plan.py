@@ -115,12 +115,12 @@ def test_every_sweep_and_segment_print_a_plan_and_dry_run_creates_nothing(tmp_pa
         "robustness": ["--backbones", "pixels", "--corruptions", "fog", "--severities", "1,3", "--seeds", 0],
         "layers": ["--backbones", "pixels", "--steps", 50],
     }
-    expected = {"segment": "segment, 1 cells, 7 images, 7 backbone passes",
+    expected = {"segment": "segment, 1 cell, 7 images, 7 backbone passes",
                 "segment --seeds": "segment, 2 cells, 7 images, 7 backbone passes",  # pixels: one identity
                 "efficiency": "efficiency, 4 cells, ",  # the training images drawn per seed
                 "variants": "variants, 4 cells, 7 images, ",
-                "robustness": "robustness, 1 cells, 7 images + 6 corrupted copies, 13 backbone passes",
-                "layers": "layers, 1 cells, 7 images, 7 backbone passes"}
+                "robustness": "robustness, 1 cell, 7 images + 6 corrupted copies, 13 backbone passes",
+                "layers": "layers, 1 cell, 7 images, 7 backbone passes"}
     for name, extra in commands.items():
         caplog.clear()
         out = tmp_path / name.replace(" ", "_")
@@ -159,5 +159,5 @@ def test_synthesize_plans_its_passes_and_its_chunks_temporary_store(tmp_path, ti
     text = plan_text(caplog)
     # 5 images x (4 DDIM steps + the ensemble's 3 steps to label them), in 3 chunks; nothing cached
     assert "plan: synthesize, 3 cells, 5 images, 35 UNet passes to compute" in text, text
-    assert "activation cache 0 GB" in text and "a chunk's activations " in text and "deleted with it" in text
+    assert "activation cache 0 MB" in text and "a chunk's activations " in text and "deleted with it" in text
     assert not out.exists()
