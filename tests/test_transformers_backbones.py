@@ -313,7 +313,7 @@ def test_default_cells_per_purpose(transformers_folders):
         ["block0", "block2", "block3"]
 
 
-def test_hub_name_resolves_to_the_files_the_backbone_reads(transformers_folders, hub_cache):
+def test_hub_name_resolves_to_the_files_the_backbone_reads(transformers_folders, hub_cache):  # noqa: F811
     from probe.sources import backbone_spec
 
     folder = transformers_folders["clip"]

@@ -21,7 +21,7 @@ from typing import ClassVar, TypeVar
 import torch
 
 from probe.errors import ProbeError
-from probe.spec import CELL_PART, check_cell_syntax
+from probe.spec import check_cell_syntax
 
 T = TypeVar("T")
 K = TypeVar("K")

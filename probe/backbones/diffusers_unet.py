@@ -104,6 +104,16 @@ def square_size(config: dict, path: Path) -> int:
     return size
 
 
+def forward_noise(spec) -> NoisePolicy:
+    """The noise policy of a backbone that adds noise with its scheduler: shared, per-image or mean-of-K (DDIM
+    inversion needs the ADM's own sampler)."""
+    noise = NoisePolicy.parse(spec.noise or "shared", spec.seed)
+    if noise.kind == "ddim-inversion":
+        raise ProbeError(f"--noise {noise}: the {spec.kind} backbone takes shared, per-image or mean-of-K noise "
+                         "(DDIM inversion is only for --backbone ddpm)")
+    return noise
+
+
 @dataclass(frozen=True)
 class DecoderLayer:
     """Layer `name` (up{i}.{j}) of a UNet's up_blocks: its input is `first`'s input, its output `last`'s output."""
@@ -179,11 +189,7 @@ class DiffusersBackbone(Backbone):
             if value:
                 raise ProbeError(f"{option}: the {spec.kind} backbone reads its model and image size from the "
                                  f"folder's config.json; drop {option}")
-        noise = NoisePolicy.parse(spec.noise or "shared", spec.seed)
-        if noise.kind == "ddim-inversion":
-            raise ProbeError(f"--noise {noise}: the {spec.kind} backbone takes shared, per-image or mean-of-K noise "
-                             "(DDIM inversion is only for --backbone ddpm)")
-        return noise
+        return forward_noise(spec)
 
     def choose_cells(self, spec, purpose: str) -> None:
         """Cells from --blocks (indices, ranges, block{b} or up{i}.{j} names) and --steps of T =

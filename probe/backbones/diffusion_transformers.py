@@ -42,8 +42,8 @@ import torch
 
 from probe.backbones.adm import GRID_STEPS, NoisePolicy, scaled_steps
 from probe.backbones.base import Backbone, Cell, loaded, select_layers, select_steps
-from probe.backbones.diffusers_unet import (LatentCache, file_stats, files_digest, load_pretrained, load_scheduler,
-                                            read_config, require_diffusers, run_until)
+from probe.backbones.diffusers_unet import (LatentCache, file_stats, files_digest, forward_noise, load_pretrained,
+                                            load_scheduler, read_config, require_diffusers, run_until)
 from probe.backbones.latent_diffusion import (DTYPES, clip_embeds, clip_pooled, component, denoiser_class,
                                               load_component, pipeline_index, t5_embeds, tokenizer_files, vae_latents,
                                               vae_scale)
@@ -133,10 +133,7 @@ class DiffusionTransformerBackbone(Backbone):
             if value:
                 raise ProbeError(f"{option}: the {spec.kind} backbone reads its model from the folder's configs and "
                                  f"records block outputs; drop {option}")
-        noise = NoisePolicy.parse(spec.noise or "shared", spec.seed)
-        if noise.kind == "ddim-inversion":
-            raise ProbeError(f"--noise {noise}: the {spec.kind} backbone takes shared, per-image or mean-of-K noise "
-                             "(DDIM inversion is only for --backbone ddpm)")
+        noise = forward_noise(spec)
         dtype = spec.model_dtype or "float32"
         if dtype not in DTYPES:
             raise ProbeError(f"--model-dtype {dtype!r}: use {', '.join(DTYPES)}")
