@@ -166,9 +166,14 @@ TorchThreads = typer.Option(None, "--threads", help="Torch threads (default: all
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the plan and exit.")
 
 
-def _kinds(text: str, checkpoint: Optional[Path] = None) -> list[tuple[str, bool]]:
-    """(kind, has its own checkpoint) of a --backbones list (kind=weights) or of one --backbone."""
+def _kinds(text: str, checkpoint: Optional[Path] = None, option: str = "--backbone") -> list[tuple[str, bool]]:
+    """(kind, has its own checkpoint) of a --backbones list (kind=weights) or of one --backbone; an unknown kind
+    is refused here, before anything loads or downloads."""
+    from probe.spec import check_kind
+
     parts = [part.strip().partition("=") for part in text.split(",") if part.strip()]
+    for kind, _, _ in parts:
+        check_kind(kind.strip(), option)
     return [(kind.strip(), bool(given) or (kind.strip() == "ddpm" and checkpoint is not None))
             for kind, _, given in parts]
 
@@ -411,7 +416,8 @@ def segment(
         source = open_source(dataset, data_root, data, progress=not quiet, fit=fit)
     if train_data is not None:
         source.check_training_data(train_data)
-    _begin(None if sweep else threads)
+    if not sweep:  # a sweep's start has begun the work
+        _begin(threads)
     from probe.ensemble import resolve_precision
     from probe.segment import SegmentOptions, run_segment
 
@@ -520,7 +526,7 @@ def layers(
     given = [Path(part.partition("=")[2].strip()) for part in backbones.split(",") if "=" in part]
     base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, seed, device, model_dtype=model_dtype)
     sweep_data = _sweep_start("layers", out, dataset, data_root, data, cache, checkpoint, ray, threads, gpus_per_cell,
-                              *given, progress=not quiet, dry_run=dry_run, backbones=_kinds(backbones, checkpoint))
+                              *given, progress=not quiet, dry_run=dry_run, backbones=_kinds(backbones, checkpoint, "--backbones"))
     from dataclasses import replace
 
     from probe.layers import backbone_entries, parse_depths, run_layers
@@ -659,7 +665,7 @@ def efficiency(
         raise ProbeError("--train-numbers and --seeds need at least one value each")
     sweep_data = _sweep_start("efficiency", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                               gpus_per_cell, progress=not quiet, fit=fit, dry_run=dry_run,
-                              backbones=_kinds(backbones, checkpoint))
+                              backbones=_kinds(backbones, checkpoint, "--backbones"))
     from probe.experiments.efficiency import backbone_list, run_efficiency
 
     table = run_efficiency(sweep_data, backbone_list(backbones, base), numbers, seed_list, out, members=members,
@@ -758,7 +764,7 @@ def robustness(
     base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
     sweep_data = _sweep_start("robustness", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                               gpus_per_cell, progress=not quiet, fit=fit, dry_run=dry_run,
-                              backbones=_kinds(backbones, checkpoint))
+                              backbones=_kinds(backbones, checkpoint, "--backbones"))
     from probe.experiments.efficiency import backbone_list
     from probe.experiments.robustness import run_robustness
 

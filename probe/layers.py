@@ -25,9 +25,9 @@ from probe.grid import GridOptions, _splits, grid_cells, grid_extraction, grid_w
 from probe.outputs import atomic_write, write_json
 from probe.runner import finish_sweep, run_sweep
 from probe.sources import backbone_spec
+from probe.spec import DTYPE_BACKBONES
 
 STEPPED = ("ddpm", "random", "diffusers", "sd", "dit", "pixart", "sd3", "flux")  # with diffusion steps (--steps)
-DTYPED = ("transformers", "sd", "dit", "pixart", "sd3", "flux")  # --model-dtype applies to them
 CELL_COLUMNS = ["backbone", "kind", "layer", "layer_index", "layers", "relative_depth", "step", "miou"]
 
 
@@ -35,8 +35,8 @@ def backbone_entries(text: str, base: BackboneSpec, steps: str | None = None,
                      model_dtype: str | None = None) -> list[tuple[str, BackboneSpec]]:
     """`ddpm,mae,transformers=DIR` as (label, spec) pairs: a checkpoint after `=` (a file, a folder or a hub name);
     ddpm without one takes `base`'s; `base`'s guided-diffusion flags go to ddpm and random, `steps` to the
-    backbones with diffusion steps, `model_dtype` to those that take it (DTYPED). The label is the kind, or kind:name
-    of the checkpoint."""
+    backbones with diffusion steps, `model_dtype` to those that take it (DTYPE_BACKBONES). The label is the kind,
+    or kind:name of the checkpoint."""
     entries: list[tuple[str, BackboneSpec]] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         kind, _, checkpoint = part.partition("=")
@@ -48,7 +48,7 @@ def backbone_entries(text: str, base: BackboneSpec, steps: str | None = None,
         entries.append((label, replace(base, kind=kind, checkpoint=given,
                                        model_flags=base.model_flags if kind in ("ddpm", "random") else None,
                                        steps=steps if kind in STEPPED else None,
-                                       model_dtype=model_dtype if kind in DTYPED else None)))
+                                       model_dtype=model_dtype if kind in DTYPE_BACKBONES else None)))
     if not entries:
         raise ProbeError(f"--backbones {text!r}: name at least one backbone, e.g. ddpm,mae")
     return entries

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from probe.errors import ProbeError
 
+BACKBONE_KINDS = ("ddpm", "random", "pixels", "mae", "swav", "swav_w2", "diffusers", "sd", "transformers", "dit", "pixart",
+                  "sd3", "flux")  # the registry's names (probe.backbones.BACKBONES), checked before anything loads
+DTYPE_BACKBONES = ("transformers", "sd", "dit", "pixart", "sd3", "flux")  # take --model-dtype
 CELL_PART = re.compile(r"(\d+)(?:-(\d+))?|[a-z]+\d[a-z0-9]*(?:\.\d+)?", re.IGNORECASE)  # 5, 0-17, block5, up1.2, rgb3x3
 
 
@@ -33,10 +36,11 @@ class BackboneSpec:
     class_label: int | None = None  # dit only: the class the model is conditioned on (None: the null class)
 
     def to_dict(self) -> dict:
-        """JSON-ready, for manifests (a Path becomes a string). `model_dtype` is left out while unset, so the specs
-        (and sweep cell keys) of the other backbones stay what they were before it existed; so is `class_label`."""
+        """JSON-ready, for manifests (a Path becomes a string). `revision`, `model_dtype` and `class_label` are left
+        out while unset, so the specs (and sweep cell keys) of the backbones without them stay what they were before
+        these options existed."""
         data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-        for optional in ("model_dtype", "class_label"):  # left out while unset, as model_dtype
+        for optional in ("revision", "model_dtype", "class_label"):
             if data[optional] is None:
                 del data[optional]
         return data
@@ -79,3 +83,8 @@ def check_precision(precision: str, batched: bool = True) -> None:
         raise ProbeError(f"precision {precision!r}: use auto, float32 or bfloat16")
     if not batched and precision == "bfloat16":
         raise ProbeError("precision bfloat16 needs the batched ensemble: drop --sequential or use float32")
+
+
+def check_kind(kind: str, option: str = "--backbone") -> None:
+    if kind not in BACKBONE_KINDS:
+        raise ProbeError(f"{option} {kind!r}: use one of {', '.join(BACKBONE_KINDS)}")

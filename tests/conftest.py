@@ -55,6 +55,12 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PROBE_MIRROR", "http://127.0.0.1:9/")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    try:  # huggingface_hub reads both once, at import
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
 
 
 def read_metrics(out: Path) -> dict:

@@ -71,7 +71,7 @@ def test_efficiency_table_figure_and_resume(tmp_path, tiny_domain, caplog):
 def test_efficiency_bad_input(tmp_path, tiny_domain, monkeypatch):
     out = tmp_path / "eff"
     for extra, words in ((["--train-numbers", "1,10"], "--train-numbers 10: the train split holds 4 images"),
-                         (["--backbones", "pixels,vit"], "--backbone 'vit'"),
+                         (["--backbones", "pixels,vit"], "--backbones 'vit'"),
                          (["--threads", "0"], "--threads 0")):
         result = run("efficiency", "--data", tiny_domain, "--backbones", "pixels", "--out", out, "--quiet", *extra)
         assert result.exit_code == 2 and words in result.output, result.output

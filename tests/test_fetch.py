@@ -130,6 +130,18 @@ def test_a_killed_download_resumes_on_the_next_run(mirror, storage):
     assert path.read_bytes() == (storage / CHECKPOINT).read_bytes()
 
 
+def test_a_partial_file_as_long_as_the_file_is_fetched_afresh(mirror, storage):
+    """Killed between the last byte and the rename: the server answers the Range request with 416, and the file is
+    downloaded again at once, whole."""
+    target = fetch.download_path(HORSE.checkpoint_item("ddpm"))
+    target.parent.mkdir(parents=True)
+    whole = (storage / CHECKPOINT).read_bytes()
+    fetch.partial_path(target).write_bytes(whole)
+    path = fetch.paper_checkpoint("ddpm", HORSE, model_flags=str(FLAGS), progress=False)
+    assert mirror.gets(CHECKPOINT) == [f"bytes={len(whole)}-", None]
+    assert path.read_bytes() == whole
+
+
 def test_a_connection_that_keeps_dropping_is_one_error_that_keeps_the_bytes(mirror, monkeypatch):
     monkeypatch.setattr(fetch, "ATTEMPTS", 2)
     monkeypatch.setattr(mirror, "cut", type("AlwaysCut", (dict,), {"pop": lambda self, *_: 131_072,

@@ -85,6 +85,8 @@ def a_file(tmp_path) -> Path:
     (["predict", "--ensemble", "{tmp}/e", "--images", "{tmp}/i", "--out", "{tmp}/p"], "manifest.json not found"),
     (["deeplab", "--train-data", "{tmp}", "--threads", "0", "--out", "{tmp}/d"], "--threads 0"),
     (["synthesize", "--gpus-per-cell", "-1"], "--gpus-per-cell -1"),
+    (["segment", "--dataset", "horse21", "--backbone", "bogus", "--out", "{tmp}/o"], "--backbone 'bogus': use one of"),
+    (["efficiency", "--backbones", "ddpm,bogus", "--out", "{tmp}/e"], "--backbones 'bogus': use one of"),
 ])
 def test_option_mistakes_are_answered_before_torch_is_imported(args, words, tmp_path, a_file):
     args = [arg.format(tmp=tmp_path, file=a_file) for arg in args]

@@ -19,7 +19,7 @@ from probe.backbones.stable_diffusion import StableDiffusionBackbone
 from probe.backbones.swav import SwAVBackbone
 from probe.backbones.vision_transformers import TransformersBackbone
 from probe.errors import ProbeError
-from probe.spec import BackboneSpec, check_cell_syntax
+from probe.spec import DTYPE_BACKBONES, BackboneSpec, check_cell_syntax
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "Cell", "NoisePolicy", "build_backbone", "check_cell_syntax",
            "default_model_files", "identity_hash"]
@@ -41,7 +41,6 @@ BACKBONES = {
 }
 PURPOSES = ("segment", "grid", "kmeans", "features")
 TEXT_BACKBONES = ("sd", "pixart", "sd3", "flux")  # take --prompt
-DTYPE_BACKBONES = ("transformers", "sd", "dit", "pixart", "sd3", "flux")  # take --model-dtype
 
 
 def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: int | None = None) -> Backbone:

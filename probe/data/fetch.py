@@ -184,9 +184,9 @@ class ResumingDownload:
             elif response.status_code == 200:
                 length = response.headers.get("Content-Length")
                 have, mode, total = 0, "wb", int(length) if length and length.isdigit() else None
-            elif response.status_code == 416 and have:  # past the end: the partial bytes are not this file's
+            elif response.status_code == 416 and have:  # nothing past the partial bytes: fetch the file afresh
                 self.partial.unlink()
-                raise _Short("the server has no bytes past the partial file")
+                return self._get(url, requests)
             else:
                 raise ProbeError(f"cannot download {self.item.what}: {url} answered HTTP {response.status_code} "
                                  f"{response.reason}: {self.instead}")
