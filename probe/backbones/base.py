@@ -127,6 +127,14 @@ def identity_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def refuse_options(spec, options: tuple[str, ...], why: str) -> None:
+    """One line for the first of `options` (--steps, --image-size, ...: BackboneSpec fields by their flag) that
+    `spec` sets but its family does not take, saying `why`."""
+    for option in options:
+        if getattr(spec, option.lstrip("-").replace("-", "_")):
+            raise ProbeError(f"{option}: the {spec.kind} backbone {why}; drop {option}")
+
+
 def select_layers(text: str | None, available: list[str], default: list[str], what: str = "blocks") -> list[str]:
     """Layers chosen by --blocks: `all`, indices into `available` (`5,6`), ranges (`0-17`) or names (`block5`,
     `layer2.0`), in depth order; None gives `default`."""

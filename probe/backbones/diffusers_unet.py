@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from probe.backbones.adm import NoisePolicy, default_cells
-from probe.backbones.base import Backbone, Cell, loaded, mean_captures, select_layers, select_steps
+from probe.backbones.base import Backbone, Cell, loaded, mean_captures, refuse_options, select_layers, select_steps
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
 
@@ -185,10 +185,8 @@ class DiffusersBackbone(Backbone):
     @staticmethod
     def check_options(spec) -> NoisePolicy:
         """Refuse the options a diffusers backbone does not take; its noise policy."""
-        for option, value in (("--model-flags", spec.model_flags), ("--image-size", spec.image_size)):
-            if value:
-                raise ProbeError(f"{option}: the {spec.kind} backbone reads its model and image size from the "
-                                 f"folder's config.json; drop {option}")
+        refuse_options(spec, ("--model-flags", "--image-size"),
+                       "reads its model and image size from the folder's config.json")
         return forward_noise(spec)
 
     def choose_cells(self, spec, purpose: str) -> None:

@@ -41,7 +41,7 @@ from typing import ClassVar
 import torch
 
 from probe.backbones.adm import GRID_STEPS, NoisePolicy, scaled_steps
-from probe.backbones.base import Backbone, Cell, loaded, select_layers, select_steps
+from probe.backbones.base import Backbone, Cell, loaded, refuse_options, select_layers, select_steps
 from probe.backbones.diffusers_unet import (LatentCache, file_stats, files_digest, forward_noise, load_pretrained,
                                             load_scheduler, read_config, require_diffusers, run_until)
 from probe.backbones.latent_diffusion import (DTYPES, clip_embeds, clip_pooled, component, denoiser_class,
@@ -129,10 +129,8 @@ class DiffusionTransformerBackbone(Backbone):
     def build(cls, spec, purpose: str, native_size: int | None) -> DiffusionTransformerBackbone:
         layout = (f"a {cls.pipeline} pipeline folder as diffusers saves it (transformer/, vae/, scheduler/"
                   + "".join(f", {e}/, {t}/" for e, t in cls.text_parts) + ") or its hub name")
-        for option, value in (("--model-flags", spec.model_flags), ("--input-activations", spec.input_activations)):
-            if value:
-                raise ProbeError(f"{option}: the {spec.kind} backbone reads its model from the folder's configs and "
-                                 f"records block outputs; drop {option}")
+        refuse_options(spec, ("--model-flags", "--input-activations"),
+                       "reads its model from the folder's configs and records block outputs")
         noise = forward_noise(spec)
         dtype = spec.model_dtype or "float32"
         if dtype not in DTYPES:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, loaded, select_layers
+from probe.backbones.base import Backbone, Cell, loaded, refuse_options, select_layers
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
 from probe.models.flags import parse_flags
@@ -51,11 +51,8 @@ class MAEBackbone(Backbone):
 
     @classmethod
     def build(cls, spec, purpose: str, native_size: int | None) -> MAEBackbone:
-        for option, value in (("--steps", spec.steps), ("--noise", spec.noise), ("--image-size", spec.image_size),
-                              ("--input-activations", spec.input_activations)):
-            if value:
-                raise ProbeError(f"{option}: the mae backbone has no diffusion steps and takes the checkpoint's "
-                                 f"image size; drop {option}")
+        refuse_options(spec, ("--steps", "--noise", "--image-size", "--input-activations"),
+                       "has no diffusion steps and takes the checkpoint's image size")
         flags = parse_flags(spec.model_flags) if spec.model_flags else {}
         unknown = sorted(set(flags) - {"num_heads"})
         if unknown:

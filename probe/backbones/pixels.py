@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from probe.backbones.base import Backbone, Cell, select_layers
+from probe.backbones.base import Backbone, Cell, refuse_options, select_layers
 from probe.errors import ProbeError
 
 
@@ -21,10 +21,7 @@ class PixelBackbone(Backbone):
 
     @classmethod
     def build(cls, spec, purpose: str, native_size: int | None) -> PixelBackbone:
-        for option, value in (("--checkpoint", spec.checkpoint), ("--model-flags", spec.model_flags),
-                              ("--steps", spec.steps), ("--noise", spec.noise)):
-            if value:
-                raise ProbeError(f"{option}: the pixels backbone reads no model and has no steps; drop {option}")
+        refuse_options(spec, ("--checkpoint", "--model-flags", "--steps", "--noise"), "reads no model and has no steps")
         select_layers(spec.layers, ["rgb3x3"], ["rgb3x3"])
         size = spec.image_size or native_size
         if not size:

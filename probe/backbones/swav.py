@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, loaded, select_layers
+from probe.backbones.base import Backbone, Cell, loaded, refuse_options, select_layers
 from probe.backbones.mae import imagenet_input
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
@@ -32,10 +32,8 @@ class SwAVBackbone(Backbone):
 
     @classmethod
     def build(cls, spec, purpose: str, native_size: int | None) -> SwAVBackbone:
-        for option, value in (("--steps", spec.steps), ("--noise", spec.noise), ("--model-flags", spec.model_flags),
-                              ("--input-activations", spec.input_activations)):
-            if value:
-                raise ProbeError(f"{option}: the {spec.kind} backbone has no diffusion steps or flags; drop {option}")
+        refuse_options(spec, ("--steps", "--noise", "--model-flags", "--input-activations"),
+                       "has no diffusion steps or flags")
         if spec.checkpoint is None:
             raise ProbeError(f"--backbone {spec.kind} needs --checkpoint: a SwAV ResNet checkpoint "
                              "(e.g. swav_800ep_pretrain.pth.tar from facebookresearch/swav)")

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, capture, loaded, select_layers
+from probe.backbones.base import Backbone, Cell, capture, loaded, refuse_options, select_layers
 from probe.backbones.diffusers_unet import file_stats, files_digest, read_config, run_until, weight_files
 from probe.errors import ProbeError
 from probe.models.vit import IMAGENET_MEAN, IMAGENET_STD
@@ -247,11 +247,8 @@ class TransformersBackbone(Backbone):
 
     @classmethod
     def build(cls, spec, purpose: str, native_size: int | None) -> TransformersBackbone:
-        for option, value in (("--steps", spec.steps), ("--noise", spec.noise), ("--model-flags", spec.model_flags),
-                              ("--input-activations", spec.input_activations)):
-            if value:
-                raise ProbeError(f"{option}: the transformers backbone has no diffusion steps and reads its model "
-                                 f"from config.json; drop {option}")
+        refuse_options(spec, ("--steps", "--noise", "--model-flags", "--input-activations"),
+                       "has no diffusion steps and reads its model from config.json")
         dtype = spec.model_dtype or "float32"
         if dtype not in DTYPES:
             raise ProbeError(f"--model-dtype {dtype!r}: use {', '.join(DTYPES)}")
