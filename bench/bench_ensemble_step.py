@@ -24,8 +24,7 @@ import time
 import numpy as np
 import torch
 
-from probe.ensemble import GATHER_PIXELS, ArrayPixelSource, PixelEnsemble, StackedMLP
-from probe.ensemble_step import StackedStep
+from probe.ensemble import GATHER_PIXELS, ArrayPixelSource, PixelEnsemble, StackedMLP, StackedStep
 from probe.runtime import tune_process
 from probe.store import PixelSampler
 

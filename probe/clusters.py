@@ -11,7 +11,7 @@ from sklearn.cluster import kmeans_plusplus
 
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
-from probe.data.layout import load_images
+from probe.data.layout import LabeledImage, load_images
 from probe.errors import ProbeError
 from probe.outputs import output_dir
 from probe.progress import progress_bar
@@ -128,6 +128,31 @@ def match_labels(reference: np.ndarray, labels: np.ndarray, k: int) -> np.ndarra
     return renaming[labels]
 
 
+def cluster_maps(store: ActivationStore, images: list[LabeledImage], k: int, seed: int, fit_on: str = "image",
+                 progress: bool = True) -> dict[tuple[str, str, int | None], np.ndarray]:
+    """k-means cluster maps {(stem, layer, step): (R, R) ids} over the upsampled pixel features of each cell of the
+    store's backbone, at the images' model input size R; each image's ids are matched to its first cell's by the
+    Hungarian method (match_labels), so a colour means one cluster throughout its maps."""
+    backbone = store.backbone
+    size = images[0].image.shape[-1]
+    maps: dict[tuple[str, str, int | None], np.ndarray] = {}
+    cells = [(layer, t) for layer in backbone.layers for t in backbone.steps]
+    store.fill(images, progress=progress)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("k-means per cell", total=len(cells))
+        for layer, t in cells:
+            sampler = PixelSampler.from_store(store, images, [backbone.cell_name(layer, t)], size)
+            features = [sampler.image_features(i, slice(None)).numpy() for i in range(len(images))]
+            for image, labels in zip(images, fit_kmeans(features, k, seed, fit_on)):
+                maps[(image.stem, layer, t)] = labels.reshape(size, size)
+            bar.advance(task)
+    for image in images:
+        reference = maps[(image.stem, *cells[0])]
+        for layer, t in cells[1:]:
+            maps[(image.stem, layer, t)] = match_labels(reference, maps[(image.stem, layer, t)], k)
+    return maps
+
+
 def run_kmeans(source: Source, spec: BackboneSpec, k: int, seed: int, fit_on: str, out: Path, *,
                image_files: Sequence[Path] = (), n_images: int = 2, cache: Path | None = None, progress: bool = True,
                overwrite: bool = False) -> dict[tuple[str, str, int | None], np.ndarray]:
@@ -144,23 +169,8 @@ def run_kmeans(source: Source, spec: BackboneSpec, k: int, seed: int, fit_on: st
     images = (load_images(list(image_files), backbone.image_size, fit=source.fit) if image_files
               else source.split("test", backbone.image_size, n_images, keep_size=False))
     store = ActivationStore(backbone, cache)
-    size = images[0].image.shape[-1]
-    maps: dict[tuple[str, str, int | None], np.ndarray] = {}
-    cells = [(layer, t) for layer in backbone.layers for t in backbone.steps]
     with output_dir(out, command="kmeans", overwrite=overwrite, inputs=[*source.inputs, *image_files, cache]) as tmp:
-        store.fill(images, progress=progress)
-        with progress_bar(progress) as bar:
-            task = bar.add_task("k-means per cell", total=len(cells))
-            for layer, t in cells:
-                sampler = PixelSampler.from_store(store, images, [backbone.cell_name(layer, t)], size)
-                features = [sampler.image_features(i, slice(None)).numpy() for i in range(len(images))]
-                for image, labels in zip(images, fit_kmeans(features, k, seed, fit_on)):
-                    maps[(image.stem, layer, t)] = labels.reshape(size, size)
-                bar.advance(task)
-        for image in images:
-            reference = maps[(image.stem, *cells[0])]
-            for layer, t in cells[1:]:
-                maps[(image.stem, layer, t)] = match_labels(reference, maps[(image.stem, layer, t)], k)
+        maps = cluster_maps(store, images, k, seed, fit_on, progress)
         np.savez_compressed(tmp / "clusters.npz", **{f"{s}/{backbone.cell_name(layer, t)}": m.astype(np.uint8)
                                                       for (s, layer, t), m in maps.items()})
         plots.kmeans_figure({im.stem: to_uint8_image(im) for im in images}, maps, backbone.layers, backbone.steps,

@@ -2,11 +2,12 @@
 the train images and scored on the test images) for several backbones in one resumable sweep, then per-layer mIoU
 against relative depth, one line per backbone; a diffusion backbone's point is its best step at that layer.
 
-The cells are `probe grid`'s own (probe.grid.grid_cells, run by grid_work), so a backbone's rows here are what
+The cells are `probe grid`'s own (probe.grid_sweep.grid_cells, run by grid_work), so a backbone's rows here are what
 `probe grid` with the same options gives, and its cells/ files have the same keys. Relative depth is
 layer_index / (number of the network's layers - 1): 0 for its first layer, 1 for its last (0 for a one-layer
 backbone such as pixels). A UNet's layers are its decoder blocks, from the deepest (0) to the output (1); a ViT's
-are its encoder layers, from the input (0) to the last (1).
+are its encoder layers, from the input (0) to the last (1); a diffusion transformer's (dit, pixart, sd3, flux) are its
+blocks, from the first (0) to the last (1; FLUX: the double-stream blocks, then the single-stream ones).
 """
 
 from __future__ import annotations
@@ -21,22 +22,23 @@ from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.errors import ProbeError
 from probe.experiments import SweepData
-from probe.grid import GridOptions, _splits, grid_cells, grid_extraction, grid_work
+from probe.grid_sweep import GridOptions, _splits, grid_cells, grid_extraction, grid_work
 from probe.outputs import atomic_write, write_json
 from probe.runner import finish_sweep, run_sweep
 from probe.sources import backbone_spec
-from probe.spec import DTYPE_BACKBONES
+from probe.spec import DTYPE_BACKBONES, OFFLOAD_BACKBONES
 
 STEPPED = ("ddpm", "random", "diffusers", "sd", "dit", "pixart", "sd3", "flux")  # with diffusion steps (--steps)
+SIZED = ("transformers", "dit", "pixart", "sd3", "flux")  # take --image-size here (their input size is free)
 CELL_COLUMNS = ["backbone", "kind", "layer", "layer_index", "layers", "relative_depth", "step", "miou"]
 
 
-def backbone_entries(text: str, base: BackboneSpec, steps: str | None = None,
-                     model_dtype: str | None = None) -> list[tuple[str, BackboneSpec]]:
-    """`ddpm,mae,transformers=DIR` as (label, spec) pairs: a checkpoint after `=` (a file, a folder or a hub name);
-    ddpm without one takes `base`'s; `base`'s guided-diffusion flags go to ddpm and random, `steps` to the
-    backbones with diffusion steps, `model_dtype` to those that take it (DTYPE_BACKBONES). The label is the kind,
-    or kind:name of the checkpoint."""
+def backbone_entries(text: str, base: BackboneSpec, steps: str | None = None, model_dtype: str | None = None,
+                     image_size: int | None = None, offload: str | None = None) -> list[tuple[str, BackboneSpec]]:
+    """`ddpm,mae,transformers=DIR,dit=DIR` as (label, spec) pairs: a checkpoint after `=` (a file, a folder or a hub
+    name); ddpm without one takes `base`'s; `base`'s guided-diffusion flags go to ddpm and random, `steps` to the
+    backbones with diffusion steps, `model_dtype` to those that take it (DTYPE_BACKBONES), `image_size` to SIZED,
+    `offload` to OFFLOAD_BACKBONES. The label is the kind, or kind:name of the checkpoint."""
     entries: list[tuple[str, BackboneSpec]] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         kind, _, checkpoint = part.partition("=")
@@ -48,7 +50,9 @@ def backbone_entries(text: str, base: BackboneSpec, steps: str | None = None,
         entries.append((label, replace(base, kind=kind, checkpoint=given,
                                        model_flags=base.model_flags if kind in ("ddpm", "random") else None,
                                        steps=steps if kind in STEPPED else None,
-                                       model_dtype=model_dtype if kind in DTYPE_BACKBONES else None)))
+                                       model_dtype=model_dtype if kind in DTYPE_BACKBONES else None,
+                                       image_size=image_size if kind in SIZED else None,
+                                       offload=offload if kind in OFFLOAD_BACKBONES else None)))
     if not entries:
         raise ProbeError(f"--backbones {text!r}: name at least one backbone, e.g. ddpm,mae")
     return entries

@@ -43,8 +43,10 @@ def _styled(plot: Callable[..., Figure]) -> Callable[..., Figure]:
     return styled
 
 
-def _save(fig: Figure, path: str | Path) -> Figure:
-    """Write `fig` as PNG at DPI to `path` atomically and return it."""
+def _save(fig: Figure, path: str | Path | None) -> Figure:
+    """Write `fig` as PNG at DPI to `path` atomically (None: write nothing) and return it."""
+    if path is None:
+        return fig
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ProbeError(f"{path}: figures are written as PNG, give the file a .png suffix")
@@ -119,8 +121,11 @@ NO_STEP = "-"  # the column label of a backbone without diffusion steps
 
 def grid_matrix(table: pd.DataFrame, group: str = "all") -> pd.DataFrame:
     """The mIoU of `group` as a layers x steps matrix: rows in depth order (`layer_index`), columns by step (one
-    column labelled "-" for a backbone without steps)."""
+    column labelled "-" for a backbone without steps). A table with a `class` column (probe.grid's) contributes its
+    group means, the rows whose class is empty."""
     _require_columns(table, ["layer", "layer_index", "step", "group", "miou"])
+    if "class" in table.columns:
+        table = table[table["class"].isna()]
     rows = table[table["group"] == group]
     if rows.empty:
         groups = sorted(table["group"].unique())
@@ -138,7 +143,7 @@ def grid_matrix(table: pd.DataFrame, group: str = "all") -> pd.DataFrame:
 @_styled
 def grid_heatmap(
     table: pd.DataFrame,
-    path: str | Path,
+    path: str | Path | None = None,
     group: str = "all",
     title: str | None = None,
     vmin: float | None = None,
@@ -147,6 +152,18 @@ def grid_heatmap(
 ) -> Figure:
     """mIoU per (layer, step) of one class group as an annotated heatmap, the deepest layer at the top (paper
     Fig 2). Pass the same vmin/vmax to the all/small/large heatmaps to draw them on one colour scale.
+
+    Args:
+        table: `probe.grid`'s table, or `probe grid`'s grid.csv (columns layer, layer_index, step, group, miou).
+        path: where to write the PNG; None writes nothing.
+        group: the class group drawn: all, small or large.
+        title: the title (default: "<group> classes").
+        vmin: the lower end of the colour scale (default: the group's lowest mIoU).
+        vmax: the upper end of the colour scale.
+        layer_title: the rows' axis label.
+
+    Returns:
+        The figure (shown in a notebook as an image).
     """
     matrix = grid_matrix(table, group)
     width = max(4.6, 2.2 + 0.5 * matrix.shape[1])  # small grids keep room for the title and the axis labels
@@ -305,7 +322,7 @@ def kmeans_figure(
     clusters: dict[tuple[str, str, int | None], np.ndarray],
     layers: Sequence[str],
     steps: Sequence[int | None],
-    path: str | Path,
+    path: str | Path | None,
     k: int,
     title: str | None = None,
 ) -> Figure:
@@ -313,7 +330,8 @@ def kmeans_figure(
     image on the left (paper Fig 4).
 
     `clusters[(name, layer, step)]` is an (h, w) map of ids in [0, k); match ids across maps beforehand
-    (clusters.match_labels) so a colour means one cluster throughout an image's rows.
+    (clusters.match_labels) so a colour means one cluster throughout an image's rows. `path`: where to write the
+    PNG (None: nowhere; the figure is returned either way).
     """
     if not images or not layers or not steps:
         raise ProbeError("kmeans_figure needs at least one image, layer and step")

@@ -80,16 +80,9 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
     """Train an ensemble on the named features of the train images, predict and score the test images. The
     features are upsampled to each label map's size (LabeledImage.grid) and every labelled pixel trains; the
     predictions are at each test image's label size."""
-    labels = [drop_small_annotations(im.labels, ignore_label, min_annotation_pixels(*im.labels.shape))
-              for im in train]
-    source = StorePixelSource(PixelSampler.from_store(store, train, names), labels, ignore_label)
-    if len(source.labels) == 0:
-        raise ProbeError("the training label maps hold no labelled pixel (all ignore label): check the label maps")
     started = time.perf_counter()
-    ensemble = PixelEnsemble(num_classes, members=members, seed=seed, batched=batched, device=device,
-                             progress=progress, precision=precision, early_batch_size=early_batch_size).fit(source)
-    training_pixels = len(source.labels)
-    del source  # the training images' activations leave memory before the test images' arrive
+    ensemble, training_pixels = fit_ensemble(store, names, train, num_classes, ignore_label, members, seed, batched,
+                                             device, progress, precision, early_batch_size)
     trained = time.perf_counter()
     score = SegmentationScore(num_classes, ignore_label)
     predictions, uncertainties = [], []
@@ -100,6 +93,23 @@ def fit_and_predict(store: ActivationStore, names: list[str], train: list[Labele
         score.update(pred, image.labels)
     seconds = {"training": trained - started, "prediction": time.perf_counter() - trained}
     return Fitted(ensemble, predictions, uncertainties, score, training_pixels, seconds)
+
+
+def fit_ensemble(store: ActivationStore, names: list[str], train: list[LabeledImage], num_classes: int,
+                 ignore_label: int, members: int, seed: int, batched: bool = True, device: str = "cpu",
+                 progress: bool = True, precision: str = "float32",
+                 early_batch_size: int | None = None) -> tuple[PixelEnsemble, int]:
+    """An ensemble trained on every labelled pixel of the train images (the authors' small-annotation rule applied)
+    through the store's sampler, and the number of training pixels. The training images' activations leave memory
+    when it returns, before the test images' arrive."""
+    labels = [drop_small_annotations(im.labels, ignore_label, min_annotation_pixels(*im.labels.shape))
+              for im in train]
+    source = StorePixelSource(PixelSampler.from_store(store, train, names), labels, ignore_label)
+    if len(source.labels) == 0:
+        raise ProbeError("the training label maps hold no labelled pixel (all ignore label): check the label maps")
+    ensemble = PixelEnsemble(num_classes, members=members, seed=seed, batched=batched, device=device,
+                             progress=progress, precision=precision, early_batch_size=early_batch_size).fit(source)
+    return ensemble, len(source.labels)
 
 
 def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: int = 2048,
@@ -235,11 +245,17 @@ def write_evaluation(evaluation: Evaluation, source: Source, out: Path) -> None:
         plots.segmentation_panel(picture(image), image.labels, pred, source.class_names, source.palette,
                                  out / "visualizations" / f"{image.stem}.png", source.ignore_label,
                                  title=f"{image.stem}  uncertainty {unc:.3f}")
-    fitted.ensemble.save(out / "ensemble", {
-        "class_names": source.class_names, "palette": np.asarray(source.palette).tolist(),
-        "ignore_label": source.ignore_label, "resolution": backbone.image_size, "feature_names": backbone.names,
-        "backbone": resolved_spec(spec, backbone).to_dict(), "identity": backbone.identity,
-    })
+    fitted.ensemble.save(out / "ensemble", ensemble_manifest(source.class_names, source.palette, source.ignore_label,
+                                                             backbone, spec))
+
+
+def ensemble_manifest(class_names: list[str], palette, ignore_label: int, backbone: Backbone,
+                      spec: BackboneSpec) -> dict:
+    """What a saved ensemble's manifest holds beside the ensemble, so that `load_predictor` rebuilds its features
+    and `probe predict` draws its classes."""
+    return {"class_names": list(class_names), "palette": np.asarray(palette).tolist(), "ignore_label": ignore_label,
+            "resolution": backbone.image_size, "feature_names": backbone.names,
+            "backbone": resolved_spec(spec, backbone).to_dict(), "identity": backbone.identity}
 
 
 def run_segment(source: Source, options: SegmentOptions, seed: int, out: Path, cache: Path | None = None,

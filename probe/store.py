@@ -72,12 +72,13 @@ class ActivationStore:
              steps: list[int] | None = None) -> None:
         """Run the backbone on every batch of images with a missing activation, one step at a time.
 
-        Batches are fixed runs of `images` (about 16k pixels per forward: 16 images at 32x32, 1 at 256x256), and
+        Batches are fixed runs of `images` (Backbone.batch_size: about 16k pixels per forward, 16 images at 32x32, 1
+        at 256x256; the latent models 16k latent positions), and
         a batch with any missing file is computed whole: a run resumed after a kill computes exactly the batches
         an uninterrupted run computes, so its numbers are the same to the last bit."""
         if not images:
             return
-        batch_size = batch_size or max(1, 16384 // images[0].image.shape[-1] ** 2)
+        batch_size = batch_size or self.backbone.batch_size(images[0].image.shape[-1])
         keys = [image_key(im) for im in images]
         chunks = [list(range(start, min(start + batch_size, len(images)))) for start in range(0, len(images), batch_size)]
         todo = [(t, chunk) for t in (steps if steps is not None else self.backbone.steps) for chunk in chunks

@@ -255,10 +255,10 @@ def test_compiled_runs_the_first_calls_shapes_compiled_and_others_as_they_are(mo
 
 def test_long_fits_compile_by_default(monkeypatch):
     features, labels = separable_problem(256, seed=1)  # 4 steps per epoch: 16 in the 4 unchecked epochs
-    monkeypatch.setattr("probe.ensemble.COMPILE_FROM_STEPS", 17)
+    monkeypatch.setattr("probe.ensemble.training.COMPILE_FROM_STEPS", 17)
     assert PixelEnsemble(4, members=3, max_epochs=1, progress=False).fit(
         ArrayPixelSource(features, labels)).compiled_ is False
-    monkeypatch.setattr("probe.ensemble.COMPILE_FROM_STEPS", 16)
+    monkeypatch.setattr("probe.ensemble.training.COMPILE_FROM_STEPS", 16)
     assert PixelEnsemble(4, members=3, max_epochs=1, progress=False).fit(
         ArrayPixelSource(features, labels)).compiled_ is True
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from probe.errors import ProbeError
-from probe.grid import size_groups
+from probe.grid_sweep import size_groups
 
 
 def test_the_default_threshold_is_the_median_of_the_classes_present():

@@ -351,3 +351,121 @@ def test_hub_patterns_fetch_the_files_each_family_reads(pipelines):
                                          ignore_patterns=IGNORE))
         assert chosen == read, (name, read ^ chosen)
     assert any(p.startswith("text_encoder_3/") for p in PATTERNS["sd3"]) and "tokenizer_2/*" in PATTERNS["sd"]
+
+
+@pytest.mark.parametrize("name", ["sdxl", "flux"])
+def test_offload_gives_the_same_features_and_cache_key(pipelines, name):
+    """accelerate's offload hooks run on the CPU too (execution device cpu): `model` puts the denoiser and the VAE
+    in turn on the device, `sequential` keeps every layer's weights off it (on the meta device) between forwards.
+    Neither changes a feature or the identity (the activation cache key); the spec records it only when set."""
+    common = dict(layers="all", steps="250", prompt=PROMPT, image_size=SIZE if name == "flux" else None)
+    x, stems = images(2, SIZE), ["a", "b"]
+    plain = build_backbone(BackboneSpec(KIND[name], pipelines[name], **common), "features")
+    want = plain(x, stems, 250)
+    for mode in ("model", "sequential"):
+        backbone = build_backbone(BackboneSpec(KIND[name], pipelines[name], offload=mode, **common), "features")
+        denoiser = backbone.unet if name == "sdxl" else backbone.transformer
+        got = backbone(x, stems, 250)
+        assert sorted(got) == sorted(want)
+        for cell, value in want.items():
+            torch.testing.assert_close(got[cell], value, rtol=0, atol=0)
+        assert backbone.identity == plain.identity
+        if mode == "model":  # each one's forward moves the other out
+            assert denoiser._hf_hook.prev_module_hook.model is backbone.vae
+            assert backbone.vae._hf_hook.prev_module_hook.model is denoiser
+        else:
+            block = denoiser.up_blocks[1] if name == "sdxl" else denoiser.transformer_blocks[0]
+            assert {p.device.type for p in block.parameters()} == {"meta"}
+    assert BackboneSpec("flux", offload="sequential").to_dict()["offload"] == "sequential"
+    assert "offload" not in BackboneSpec("flux").to_dict()
+
+
+OFFLOAD_BAD = {("ddpm", "model"): "--offload: the ddpm backbone loads whole onto --device",
+               ("flux", "disk"): "--offload 'disk': use model (each network on the device only while it runs) or "
+                                 "sequential"}
+
+
+@pytest.mark.parametrize("kind, mode", sorted(OFFLOAD_BAD))
+def test_offload_is_refused_where_it_does_not_apply(kind, mode):
+    from probe.errors import ProbeError
+    from probe.spec import check_offload
+
+    with pytest.raises(ProbeError) as error:
+        check_offload(kind, mode)
+    assert str(error.value).startswith(OFFLOAD_BAD[kind, mode])
+    with pytest.raises(ProbeError, match="--offload"):
+        build_backbone(BackboneSpec(kind, offload=mode), "segment")
+
+
+@pytest.mark.parametrize("name", list(SAVERS))
+def test_batched_extraction_equals_one_image_at_a_time(pipelines, tmp_path, name):
+    """The store gives a latent backbone about 16k latent positions per forward (here 16 x 16 latents: 64 images),
+    the prompt / class encoded once and expanded: three images in one forward give each image's own features."""
+    from probe.data.layout import LabeledImage
+    from probe.store import ActivationStore
+
+    spec = BackboneSpec(KIND[name], pipelines[name], layers="all", steps="250", noise="per-image",
+                        prompt=None if name == "dit" else PROMPT, image_size=SIZE if name == "flux" else None)
+    backbone = build_backbone(spec, "features")
+    assert backbone.batch_size(SIZE) == 64 and backbone.batch_size(8 * SIZE) == 1
+    x, stems = images(3, SIZE), ["a", "b", "c"]
+    batched = backbone(x, stems, 250)
+    for i, stem in enumerate(stems):
+        alone = backbone(x[i:i + 1], [stem], 250)
+        for cell, value in alone.items():
+            torch.testing.assert_close(batched[cell][i:i + 1], value, rtol=0, atol=1e-5)
+    sizes = []
+    features = backbone.features
+    backbone.features = lambda batch, names, step: sizes.append(len(batch)) or features(batch, names, step)
+    labels = np.zeros((SIZE, SIZE), dtype=np.int64)
+    ActivationStore(backbone, tmp_path / "cache").fill(
+        [LabeledImage(stem, x[i].numpy(), labels) for i, stem in enumerate(stems)], progress=False)
+    assert sizes == [3]
+
+
+def test_layers_across_ddpm_and_a_dit(pipelines, tiny_domain, tmp_path):
+    """`probe layers --backbones ddpm,dit=DIR --image-size 64 --depths 0,1`: the dit's blocks at relative depth
+    block / (blocks - 1), its input size from --image-size (ddpm keeps its own), each row its grid cell's mIoU."""
+    import pandas as pd
+
+    from probe.experiments import SweepData
+    from probe.layers import backbone_entries, run_layers
+
+    data = SweepData(data=str(tiny_domain), cache=str(tmp_path / "cache"))
+    entries = backbone_entries(f"ddpm,dit={pipelines['dit']}", BackboneSpec("ddpm"), steps="0,200", image_size=64)
+    assert [(label, spec.image_size, spec.steps) for label, spec in entries] == [("ddpm", None, "0,200"),
+                                                                                 ("dit:dit", 64, "0,200")]
+    out = tmp_path / "layers"
+    best = run_layers(data, entries, 0, out, train_number=1, test_number=1, depths=[0, 1], threads=1, progress=False)
+    assert best.groupby("backbone").layer.apply(list).to_dict() == {"ddpm": ["block0", "block17"],
+                                                                     "dit:dit": ["block0", "block2"]}
+    dit = best[best.backbone == "dit:dit"]
+    assert dit.kind.tolist() == ["dit", "dit"] and dit.layers.tolist() == [3, 3]
+    assert dit.relative_depth.tolist() == [0.0, 1.0] and dit.miou.between(0, 100).all()
+    summary = json.loads((out / "layers.json").read_text())
+    identity = {b["label"]: b["identity"] for b in summary["backbones"]}
+    assert identity["dit:dit"]["image_size"] == 64 and identity["dit:dit"]["class_label"] == 10
+    cells = pd.read_csv(out / "layers_cells.csv")
+    for row in dit.itertuples():  # the best of the layer's two steps
+        steps = cells[(cells.backbone == "dit:dit") & (cells.layer == row.layer)]
+        assert sorted(steps.step) == [0, 200] and row.miou == steps.miou.max()
+
+
+def test_offload_option_of_the_command_gives_the_same_arrays(pipelines, tmp_path):
+    """--offload reaches the backbone from the command line and changes no number; refused in one line elsewhere."""
+    pictures = write_images(tmp_path / "imgs", 1, SIZE)
+    exported = {}
+    for mode in (None, "sequential"):
+        out = tmp_path / f"feats_{mode}"
+        extra = ["--offload", mode] if mode else []
+        result = cli("features", "--backbone", "dit", "--checkpoint", pipelines["dit"], "--images", pictures,
+                     "--image-size", SIZE, "--blocks", "0,1", "--steps", "250", "--out", out, "--quiet", *extra)
+        assert result.exit_code == 0, result.output
+        exported[mode] = np.load(out / "im0.npz")
+    assert sorted(exported[None].files) == ["t250_block0", "t250_block1"]
+    for cell in exported[None].files:
+        np.testing.assert_array_equal(exported["sequential"][cell], exported[None][cell])
+    refused = run_probe("segment", "--offload", "model", "--out", tmp_path / "never")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: --offload: the ddpm backbone loads whole")
+    assert not (tmp_path / "never").exists()

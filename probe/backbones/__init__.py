@@ -19,7 +19,7 @@ from probe.backbones.stable_diffusion import StableDiffusionBackbone
 from probe.backbones.swav import SwAVBackbone
 from probe.backbones.vision_transformers import TransformersBackbone
 from probe.errors import ProbeError
-from probe.spec import DTYPE_BACKBONES, BackboneSpec, check_cell_syntax
+from probe.spec import DTYPE_BACKBONES, TEXT_BACKBONES, BackboneSpec, check_cell_syntax, check_offload
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "Cell", "NoisePolicy", "build_backbone", "check_cell_syntax",
            "default_model_files", "identity_hash"]
@@ -40,7 +40,6 @@ BACKBONES = {
     "transformers": TransformersBackbone,  # a transformers vision model folder (DINOv2/v3, CLIP, SigLIP, ViT-MAE, ViT)
 }
 PURPOSES = ("segment", "grid", "kmeans", "features")
-TEXT_BACKBONES = ("sd", "pixart", "sd3", "flux")  # take --prompt
 
 
 def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: int | None = None) -> Backbone:
@@ -63,6 +62,7 @@ def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: in
     if spec.class_label is not None and spec.kind != "dit":
         raise ProbeError(f"--class-label: the {spec.kind} backbone takes no class label (only --backbone dit); drop "
                          "--class-label")
+    check_offload(spec.kind, spec.offload)
     if spec.model_dtype is not None and spec.kind not in DTYPE_BACKBONES:
         raise ProbeError(f"--model-dtype: the {spec.kind} backbone computes in float32 (only --backbone "
                          f"{', '.join(DTYPE_BACKBONES)} take --model-dtype); drop --model-dtype")

@@ -22,15 +22,10 @@ from probe.diffusion import Diffusion, inversion_schedule
 from probe.errors import ProbeError
 from probe.models import LoadedModel, UNet, load_model
 from probe.models.flags import parse_flags, resolve_flags
+from probe.spec import FEATURE_STEPS, GRID_STEPS, KMEANS_BLOCKS, KMEANS_STEPS, PAPER_BLOCKS, PAPER_STEPS
 
 DEFAULT_WEIGHTS = "default_ddpm.pt"
 DEFAULT_FLAGS = "default_ddpm.json"
-PAPER_BLOCKS = (5, 6, 7, 8, 12)  # of the 18 decoder blocks of the paper's 256x256 models
-PAPER_STEPS = (50, 150, 250)  # of T = 1000
-GRID_STEPS = (0, 50, 100, 200, 300, 400, 600, 800, 999)
-KMEANS_BLOCKS = (6, 8, 10, 12)
-KMEANS_STEPS = (50, 200, 400, 600, 800)
-FEATURE_STEPS = (50, 150, 250)
 INVERSION_CACHE_BYTES = 512 * 2**20  # inverted x_t kept per backbone so the chain to t continues from an earlier t
 NOISE_FORMS = ("shared, per-image, mean-of-K (e.g. mean-of-4), ddim-inversion (DDIM inversion through every step "
                "0, 1, ..., t) or ddim-inversion-K (K >= 1 even DDIM steps from 0 to t, e.g. ddim-inversion-10)")

@@ -94,6 +94,11 @@ class Backbone(ABC):
                 setattr(self, name, None)
         self.released = True
 
+    def batch_size(self, image_side: int) -> int:
+        """Images per forward when the store extracts: about 16k input pixels (16 images at 32 x 32, 1 at 256 x 256);
+        the latent backbones count latent positions instead."""
+        return max(1, 16384 // image_side ** 2)
+
     def names_for_step(self, step: int | None) -> list[str]:
         return [cell.name for cell in self.cells if cell.step == step]
 

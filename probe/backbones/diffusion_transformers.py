@@ -29,7 +29,10 @@ DiTF's block 28 of 57 (Gan et al. 2025, "Unleashing Diffusion Transformers for V
 both scaled to the model's depth and T.
 
 `--model-dtype float32|bfloat16|float16`: the dtype the transformer and the text encoders compute in (the VAE stays
-float32); features reach the toolkit as float32 on the CPU. The identity holds the class, the digest of every file
+float32); features reach the toolkit as float32 on the CPU. `--offload model|sequential`: accelerate's CPU offload
+(probe.backbones.latent_diffusion.offloaded), for a model larger than the GPU; same numbers, same identity.
+Extraction batches images (`batch_size`: about 16k latent positions per forward, as the pixel UNets' 16k pixels),
+the prompt / class encoded once and expanded over the batch. The identity holds the class, the digest of every file
 read, the image size, the dtype, the noise policy and seed, and the prompt / class label / guidance.
 """
 
@@ -40,17 +43,16 @@ from typing import ClassVar
 
 import torch
 
-from probe.backbones.adm import GRID_STEPS, NoisePolicy, scaled_steps
+from probe.backbones.adm import NoisePolicy, scaled_steps
 from probe.backbones.base import Backbone, Cell, loaded, refuse_options, select_layers, select_steps
-from probe.backbones.diffusers_unet import (LatentCache, file_stats, files_digest, forward_noise, load_pretrained,
-                                            load_scheduler, read_config, require_diffusers, run_until)
+from probe.backbones.diffusers_unet import (LatentCache, file_stats, files_digest, forward_noise, load_scheduler,
+                                            read_config, require_diffusers, run_until)
 from probe.backbones.latent_diffusion import (DTYPES, clip_embeds, clip_pooled, component, denoiser_class,
-                                              load_component, pipeline_index, t5_embeds, tokenizer_files, vae_latents,
-                                              vae_scale)
+                                              latent_batch_size, load_component, offloaded, pipeline_index, t5_embeds,
+                                              tokenizer_files, vae_latents, vae_scale)
 from probe.errors import ProbeError
+from probe.spec import DITF_BLOCK, DITF_DEPTH, DITF_STEP, GRID_STEPS, MIDDLE_STEP
 
-MIDDLE_STEP = 250  # DiT / PixArt / SD3 default step (of T = 1000)
-DITF_BLOCK, DITF_DEPTH, DITF_STEP = 28, 57, 260  # DiTF: FLUX.1 block 28 of 19 + 38 at t = 260
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale, given to models with a guidance embedding
 
 
@@ -154,9 +156,11 @@ class DiffusionTransformerBackbone(Backbone):
 
         model_class = getattr(diffusers, cls.class_name)
         transformer, vae, scheduler = loaded(
-            parts["transformer"][1], [spec.kind, file_stats(files), dtype, spec.device],
-            lambda: (load_component(model_class, folder / "transformer", DTYPES[dtype], spec.device),
-                     load_pretrained(diffusers.AutoencoderKL, folder / "vae", spec.device),
+            parts["transformer"][1], [spec.kind, file_stats(files), dtype, spec.device, spec.offload],
+            lambda: (*offloaded([load_component(model_class, folder / "transformer", DTYPES[dtype], spec.device,
+                                                spec.offload),
+                                 load_component(diffusers.AutoencoderKL, folder / "vae", torch.float32, spec.device,
+                                                spec.offload)], spec.offload, spec.device),
                      None if cls.flow else load_scheduler(parts["scheduler"][0])))
         condition, describe = loaded(
             parts["transformer"][1], ["condition", spec.kind, spec.prompt, getattr(spec, "class_label", None),
@@ -183,6 +187,9 @@ class DiffusionTransformerBackbone(Backbone):
         if isinstance(size, (list, tuple)):
             size = size[0]
         return int(size) * scale
+
+    def batch_size(self, image_side: int) -> int:
+        return latent_batch_size(image_side // vae_scale(self.vae))
 
     def default_cells(self, purpose: str) -> tuple[list[int], list[int]]:
         depth = len(self.modules)
@@ -291,7 +298,8 @@ class PixArtBackbone(DiffusionTransformerBackbone):
         prompt = spec.prompt or ""
         sigma = pipeline_index(folder).get("_class_name") == "PixArtSigmaPipeline"
         length = 300 if sigma else 120  # the pipelines' max_sequence_length
-        text, mask = t5_embeds(folder, "text_encoder", "tokenizer", prompt, length, dtype, spec.device, masked=True)
+        text, mask = t5_embeds(folder, "text_encoder", "tokenizer", prompt, length, dtype, spec.device, masked=True,
+                               offload=spec.offload)
         return {"text": text.to(dtype), "mask": mask}, {"prompt": prompt, "max_sequence_length": length}
 
     def forward(self, x_t: torch.Tensor, step: int) -> None:
@@ -325,14 +333,15 @@ class SD3Backbone(DiffusionTransformerBackbone):
     @classmethod
     def encode_condition(cls, folder, spec, dtype, config) -> tuple[dict, dict]:
         refuse_class_label(spec, cls.kind)
-        prompt, device = spec.prompt or "", spec.device
+        prompt, device, offload = spec.prompt or "", spec.device, spec.offload
         first, pooled_1 = clip_embeds(folder, "text_encoder", "tokenizer", "CLIPTextModelWithProjection", prompt,
-                                      dtype, device)
+                                      dtype, device, offload)
         second, pooled_2 = clip_embeds(folder, "text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection", prompt,
-                                       dtype, device)
+                                       dtype, device, offload)
         clip = torch.cat([first, second], dim=-1)
         if (folder / "text_encoder_3").exists():
-            t5 = t5_embeds(folder, "text_encoder_3", "tokenizer_3", prompt, 256, dtype, device, masked=False)[0]
+            t5 = t5_embeds(folder, "text_encoder_3", "tokenizer_3", prompt, 256, dtype, device, masked=False,
+                           offload=offload)[0]
         else:
             t5 = torch.zeros(1, 256, config.joint_attention_dim, dtype=dtype, device=device)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
@@ -380,8 +389,9 @@ class FluxBackbone(DiffusionTransformerBackbone):
     def encode_condition(cls, folder, spec, dtype, config) -> tuple[dict, dict]:
         refuse_class_label(spec, cls.kind)
         prompt = spec.prompt or ""
-        pooled = clip_pooled(folder, prompt, dtype, spec.device)
-        text = t5_embeds(folder, "text_encoder_2", "tokenizer_2", prompt, 512, dtype, spec.device, masked=False)[0]
+        pooled = clip_pooled(folder, prompt, dtype, spec.device, spec.offload)
+        text = t5_embeds(folder, "text_encoder_2", "tokenizer_2", prompt, 512, dtype, spec.device, masked=False,
+                         offload=spec.offload)[0]
         guidance = FLUX_GUIDANCE if config.guidance_embeds else None
         return ({"text": text.to(dtype), "pooled": pooled.to(dtype), "guidance": guidance},
                 {"prompt": prompt, "guidance": guidance})

@@ -3,6 +3,11 @@ pipeline folder as diffusers saves it (model_index.json, one sub-folder per comp
 dtype (from_pretrained: the network is built on the meta device and filled from safetensors, no second copy),
 tokenizers, the VAE encoding (the pipelines' shift and scaling) and the prompt encoders as the diffusers pipelines
 call them. Text encoders live only inside the functions that encode the prompt: they are freed once it is encoded.
+
+`--offload` (accelerate's hooks, as diffusers' enable_model_cpu_offload / enable_sequential_cpu_offload): the
+networks load onto the CPU and run on `--device`. `model`: a whole network moves to the device when it runs, and the
+denoiser and the VAE take turns there (each moves the other out); `sequential`: the weights stay on the CPU and each
+layer's are moved to the device for its forward only (a denoiser larger than the GPU; slow). Neither changes a number.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DENOISERS = {"UNet2DModel": "diffusers", "UNet2DConditionModel": "sd", "DiTTransformer2DModel": "dit",
              "PixArtTransformer2DModel": "pixart", "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
 SUPPORTED = ", ".join(f"{name} (--backbone {kind})" for name, kind in DENOISERS.items())
+LATENT_POSITIONS = 16384  # of the denoiser's input per extraction forward (latent_batch_size)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
 
@@ -64,9 +70,9 @@ def tokenizer_files(folder: Path, fix: str) -> list[Path]:
     return files
 
 
-def load_component(model_class, folder: Path, dtype: torch.dtype, device: str):
-    """from_pretrained (local, safetensors only, meta-device init) in `dtype`, eval mode on `device`; a failure is
-    one line naming the folder."""
+def load_component(model_class, folder: Path, dtype: torch.dtype, device: str, offload: str | None = None):
+    """from_pretrained (local, safetensors only, meta-device init) in `dtype`, eval mode on `device` (with
+    `offload`: on the CPU, for `offloaded`); a failure is one line naming the folder."""
     library = model_class.__module__.split(".")[0]
     kwargs = {"torch_dtype": dtype} if library == "diffusers" else {"dtype": dtype}
     try:
@@ -75,7 +81,25 @@ def load_component(model_class, folder: Path, dtype: torch.dtype, device: str):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ProbeError(f"{folder}: {model_class.__name__} could not load it ({first}); check that the folder is "
                          "complete and matches its config.json") from None
-    return model.to(device).eval()
+    return model.eval() if offload else model.to(device).eval()
+
+
+def offloaded(models: list[torch.nn.Module], offload: str | None, device: str) -> list[torch.nn.Module]:
+    """`models` (on the CPU) run on `device` through accelerate's offload hooks (`offload`: model or sequential,
+    see the module's docstring); unchanged when `offload` is None. With `model`, the networks take turns on the
+    device: each one's forward (the VAE's encode too) first moves the one before it, cyclically, back to the CPU."""
+    if offload is None:
+        return models
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    if offload == "sequential":
+        return [cpu_offload(model, execution_device=torch.device(device)) for model in models]
+    hooks = []
+    for model in models:
+        hooks.append(cpu_offload_with_hook(model, torch.device(device), prev_module_hook=hooks[-1] if hooks else None)[1])
+    if len(hooks) > 1:
+        hooks[0].hook.prev_module_hook = hooks[-1]
+    return models
 
 
 def load_tokenizer(folder: Path):
@@ -101,6 +125,12 @@ def vae_latents(vae, images: torch.Tensor) -> torch.Tensor:
     return (latents - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor
 
 
+def latent_batch_size(latent_side: int) -> int:
+    """Images per forward when extracting: about LATENT_POSITIONS latent positions (SD at 512 and DiT at 256: 4 and
+    16 images; the 1024 models: 1), as the store gives the pixel-space UNets about 16k pixels per forward."""
+    return max(1, LATENT_POSITIONS // latent_side ** 2)
+
+
 def vae_scale(vae) -> int:
     """The pipelines' vae_scale_factor: 2 ** (levels - 1)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -111,40 +141,45 @@ def tokens(tokenizer, prompt: str, max_length: int, device) -> dict:
                      return_tensors="pt").to(device)
 
 
+def text_encoder(model_class, folder: Path, dtype: torch.dtype, device: str, offload: str | None):
+    """A text encoder loaded for one prompt, on `device` or through `offload`."""
+    return offloaded([load_component(model_class, folder, dtype, device, offload)], offload, device)[0]
+
+
 def clip_embeds(folder: Path, encoder_part: str, tokenizer_part: str, encoder_class: str, prompt: str,
-                dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+                dtype: torch.dtype, device: str, offload: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden_states[-2], output[0]) of a CLIP text encoder on the prompt padded to model_max_length, as
     StableDiffusionXLPipeline and StableDiffusion3Pipeline encode it (no clip skip): the penultimate layer's
     tokens, and the pooled (projected, for CLIPTextModelWithProjection) embedding."""
     import transformers
 
     tokenizer = load_tokenizer(folder / tokenizer_part)
-    encoder = load_component(getattr(transformers, encoder_class), folder / encoder_part, dtype, device)
+    encoder = text_encoder(getattr(transformers, encoder_class), folder / encoder_part, dtype, device, offload)
     ids = tokens(tokenizer, prompt, tokenizer.model_max_length, device).input_ids
     with torch.no_grad():
         out = encoder(ids, output_hidden_states=True)
     return out.hidden_states[-2].detach(), out[0].detach()
 
 
-def clip_pooled(folder: Path, prompt: str, dtype: torch.dtype, device: str) -> torch.Tensor:
+def clip_pooled(folder: Path, prompt: str, dtype: torch.dtype, device: str, offload: str | None = None) -> torch.Tensor:
     """FluxPipeline's CLIP part: CLIPTextModel's pooler_output on the prompt padded to model_max_length."""
     from transformers import CLIPTextModel
 
     tokenizer = load_tokenizer(folder / "tokenizer")
-    encoder = load_component(CLIPTextModel, folder / "text_encoder", dtype, device)
+    encoder = text_encoder(CLIPTextModel, folder / "text_encoder", dtype, device, offload)
     ids = tokens(tokenizer, prompt, tokenizer.model_max_length, device).input_ids
     with torch.no_grad():
         return encoder(ids, output_hidden_states=False).pooler_output.detach()
 
 
 def t5_embeds(folder: Path, encoder_part: str, tokenizer_part: str, prompt: str, max_length: int,
-              dtype: torch.dtype, device: str, masked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+              dtype: torch.dtype, device: str, masked: bool, offload: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(last hidden state, attention mask) of T5EncoderModel on the prompt padded to `max_length`: with the
     attention mask given to the encoder (`masked`: PixArt) or not (SD3, FLUX), as those pipelines call it."""
     from transformers import T5EncoderModel
 
     tokenizer = load_tokenizer(folder / tokenizer_part)
-    encoder = load_component(T5EncoderModel, folder / encoder_part, dtype, device)
+    encoder = text_encoder(T5EncoderModel, folder / encoder_part, dtype, device, offload)
     text = tokens(tokenizer, prompt, max_length, device)
     with torch.no_grad():
         out = encoder(text.input_ids, attention_mask=text.attention_mask if masked else None)[0]

@@ -14,9 +14,9 @@ from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
 from probe.models.flags import parse_flags
 from probe.models.vit import imagenet_normalize, load_mae
+from probe.spec import LAST_LAYERS
 
 DEFAULT_WEIGHTS = "default_mae.pt"
-PAPER_CELLS = 12  # the paper takes the last 12 blocks of ViT-L (12 x 1024 = 12288 features per pixel)
 
 
 def imagenet_input(images: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ class MAEBackbone(Backbone):
                              "(everything else is read from the checkpoint)")
         backbone = cls(spec.checkpoint or default_weights(), flags.get("num_heads"), None, purpose, spec.device)
         depth = backbone.config.depth
-        last = [f"block{b}" for b in range(max(0, depth - PAPER_CELLS), depth)]
+        last = [f"block{b}" for b in range(max(0, depth - LAST_LAYERS), depth)]
         defaults = {"segment": last, "features": last, "grid": backbone.all_layers,
                     "kmeans": [f"block{b}" for b in sorted({round((depth - 1) * f) for f in (0.25, 0.5, 0.75, 1)})]}
         layers = select_layers(spec.layers, backbone.all_layers, defaults[purpose])

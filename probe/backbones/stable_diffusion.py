@@ -12,7 +12,9 @@ conditions are `text_embeds` = that pooled embedding and `time_ids` = (S, S, 0, 
 (original size, crop top-left, target size), and the latents are (VAE mean - latents_mean) x scaling / latents_std
 when the VAE config has them, else VAE mean x scaling (0.13025). Its default segment cell is DIFT's (Tang et al.,
 NeurIPS 2023): the output of up_blocks[1] at t = 261. `--model-dtype` is the dtype the UNet and text encoders compute
-in (the VAE stays float32, as the SDXL pipeline upcasts it)."""
+in (the VAE stays float32, as the SDXL pipeline upcasts it). `--offload model|sequential`: accelerate's CPU offload of
+the UNet, the VAE and the text encoders (probe.backbones.latent_diffusion.offloaded); same numbers, same identity.
+Extraction batches images: about 16k latent positions per forward (4 images at 512, 1 at 1024)."""
 
 from __future__ import annotations
 
@@ -23,13 +25,13 @@ import torch
 from probe.backbones.adm import scaled_steps
 from probe.backbones.base import loaded
 from probe.backbones.diffusers_unet import (DiffusersBackbone, LatentCache, decoder_layers, file_stats, files_digest,
-                                            load_pretrained, load_scheduler, read_config, require_diffusers,
-                                            square_size, weight_files)
-from probe.backbones.latent_diffusion import (DTYPES, clip_embeds, component, denoiser_class, load_component,
-                                              pipeline_index, tokenizer_files, vae_latents)
+                                            load_scheduler, read_config, require_diffusers, square_size, weight_files)
+from probe.backbones.latent_diffusion import (DTYPES, clip_embeds, component, denoiser_class, latent_batch_size,
+                                              load_component, offloaded, pipeline_index, text_encoder, tokenizer_files,
+                                              vae_latents, vae_scale)
 from probe.errors import ProbeError
+from probe.spec import DIFT_STEP, DIFT_UP_BLOCK
 
-DIFT_UP_BLOCK, DIFT_STEP = 1, 261  # DIFT (Tang et al., NeurIPS 2023): SD's up_blocks[1] output at t = 261
 
 LAYOUT = ("a Stable Diffusion pipeline folder as diffusers saves it (unet/, vae/, text_encoder/, tokenizer/, "
           "scheduler/; SDXL also text_encoder_2/, tokenizer_2/), or the pipeline's hub name (e.g. "
@@ -82,19 +84,21 @@ def xl_files(folder: Path, parts: dict[str, list[Path]], fix: str) -> dict[str, 
     return parts
 
 
-def encode_xl_prompt(folder: Path, prompt: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_xl_prompt(folder: Path, prompt: str, dtype: torch.dtype, device: str,
+                     offload: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt embeds, pooled embeds) as StableDiffusionXLPipeline.encode_prompt computes them (no clip skip):
     each encoder's penultimate hidden state, concatenated; the pooled embedding of text_encoder_2. The encoders are
     freed when this returns."""
     hidden = []
     if (folder / "text_encoder" / "config.json").is_file():
-        hidden.append(clip_embeds(folder, "text_encoder", "tokenizer", "CLIPTextModel", prompt, dtype, device)[0])
+        hidden.append(clip_embeds(folder, "text_encoder", "tokenizer", "CLIPTextModel", prompt, dtype, device,
+                                  offload)[0])
     last, pooled = clip_embeds(folder, "text_encoder_2", "tokenizer_2", "CLIPTextModelWithProjection", prompt,
-                               dtype, device)
+                               dtype, device, offload)
     return torch.cat([*hidden, last], dim=-1), pooled
 
 
-def encode_prompt(folder: Path, prompt: str, device: str) -> torch.Tensor:
+def encode_prompt(folder: Path, prompt: str, device: str, offload: str | None = None) -> torch.Tensor:
     """(1, tokens, width): the text encoder's last hidden state for the prompt padded to the tokenizer's
     model_max_length, as StableDiffusionPipeline.encode_prompt computes it (no attention mask, no clip skip)."""
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -103,7 +107,7 @@ def encode_prompt(folder: Path, prompt: str, device: str) -> torch.Tensor:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     except Exception as error:  # noqa: BLE001
         raise ProbeError(f"{folder / 'tokenizer'}: CLIPTokenizer could not load it ({error})") from None
-    encoder = load_pretrained(CLIPTextModel, folder / "text_encoder", device)
+    encoder = text_encoder(CLIPTextModel, folder / "text_encoder", torch.float32, device, offload)
     tokens = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                        return_tensors="pt")
     with torch.no_grad():
@@ -140,22 +144,25 @@ class StableDiffusionBackbone(DiffusersBackbone):
             raise ProbeError(f"--model-dtype {dtype!r}: use {', '.join(DTYPES)}")
         xl = "text_encoder_2" in {f.parent.name for f in parts["text"]}
         unet, vae, scheduler = loaded(
-            parts["unet"][1], ["sd", file_stats([f for files in parts.values() for f in files]), dtype, spec.device],
-            lambda: (load_component(UNet2DConditionModel, folder / "unet", DTYPES[dtype], spec.device),
-                     load_pretrained(AutoencoderKL, folder / "vae", spec.device),
+            parts["unet"][1], ["sd", file_stats([f for files in parts.values() for f in files]), dtype, spec.device,
+                               spec.offload],
+            lambda: (*offloaded([load_component(UNet2DConditionModel, folder / "unet", DTYPES[dtype], spec.device,
+                                                spec.offload),
+                                 load_component(AutoencoderKL, folder / "vae", torch.float32, spec.device,
+                                                spec.offload)], spec.offload, spec.device),
                      load_scheduler(parts["scheduler"][0])))
         pooled = None
         if xl:
             text, pooled = loaded(parts["text"][1], ["xl prompt", prompt, file_stats(parts["text"]), dtype,
                                                      spec.device],
-                                  lambda: encode_xl_prompt(folder, prompt, DTYPES[dtype], spec.device))
+                                  lambda: encode_xl_prompt(folder, prompt, DTYPES[dtype], spec.device, spec.offload))
         else:
             text = loaded(parts["text"][1], ["prompt", prompt, file_stats(parts["text"]), dtype, spec.device],
-                          lambda: encode_prompt(folder, prompt, spec.device).to(DTYPES[dtype]))
+                          lambda: encode_prompt(folder, prompt, spec.device, spec.offload).to(DTYPES[dtype]))
         if vae.config.latent_channels != unet.config.in_channels:
             raise ProbeError(f"{folder}: the VAE gives {vae.config.latent_channels} latent channels, the UNet takes "
                              f"{unet.config.in_channels}; the folder mixes two pipelines")
-        scale = 2 ** (len(vae.config.block_out_channels) - 1)  # the pipeline's vae_scale_factor
+        scale = vae_scale(vae)
         backbone = cls(kind=spec.kind, unet=unet, scheduler=scheduler, vae=vae, text=text, prompt=prompt,
                        pooled=pooled, dtype=spec.model_dtype,
                        layers=decoder_layers(unet, parts["unet"][0]),
@@ -164,6 +171,9 @@ class StableDiffusionBackbone(DiffusersBackbone):
                        input_activations=spec.input_activations, device=spec.device)
         backbone.choose_cells(spec, purpose)
         return backbone
+
+    def batch_size(self, image_side: int) -> int:
+        return latent_batch_size(image_side // vae_scale(self.vae))
 
     def default_cells(self, purpose: str, steps_total: int) -> tuple[list[int], list[int]]:
         """SDXL's segment and features default: DIFT's cell, the output of up_blocks[1] (its last layer) at t = 261

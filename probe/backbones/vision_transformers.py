@@ -42,12 +42,12 @@ from probe.backbones.base import Backbone, Cell, capture, loaded, refuse_options
 from probe.backbones.diffusers_unet import file_stats, files_digest, read_config, run_until, weight_files
 from probe.errors import ProbeError
 from probe.models.vit import IMAGENET_MEAN, IMAGENET_STD
+from probe.spec import LAST_LAYERS
 
 log = logging.getLogger("probe")
 _SAID: set[str] = set()  # folders whose missing preprocessor config was already reported in this process
 
 INSTALL = 'pip install -e ".[diffusers]"'
-PAPER_CELLS = 12  # as the MAE baseline: the last 12 layers by default (all of a ViT-B)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUT = ("a vision model folder as save_pretrained writes it (config.json, model.safetensors or its sharded index "
           "and shards, preprocessor_config.json) or its hub name (e.g. facebook/dinov2-small)")
@@ -272,7 +272,7 @@ class TransformersBackbone(Backbone):
         backbone = cls(model=model, family=family, folder=folder, files=files, image_size=size, mean=mean, std=std,
                        normalisation=normalisation, dtype=dtype, device=spec.device)
         depth = len(backbone.all_layers)
-        last = backbone.all_layers[max(0, depth - PAPER_CELLS):]
+        last = backbone.all_layers[max(0, depth - LAST_LAYERS):]
         defaults = {"segment": last, "features": last, "grid": backbone.all_layers,
                     "kmeans": [f"block{b}" for b in sorted({round((depth - 1) * f) for f in (0.25, 0.5, 0.75, 1)})]}
         layers = select_layers(spec.layers, backbone.all_layers, defaults[purpose])

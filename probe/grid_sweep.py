@@ -46,6 +46,16 @@ def size_groups(areas: np.ndarray, threshold: float | None) -> tuple[dict[int, s
     return {c: "small" if a < threshold else "large" for c, a in scored.items()}, threshold
 
 
+def group_means(per_class: pd.DataFrame) -> pd.DataFrame:
+    """The mIoU (%) per (layer, step) over all classes and over each size group, from the IoU per class (columns
+    layer, layer_index, step, class, group, iou): columns layer, layer_index, step, group, miou."""
+    keys = ["layer_index", "layer", "step"]
+    return pd.concat([
+        per_class.groupby(keys, as_index=False, dropna=False)["iou"].mean().assign(group="all"),
+        per_class.groupby([*keys, "group"], as_index=False, dropna=False)["iou"].mean(),
+    ]).rename(columns={"iou": "miou"})[["layer", "layer_index", "step", "group", "miou"]]
+
+
 @dataclass
 class GridOptions:
     backbone: BackboneSpec = field(default_factory=BackboneSpec)  # its seed is replaced by the run's seed
@@ -124,11 +134,7 @@ def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray
         {"layer": r["config"]["layer"], "layer_index": backbone.layer_index(r["config"]["layer"]),
          "step": r["config"]["step"], "class": name, "group": groups[index[name]], "iou": iou}
         for r in records for name, iou in r["result"]["per_class"].items()]).astype({"step": "Int64"})
-    keys = ["layer_index", "layer", "step"]
-    table = pd.concat([
-        per_class.groupby(keys, as_index=False, dropna=False)["iou"].mean().assign(group="all"),
-        per_class.groupby([*keys, "group"], as_index=False, dropna=False)["iou"].mean(),
-    ]).rename(columns={"iou": "miou"})[["layer", "layer_index", "step", "group", "miou"]]
+    table = group_means(per_class)
     atomic_write(out / "grid_per_class.csv", lambda p: per_class.to_csv(p, index=False))
     atomic_write(out / "grid.csv", lambda p: table.to_csv(p, index=False))
     class_table = pd.DataFrame([{"class": source.class_names[c], "label": c, "mean_area": areas[c], "group": g}

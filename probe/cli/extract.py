@@ -1,0 +1,63 @@
+"""probe features: export a backbone's feature maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from probe.cli.options import (
+    Backbone, Blocks, Checkpoint, ClassLabel, Device, Images, InputActivations, ModelDtype, Offload, ModelFlagsOpt, Noise,
+    Out, Overwrite, Prompt, Quiet, Revision, Seed, TorchThreads, _begin, _check_out, _check_threads, _spec, console,
+    user_errors,
+)
+
+
+@user_errors
+def features(
+    images: Path = Images,
+    backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
+    model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
+    model_dtype: Optional[str] = ModelDtype, class_label: Optional[int] = ClassLabel,
+    offload: Optional[str] = Offload,
+    blocks: Optional[str] = Blocks,
+    steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250)."),
+    seed: int = Seed, input_activations: bool = InputActivations, noise: Optional[str] = Noise,
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="pixels, swav, transformers: the input size (default: the images' or model's)."),
+    dtype: str = typer.Option("float32", "--dtype", help="The exported arrays' dtype: float32 or float16."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward."),
+    device: str = Device,
+    out: Path = Out, overwrite: bool = Overwrite,
+    threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
+):
+    """Export a backbone's feature maps: OUT/<stem>.npz with one (C, h, w) array per cell at native resolution,
+    named t{t}_block{b} (ddpm), block{b} (mae) or layer{L}.{j} (swav). At step t the diffusion backbones add
+    noise as their scheduler does; sd3 and flux by flow matching, x_t = (1 - s) x0 + s e with s = t / 1000, no shift.
+
+    Examples:
+
+    \b
+      probe features --checkpoint lsun_horse.pt --images imgs/ --out feats/
+      probe features --backbone mae --images imgs/ --blocks 9-11 --out feats/
+      probe features --backbone diffusers --images imgs/ --out feats/ \\
+        --checkpoint google/ddpm-ema-bedroom-256
+    """
+    from probe.data.layout import native_size
+    from probe.sources import backbone_spec
+
+    _check_out(out, overwrite, images, checkpoint)
+    _check_threads(threads)
+    spec = backbone_spec(None, _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations,
+                                     image_size, seed, device, prompt=prompt, revision=revision,
+                                     model_dtype=model_dtype, class_label=class_label, offload=offload), progress=not quiet)
+    size = native_size(images)
+    _begin(threads)
+    from probe.backbones import build_backbone
+    from probe.data.layout import load_images
+    from probe.extract import export_features
+
+    chosen = build_backbone(spec, "features", size)
+    written = export_features(chosen, load_images(images, chosen.image_size), out, dtype, batch_size, not quiet,
+                              overwrite=overwrite, inputs=[images, checkpoint])
+    console.print(f"wrote {len(written)} files with {len(chosen.names)} arrays each to {out}")

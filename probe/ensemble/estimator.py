@@ -1,0 +1,148 @@
+"""PixelEnsemble, the estimator: its settings, fit (validation.py, then a strategy of training.py), predict and
+score (voting.py), save and load (persistence.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from probe.ensemble import persistence
+from probe.ensemble.model import StackedMLP, member_generators, new_member, resolve_precision
+from probe.ensemble.sources import PixelSource
+from probe.ensemble.training import BATCH_SIZE, fit_batched, fit_sequential
+from probe.ensemble.validation import check_fit
+from probe.ensemble.voting import image_uncertainty, vote
+from probe.errors import ProbeError
+from probe.metrics import SegmentationScore
+
+
+class PixelEnsemble:
+    """Ensemble of pixel-classifier MLPs: majority-vote labels and Jensen-Shannon uncertainty.
+
+    Example:
+        ensemble = PixelEnsemble(num_classes=21).fit(ArrayPixelSource(features, labels))
+        labels, js = ensemble.predict(test_features)
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        members: int = 10,
+        batch_size: int = BATCH_SIZE,
+        lr: float = 1e-3,
+        patience: int = 50,
+        check_after_epoch: int = 3,
+        max_epochs: int = 100,
+        batched: bool = True,
+        seed: int = 0,
+        device: str = "cpu",
+        progress: bool = True,
+        precision: str = "float32",
+        early_batch_size: int | None = None,
+        compile: bool | None = None,
+    ) -> None:
+        """`batched`: train all members at once as one stacked network (training.fit_batched), else one after
+        another with torch's own modules (training.fit_sequential, the reference); the same algorithm.
+        `precision`: the stacked network's first-layer products, "float32", "bfloat16" or "auto" (model.py).
+        `compile`: run the batched ensemble's step (step.py) and the source's gather through torch.compile
+        for the unchecked epochs' batches, which changes how they run, not what they compute; None: when the unchecked
+        epochs take at least training.COMPILE_FROM_STEPS steps.
+        `early_batch_size`: pixels per step in the epochs before early stopping checks losses (epochs
+        0..check_after_epoch), with Adam's learning rate scaled by early_batch_size / batch_size; the checked epochs
+        keep `batch_size` and `lr`. None or `batch_size`: `batch_size` throughout (the authors' rule), which is also
+        what a training set of fewer pixels than one early batch gets."""
+        self.num_classes = num_classes
+        self.members = members
+        self.batch_size = batch_size
+        self.lr = lr
+        self.patience = patience
+        self.check_after_epoch = check_after_epoch
+        self.max_epochs = max_epochs
+        self.batched = batched
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+        self.precision = resolve_precision(precision, device, batched)
+        self.early_batch_size = early_batch_size
+        self.compile = compile
+
+    def fit(self, source: PixelSource) -> PixelEnsemble:
+        """Train every member on the pixels of `source`; sets model_, dim_, iterations_, epochs_, last_loss_,
+        early_batch_size_ (the early batch used: None where the authors' rule was) and compiled_ (whether the step
+        ran compiled)."""
+        labels = source.labels
+        check_fit(self.num_classes, self.members, self.batch_size, self.early_batch_size, labels)
+        mlps = [new_member(source.dim, self.num_classes, member_generators(self.seed, m)[0]).to(self.device)
+                for m in range(self.members)]
+        self.dim_ = source.dim
+        early = self.early_batch_size
+        self.early_batch_size_ = early if early not in (None, self.batch_size) and early <= len(labels) else None
+        self.iterations_ = np.zeros(self.members, dtype=np.int64)
+        self.epochs_ = np.zeros(self.members, dtype=np.int64)
+        self.last_loss_ = np.full(self.members, np.nan)
+        self.compiled_ = False
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+        with Progress(*columns, disable=not self.progress, console=Console(stderr=True)) as progress:
+            if self.batched:
+                self.model_ = fit_batched(self, source, StackedMLP.from_members(mlps, self.precision), progress)
+            else:
+                for m, mlp in enumerate(mlps):
+                    fit_sequential(self, source, mlp, m, progress)
+                self.model_ = StackedMLP.from_members(mlps)
+        self.model_.eval()
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise ProbeError("this PixelEnsemble is not trained: call fit(source) or PixelEnsemble.load(folder)")
+
+    def predict(self, features: np.ndarray | torch.Tensor, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) features -> (labels (N,) int64 by majority vote, Jensen-Shannon divergence (N,) float32)."""
+        self._check_fitted()
+        features = torch.as_tensor(features)
+        if features.ndim != 2 or features.shape[1] != self.dim_:
+            raise ProbeError(f"features {tuple(features.shape)} must be (N, {self.dim_}) as in training")
+        self.model_.eval()
+        return vote(lambda part: self.model_(part.to(self.device, torch.float32)), features.split(chunk),
+                    self.num_classes)
+
+    def first_layer(self, dim: int) -> tuple[torch.Tensor, torch.dtype]:
+        """The first layer's weight as (dim, members * hidden) and the dtype its products run in, to compute its
+        products elsewhere (e.g. PixelSampler.projected, at native resolution) and finish with predict_products."""
+        self._check_fitted()
+        if dim != self.dim_:
+            raise ProbeError(f"features of dimension {dim} given, the ensemble was trained on {self.dim_}")
+        first = self.model_[0]
+        return first.weight.detach().view(self.dim_, -1), first.products
+
+    def predict_products(self, products: torch.Tensor, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """As `predict`, from the first layer's (N, members * hidden) float32 products of the features (its
+        bias not yet added), computed elsewhere with the weight of `first_layer`."""
+        self._check_fitted()
+        self.model_.eval()
+        return vote(lambda part: self.model_.after_first_products(part.to(self.device)), products.split(chunk),
+                    self.num_classes)
+
+    uncertainty = staticmethod(image_uncertainty)
+
+    def score(self, features: np.ndarray | torch.Tensor, labels: np.ndarray, ignore_label: int) -> float:
+        """mIoU (fraction) of the predictions for `features` against `labels` (authors' definition)."""
+        scorer = SegmentationScore(self.num_classes, ignore_label)
+        scorer.update(self.predict(features)[0], np.asarray(labels))
+        return scorer.miou
+
+    def save(self, folder: Path, manifest: dict) -> None:
+        """Write folder/weights.pt (plain tensors) and folder/manifest.json (the ensemble's configuration
+        under "ensemble", beside the caller's `manifest` entries), each atomically."""
+        self._check_fitted()
+        persistence.save(self, folder, manifest)
+
+    @classmethod
+    def load(cls, folder: Path, device: str = "cpu") -> tuple[PixelEnsemble, dict]:
+        """Read an ensemble written by `save`; returns it (ready to predict) and the caller's manifest."""
+        return persistence.load(cls, folder, device)
