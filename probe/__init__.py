@@ -4,7 +4,7 @@ The Python API, the functions behind the `probe` command (loaded on first use: `
 
     import probe
     backbone = probe.load_backbone()                        # the embedded default DDPM, the segmenter's cells
-    train = probe.load_dataset()                            # the embedded default domain's train split
+    train = probe.load_dataset(number=20)                   # the embedded default domain, as probe segment
     test = probe.load_dataset(split="test", number=20)
     segmenter = probe.Segmenter(backbone).fit(train)        # probe segment's defaults
     segmenter.score(test)["miou"]

@@ -42,7 +42,7 @@ ImageLike = Union[np.ndarray, Image.Image]
 Images = Union["Dataset", ImageLike, Sequence[ImageLike]]
 LabelMaps = Union[np.ndarray, Sequence[np.ndarray]]
 SPEC_OPTIONS = ("model_flags", "noise", "input_activations", "image_size", "prompt", "revision", "model_dtype",
-                "class_label")  # BackboneSpec fields that load_backbone takes as keyword options
+                "class_label", "offload")  # BackboneSpec fields that load_backbone takes as keyword options
 FEATURES_BATCH = 4  # images per forward in Backbone.features, as `probe features` (--batch-size)
 
 
@@ -222,7 +222,7 @@ def load_backbone(kind_or_name: str = "ddpm", checkpoint: str | Path | None = No
             size sets the input of backbones without one (pixels, swav); None: the embedded default's.
         progress: show download progress bars.
         **options: the family's options, as BackboneSpec fields: model_flags, noise, input_activations,
-            image_size, prompt, revision, model_dtype, class_label.
+            image_size, prompt, revision, model_dtype, class_label, offload.
 
     Returns:
         The backbone.

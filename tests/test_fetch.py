@@ -111,6 +111,27 @@ def test_grid_by_name_downloads_verifies_runs_and_then_downloads_nothing(mirror,
     assert len(mirror.requests) == 2  # nothing more was asked of the server
     assert (tmp_path / "g2" / "grid.csv").read_text() == grid
 
+    # the same grid from a notebook (docs/notebooks.md): the API resolves the name to the same cached files
+    import pandas as pd
+    import torch
+
+    import probe as api
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as --threads 1
+    try:
+        train = api.load_dataset("horse21", number=2, resolution=32)  # the command's: the tiny model's input size
+        test = api.load_dataset("horse21", split="test", number=2, resolution=32)
+        ddpm = api.load_backbone("ddpm", purpose="grid", dataset=train, blocks=6, steps=50, model_flags=str(FLAGS))
+        table = api.grid(ddpm, train, test)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(mirror.requests) == 2
+    assert Path(ddpm.spec.checkpoint) == checkpoint
+    means = table[table["class"].isna()].set_index("group")["miou"]
+    written = pd.read_csv(tmp_path / "g" / "grid.csv").set_index("group")["miou"]
+    assert means["all"] == pytest.approx(written["all"], abs=1e-9)
+
 
 def test_a_dropped_connection_resumes_with_a_range_request(mirror, storage):
     mirror.cut[CHECKPOINT] = 131_072
