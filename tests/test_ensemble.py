@@ -13,6 +13,7 @@ from probe.ensemble import (
     PixelEnsemble,
     StackedLinear,
     StackedMLP,
+    StackedStep,
     hidden_sizes,
     jensen_shannon,
     majority_vote,
@@ -23,7 +24,7 @@ from probe.ensemble import (
 from probe.errors import ProbeError
 from probe.runtime import Compiled
 from probe.segment import predict_image
-from probe.store import PixelSampler
+from probe.store import PixelSampler, StoredMaps
 
 
 def separable_problem(pixels: int, seed: int, num_classes: int = 4, dim: int = 12):
@@ -439,3 +440,46 @@ def test_predict_image_equals_predicting_the_upsampled_features(precision):
     agreement = (got.ravel() == labels).mean()
     assert agreement == 1.0 if precision == "float32" else agreement > 0.98
     assert uncertainty == pytest.approx(PixelEnsemble.uncertainty(js), rel=1e-4 if precision == "float32" else 2e-2)
+
+
+def test_a_sampler_over_the_store_files_equals_one_over_stacked_maps(tmp_path):
+    """PixelSampler.from_store copies each image's memory-mapped file straight into its channels-last groups
+    (StoredMaps): the same groups, bit for bit, and so the same training features, as stacking the maps first."""
+    generator = torch.Generator().manual_seed(3)
+    images, shapes = ["a", "b", "c"], {"up5": (6, 4), "up8": (4, 16), "up9": (3, 4)}
+    maps = {name: torch.randn(len(images), channels, size, size, generator=generator).half()
+            for name, (channels, size) in shapes.items()}
+    for name, stacked in maps.items():
+        for index, image in enumerate(images):
+            np.save(tmp_path / f"{image}-{name}.npy", stacked[index].numpy())
+
+    class Store:  # the ActivationStore's read: a (C, h, w) float16 memory-mapped file per image and name
+        def read(self, image, name):
+            return np.load(tmp_path / f"{image}-{name}.npy", mmap_mode="r")
+
+    stored = PixelSampler([StoredMaps(Store(), images, name) for name in shapes], 16)
+    in_memory = PixelSampler(list(maps.values()), 16)
+    assert [tuple(group.shape) for group in stored.groups] == [(3, 4, 4, 9), (3, 16, 16, 4)]
+    for ours, reference in zip(stored.groups, in_memory.groups):
+        assert ours.dtype == torch.float16 and torch.equal(ours, reference)
+    where = [np.array([0, 2, 1, 2]), np.array([0, 15, 7, 3]), np.array([5, 0, 15, 9])]
+    assert torch.equal(stored.gather(*where), in_memory.gather(*where))
+
+
+def test_unchecked_epochs_run_each_gathers_batches_as_single_steps():
+    # Epochs 0..3 check no loss, so the loop runs the batches of one gather back to back and reads the losses once:
+    # the same steps, bit for bit, as stepping batch by batch with the same shuffles (33 batches of 64 per epoch,
+    # fetched in gathers of 16, 16 and 1 batches).
+    features, labels = separable_problem(33 * 64, seed=4)
+    fitted = PixelEnsemble(4, members=2, max_epochs=2, progress=False, compile=False).fit(
+        ArrayPixelSource(features, labels))
+    model = StackedMLP.from_members([new_member(12, 4, member_generators(0, m)[0]) for m in range(2)]).train()
+    step, rng = StackedStep(model, compile=False), np.random.default_rng(0)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    for _ in range(2):
+        for idx in torch.from_numpy(rng.permutation(len(labels))).split(64):
+            losses = step(x[idx], y[idx], 1e-3)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fitted.model_.state_dict()[key], value), key
+    assert fitted.iterations_.tolist() == [66, 66] and fitted.epochs_.tolist() == [2, 2]
+    np.testing.assert_array_equal(fitted.last_loss_, losses.numpy().astype(np.float64))

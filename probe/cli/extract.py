@@ -24,7 +24,7 @@ def features(
     blocks: Optional[str] = Blocks,
     steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250)."),
     seed: int = Seed, input_activations: bool = InputActivations, noise: Optional[str] = Noise,
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="pixels, swav, transformers: the input size (default: the images' or model's)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size (default: the images' or the model's)."),
     dtype: str = typer.Option("float32", "--dtype", help="The exported arrays' dtype: float32 or float16."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per forward."),
     device: str = Device,

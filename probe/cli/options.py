@@ -113,7 +113,7 @@ Blocks = typer.Option(None, "--blocks", help="Layers: 5,6,7 / 0-17 / names / all
 Steps = typer.Option(None, "--steps", help="Diffusion steps t (default 50,150,250).")
 Noise = typer.Option(None, "--noise", help="shared, per-image, mean-of-K or ddim-inversion.")
 InputActivations = typer.Option(False, "--input-activations", help="ddpm/random: each block's input, not its output.")
-ImageSize = typer.Option(None, "--image-size", help="pixels, swav, transformers: the input size.")
+ImageSize = typer.Option(None, "--image-size", help="pixels, swav, transformers, dit, pixart, sd3, flux: input size.")
 
 # The probes and ensembles fitted on the features.
 TrainNumber = typer.Option(None, "--train-number", help="Labelled training images (default: up to 20).")
