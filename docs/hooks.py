@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-from probe.spec import (BACKBONE_FAMILIES, BACKBONE_KINDS, CLASS_BACKBONES, DTYPE_BACKBONES, STEP_BACKBONES,
-                        TEXT_BACKBONES)
+from probe.spec import (BACKBONE_FAMILIES, BACKBONE_KINDS, CLASS_BACKBONES, DTYPE_BACKBONES, OFFLOAD_BACKBONES,
+                        STEP_BACKBONES, TEXT_BACKBONES)
 
 MARKER = "<!-- backbone-families -->"
 FIGURES = Path(__file__).resolve().parent.parent / "figures"
@@ -23,6 +23,8 @@ def conditioning(kind: str) -> str:
         parts.append("`--class-label`")
     if kind in DTYPE_BACKBONES:
         parts.append("`--model-dtype`")
+    if kind in OFFLOAD_BACKBONES:
+        parts.append("`--offload`")
     return ", ".join(parts) or "none"
 
 

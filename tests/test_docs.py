@@ -46,8 +46,9 @@ def test_backbone_table_lists_every_kind_with_the_code_defaults():
     assert ddpm[5] == "blocks {5,6,7,8,12} of 18 at t {50,150,250} (scaled to other depths and T)"
     assert ddpm[7] == "none"
     assert row(table, "mae")[5].startswith(f"the last {LAST_LAYERS} blocks") and row(table, "mae")[4] == "no"
-    assert row(table, "sd")[7] == "`--prompt`, `--model-dtype`"
-    assert row(table, "dit")[7] == "`--class-label`, `--model-dtype`"
+    assert row(table, "sd")[7] == "`--prompt`, `--model-dtype`, `--offload`"
+    assert row(table, "dit")[7] == "`--class-label`, `--model-dtype`, `--offload`"
+    assert "--offload" not in row(table, "transformers")[7]
     assert row(table, "flux")[5] == "DiTF's block 28 (of 57) at t = 260"
 
 
