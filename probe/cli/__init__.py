@@ -19,9 +19,10 @@ __all__ = ["app", "main", "_begin"]
 
 app = typer.Typer(
     help="Look inside diffusion models: per-layer/per-step probes (grid), k-means (kmeans) and the few-shot "
-         "segmenter (segment) of Baranchuk et al., ICLR 2022, on a DDPM or the paper's baselines (--backbone ddpm, "
-         "random, pixels, mae, swav, swav_w2). With no data options every command runs on the embedded default: a "
-         "synthetic face-parts domain and a small DDPM shipped with the package.",
+         "segmenter (segment) of Baranchuk et al., ICLR 2022, on the paper's DDPMs and baselines, diffusers UNets, "
+         "Stable Diffusion, DiT, PixArt, SD3, FLUX and vision foundation models (--backbone). With no data options "
+         "every command runs on the embedded default: a synthetic face-parts domain and a small DDPM shipped with "
+         "the package. In Python: import probe (docs/notebooks.md).",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None,
 )
 ddpm_app = typer.Typer(help="Train and sample the guided-diffusion-compatible DDPMs the toolkit probes.", no_args_is_help=True)
