@@ -34,7 +34,7 @@ from probe.errors import ProbeError
 from probe.grid_sweep import class_areas, group_means, size_groups
 from probe.metrics import SegmentationScore
 from probe.segment import ensemble_manifest, fit_and_predict, fit_ensemble, load_predictor, predict_image
-from probe.sources import DEFAULT_MODEL_SIZE, Source, _palette, backbone_spec, open_source, to_uint8_image
+from probe.sources import DEFAULT_MODEL_SIZE, HUB_BACKBONES, Source, _palette, backbone_spec, open_source, to_uint8_image
 from probe.spec import check_kind
 from probe.store import ActivationStore, PixelSampler
 
@@ -240,8 +240,7 @@ def load_backbone(kind_or_name: str = "ddpm", checkpoint: str | Path | None = No
     source = dataset.source if isinstance(dataset, Dataset) else _open(dataset, progress) if dataset else None
     spec = BackboneSpec(kind=kind, checkpoint=named or checkpoint, layers=_cell_text(blocks),
                         steps=_cell_text(steps), seed=seed, device=device, **options)
-    if spec.checkpoint is not None and not (kind in ("diffusers", "sd", "transformers", "dit", "pixart", "sd3", "flux")
-                                            and not Path(spec.checkpoint).exists()):
+    if spec.checkpoint is not None and not (kind in HUB_BACKBONES and not Path(spec.checkpoint).exists()):
         spec = replace(spec, checkpoint=Path(spec.checkpoint).expanduser())
     spec = backbone_spec(source, spec, progress=progress)
     native_size = source.native_size if source is not None else DEFAULT_MODEL_SIZE

@@ -26,9 +26,8 @@ from probe.grid_sweep import GridOptions, _splits, grid_cells, grid_extraction, 
 from probe.outputs import atomic_write, write_json
 from probe.runner import finish_sweep, run_sweep
 from probe.sources import backbone_spec
-from probe.spec import DTYPE_BACKBONES, OFFLOAD_BACKBONES
+from probe.spec import DTYPE_BACKBONES, OFFLOAD_BACKBONES, STEP_BACKBONES
 
-STEPPED = ("ddpm", "random", "diffusers", "sd", "dit", "pixart", "sd3", "flux")  # with diffusion steps (--steps)
 SIZED = ("transformers", "dit", "pixart", "sd3", "flux")  # take --image-size here (their input size is free)
 CELL_COLUMNS = ["backbone", "kind", "layer", "layer_index", "layers", "relative_depth", "step", "miou"]
 
@@ -49,7 +48,7 @@ def backbone_entries(text: str, base: BackboneSpec, steps: str | None = None, mo
             raise ProbeError(f"--backbones {text!r}: {label} is named twice")
         entries.append((label, replace(base, kind=kind, checkpoint=given,
                                        model_flags=base.model_flags if kind in ("ddpm", "random") else None,
-                                       steps=steps if kind in STEPPED else None,
+                                       steps=steps if kind in STEP_BACKBONES else None,
                                        model_dtype=model_dtype if kind in DTYPE_BACKBONES else None,
                                        image_size=image_size if kind in SIZED else None,
                                        offload=offload if kind in OFFLOAD_BACKBONES else None)))
