@@ -96,6 +96,7 @@ def test_state_dict_round_trip_and_inference(tmp_path, name):
     unet = UNet(flags).eval()
     path = tmp_path / "model.pt"
     torch.save(unet.state_dict(), path)
+    unet.to(memory_format=torch.channels_last)  # as load_model lays it out: the same kernels, the same rounding
     loaded = load_model(path, {"image_size": flags.image_size, "num_heads": flags.num_heads,
                                "num_head_channels": flags.num_head_channels,
                                "num_heads_upsample": flags.num_heads_upsample,

@@ -81,6 +81,19 @@ def test_store_writes_float16_and_reuses(tmp_path, backbone):
     assert len(list(store.root.rglob("*.npy"))) == 4 * 4 * 2
 
 
+def test_an_images_activations_do_not_depend_on_the_images_extracted_with_it(tmp_path, backbone):
+    """`probe segment` extracts train + test together, the API's Segmenter each split apart: the same image must get
+    the same bits either way (they share cache entries). Unpadded, a batch of 5 and one of 9 round differently."""
+    imgs = images(9)
+    together, apart = ActivationStore(backbone, tmp_path / "together"), ActivationStore(backbone, tmp_path / "apart")
+    together.fill(imgs, batch_size=16, progress=False)
+    apart.fill(imgs[:5], batch_size=16, progress=False)
+    apart.fill(imgs[5:], batch_size=16, progress=False)
+    for image in imgs:
+        for name in backbone.names:
+            assert np.array_equal(together.read(image, name), apart.read(image, name)), (image.stem, name)
+
+
 def test_store_key_depends_on_seed_and_noise(tmp_path, backbone):
     other = ADMBackbone(backbone.model, backbone.blocks, backbone.steps, NoisePolicy("shared", 1, 1))
     per_image = ADMBackbone(backbone.model, backbone.blocks, backbone.steps, NoisePolicy("per-image", 1, 0))

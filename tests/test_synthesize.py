@@ -82,7 +82,9 @@ def test_ddpm_sample_image_does_not_depend_on_its_batch(fixture_model):
                                   on_step=lambda: steps.append(1))
     alone = diffusion.ddpm_sample(model.unet, [torch.Generator().manual_seed(4)], (3, 32, 32))
     assert len(steps) == 8 and batch.abs().max() <= 1
-    assert torch.allclose(batch[1:], alone, atol=1e-5)
+    # its own generator's image: another batch size only rounds differently (1e-5 a pass, 1e-4 after the 8 steps on
+    # an Intel CPU with AMX); another image's noise would differ by about 1
+    assert torch.allclose(batch[1:], alone, atol=1e-3)
     assert not torch.allclose(batch[0], batch[1], atol=0.1)
 
 

@@ -46,7 +46,7 @@ class Backbone(ABC):
     kind: ClassVar[str]
     layer_title: ClassVar[str] = "layer"
     normalisation: ClassVar[str]
-    version: ClassVar[int] = 1  # bumped whenever the same identity would give other activations
+    version: ClassVar[int] = 2  # bumped whenever the same identity would give other activations (2: padded batches)
     released: bool = False  # see release
     image_size: int
     cells: list[Cell]
