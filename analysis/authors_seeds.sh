@@ -4,21 +4,23 @@
 # 20 test images, data seed 3): the authors' train_interpreter.py at seeds 0, 1, 2; `probe segment` (batched, the
 # default) at seeds 0, 1, 2; and seed 0 with `--precision float32` and with `--sequential` (each member its own
 # shuffles, torch's own modules, float32). Only mIoU is compared, so the runs may share the machine (1 thread each);
-# the authors' side holds about 11 GB, so run one of theirs at a time.
+# the authors' side holds about 11 GB, so run one of theirs at a time. (Of the committed results, the seed-0 runs of
+# the authors and of the default ran at 2 threads alone, from bench/bench_authors.py without --threads.)
 #   bash analysis/authors_seeds.sh ../ddpm-segmentation ../guided-diffusion
 set -euo pipefail
 authors=$1 guided=$2
 results=analysis/results/authors_seeds
+work=${WORK:-/tmp/authors_seeds}  # the runs' data, checkpoints, caches and outputs (GBs): kept out of the repository
 bench=(python bench/bench_authors.py --ddpm-segmentation "$authors" --guided-diffusion "$guided" --data-seed 3
        --threads 1)
 mkdir -p "$results"
 for seed in 0 1 2; do
-  "${bench[@]}" --only authors --seed "$seed" --keep "$results/authors_$seed" | tail -1 > "$results/authors_$seed.json"
-  "${bench[@]}" --only probe --seed "$seed" --keep "$results/probe_$seed" | tail -1 > "$results/probe_$seed.json"
+  "${bench[@]}" --only authors --seed "$seed" --keep "$work/authors_$seed" | tail -1 > "$results/authors_$seed.json"
+  "${bench[@]}" --only probe --seed "$seed" --keep "$work/probe_$seed" | tail -1 > "$results/probe_$seed.json"
 done
-"${bench[@]}" --only probe --probe-args="--precision float32" --keep "$results/probe_float32_0" | tail -1 \
+"${bench[@]}" --only probe --probe-args="--precision float32" --keep "$work/probe_float32_0" | tail -1 \
   > "$results/probe_float32_0.json"
-"${bench[@]}" --only probe --probe-args=--sequential --keep "$results/probe_sequential_0" | tail -1 \
+"${bench[@]}" --only probe --probe-args=--sequential --keep "$work/probe_sequential_0" | tail -1 \
   > "$results/probe_sequential_0.json"
 python - <<'PY'
 import json

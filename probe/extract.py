@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from probe.backbones import Backbone
 from probe.errors import ProbeError
@@ -25,8 +24,9 @@ def export_features(backbone: Backbone, images: list, out: Path, dtype: str = "f
         task = bar.add_task("extracting features", total=len(images))
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            batch = torch.from_numpy(np.stack([im.image for im in chunk]))
-            acts = {name: a for step in backbone.steps for name, a in backbone(batch, [im.stem for im in chunk], step).items()}
+            acts = {name: a for step in backbone.steps
+                    for name, a in backbone.batch_features([im.image for im in chunk], [im.stem for im in chunk], step,
+                                                           batch_size).items()}
             for j, image in enumerate(chunk):
                 np.savez(tmp / f"{image.stem}.npz", **{name: acts[name][j].numpy().astype(dtype) for name in backbone.names})
                 written.append(Path(out) / f"{image.stem}.npz")

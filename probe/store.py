@@ -75,9 +75,8 @@ class ActivationStore:
         Batches are fixed runs of `images` (Backbone.batch_size: about 16k pixels per forward, 16 images at 32x32, 1
         at 256x256; the latent models 16k latent positions), and
         a batch with any missing file is computed whole: a run resumed after a kill computes exactly the batches
-        an uninterrupted run computes. A shorter last batch is padded with blank images to the full batch size:
-        the convolution kernels round differently at another batch size (1e-5 relative at 32x32), but not with
-        other images beside, so an image's activations do not depend on which command extracted it with which
+        an uninterrupted run computes. A shorter last batch is padded to the full batch size
+        (Backbone.batch_features), so an image's activations do not depend on which command extracted it with which
         others, and every command reading the cache gets the same numbers to the last bit."""
         if not images:
             return
@@ -94,9 +93,8 @@ class ActivationStore:
             task = bar.add_task("extracting activations", total=sum(len(chunk) for _, chunk in todo))
             for t, chunk in todo:
                 started = time.perf_counter()
-                blanks = [np.zeros_like(images[chunk[0]].image)] * (batch_size - len(chunk))
-                batch = torch.from_numpy(np.stack([images[i].image for i in chunk] + blanks))
-                acts = self.backbone(batch, [images[i].stem for i in chunk] + [""] * len(blanks), t)
+                acts = self.backbone.batch_features([images[i].image for i in chunk], [images[i].stem for i in chunk],
+                                                    t, batch_size)
                 for j, i in enumerate(chunk):
                     for name, act in acts.items():
                         self._write(keys[i], name, act[j].numpy())

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
+import numpy as np
 import torch
 
 from probe.errors import ProbeError
@@ -69,6 +70,15 @@ class Backbone(ABC):
             raise ProbeError(f"step {step} is not among this backbone's steps {self.steps}")
         with torch.no_grad():
             return self.features(images, stems, step)
+
+    def batch_features(self, images: list[np.ndarray], stems: list[str], step: int | None,
+                       batch_size: int) -> dict[str, torch.Tensor]:
+        """As calling the backbone on the (3, H, W) `images` stacked, in one forward padded with blank images to
+        `batch_size`: kernels round differently at another batch size (about 1e-5), but not with other images beside,
+        so an image's activations depend on the batch size only, never on which images it was extracted with."""
+        blanks = [np.zeros_like(images[0])] * (batch_size - len(images))
+        acts = self(torch.from_numpy(np.stack(list(images) + blanks)), list(stems) + [""] * len(blanks), step)
+        return {name: act[:len(images)] for name, act in acts.items()}
 
     @property
     def names(self) -> list[str]:

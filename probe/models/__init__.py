@@ -92,8 +92,9 @@ def load_model(checkpoint: Path | None, flags: str | Path | dict | None = None, 
     if state is not None:
         check_keys(unet, state, source)
         unet.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
-    # On CPU the convolutions run channels-last: the same results up to float rounding (1e-5 relative) and about 15 %
-    # less time per pass (256x256, num_channels 64, 1 thread); not measured on CUDA, so left as it is there
+    # On CPU the convolutions run channels-last: the same results up to float rounding (within 5e-6 of the largest
+    # value) in 0.314 s a pass instead of 0.342 s (256x256, num_channels 64, 2 threads: bench/bench_unet_layout.py);
+    # not measured on CUDA, so left as it is there
     unet.eval().to(dev, memory_format=torch.channels_last if dev.type == "cpu" else torch.preserve_format)
     if resolved.use_fp16:
         if dev.type == "cuda":
