@@ -7,8 +7,8 @@ from PIL import Image
 
 from probe import plots
 from probe.data.default_domain import CLASSES, PALETTE, default_domain_dir
-from probe.sources import default_model_files
-from probe.train import sample_checkpoint
+from probe.data.sources import default_model_files
+from probe.training.ddpm import sample_checkpoint
 
 train = sorted((default_domain_dir() / "real" / "train").glob("*.png"))[:16]
 images = [np.asarray(Image.open(p).convert("RGB")) for p in train]

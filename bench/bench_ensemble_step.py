@@ -24,9 +24,9 @@ import time
 import numpy as np
 import torch
 
-from probe.ensemble import GATHER_PIXELS, ArrayPixelSource, PixelEnsemble, StackedMLP, StackedStep
-from probe.runtime import tune_process
-from probe.store import PixelSampler
+from probe.ensemble import GATHER_PIXELS, ArrayPixels, PixelEnsemble, StackedMLP, StackedStep
+from probe.utils.runtime import tune_process
+from probe.features.sampler import PixelSampler
 
 PAPER_CELLS = ((4, 32), (2, 32), (2, 32), (2, 64), (1, 128))  # (channels / num_channels, native size) per block at 256
 
@@ -40,7 +40,7 @@ def paper_sampler(dim: int, generator: torch.Generator) -> PixelSampler:
 
 
 class SampledPixels:
-    """A PixelSource of `count` random pixels of a sampler, with random labels."""
+    """TrainingPixels: `count` random pixels of a sampler, with random labels."""
 
     def __init__(self, sampler: PixelSampler, count: int, classes: int, rng: np.random.Generator) -> None:
         self.sampler, self.dim = sampler, sampler.dim
@@ -58,7 +58,7 @@ def compare_rules(args) -> dict:
     """Seconds of whole fits (4 unchecked epochs, then the early-stopping rule) on --steps x 64 sampled pixels, the
     authors' rule and --early-batch-size alternated --rounds times in this process (ratios from back-to-back fits hold
     on a loaded machine where absolute times do not); the first round includes compiling the step."""
-    source = SampledPixels(paper_sampler(args.dim, torch.Generator().manual_seed(0)), args.steps * 64, args.classes,
+    pixels = SampledPixels(paper_sampler(args.dim, torch.Generator().manual_seed(0)), args.steps * 64, args.classes,
                            np.random.default_rng(0))
     rules = {"authors": None, f"early_batch_{args.early_batch_size}": args.early_batch_size}
     seconds, steps = dict.fromkeys(rules, 0.0), {}
@@ -66,7 +66,7 @@ def compare_rules(args) -> dict:
         for name, early in rules.items():
             started = time.perf_counter()
             ensemble = PixelEnsemble(args.classes, members=args.members, progress=False, precision=args.precision,
-                                     early_batch_size=early, compile=not args.eager).fit(source)
+                                     early_batch_size=early, compile=not args.eager).fit(pixels)
             seconds[name] += time.perf_counter() - started
             steps[name] = int(ensemble.iterations_.mean())
     return {"seconds": {name: round(value / args.rounds, 2) for name, value in seconds.items()},
@@ -143,11 +143,11 @@ def main() -> None:
     labels = rng.integers(args.classes, size=args.steps * args.batch_size)
     settings = dict(members=args.members, batch_size=args.batch_size, max_epochs=1, progress=False,
                     precision=args.precision, compile=not args.eager)
-    warm_up = ArrayPixelSource(features[: 2 * args.batch_size], labels[: 2 * args.batch_size])
+    warm_up = ArrayPixels(features[: 2 * args.batch_size], labels[: 2 * args.batch_size])
     PixelEnsemble(args.classes, **settings).fit(warm_up)  # compiles the step: not timed
     ensemble = PixelEnsemble(args.classes, **settings)
     started = time.perf_counter()
-    ensemble.fit(ArrayPixelSource(features, labels))
+    ensemble.fit(ArrayPixels(features, labels))
     seconds = (time.perf_counter() - started) / args.steps
     hidden = ensemble.model_[0].weight.shape[2]
     first_layer_flop = 2 * 2 * args.batch_size * args.dim * args.members * hidden  # forward and weight-gradient products

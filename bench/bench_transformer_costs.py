@@ -130,8 +130,8 @@ def measure(family: str, dtype_name: str) -> dict:
     import diffusers
 
     from probe.backbones import BACKBONES, BackboneSpec
-    from probe.backbones.adm import NoisePolicy
-    from probe.backbones.diffusers_unet import decoder_layers, require_diffusers
+    from probe.backbones.diffusers_common import decoder_layers, require_diffusers
+    from probe.backbones.noise import NoisePolicy
     from probe.backbones.diffusion_transformers import DiffusionTransformerBackbone
     from probe.backbones.stable_diffusion import StableDiffusionBackbone
 

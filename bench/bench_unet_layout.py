@@ -19,7 +19,7 @@ import torch
 
 from paper_shape import model_flags
 from probe.backbones.adm import random_unet
-from probe.runtime import tune_process
+from probe.utils.runtime import tune_process
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ Pieces (all on seeded generated data and random weights; nothing is downloaded):
                    labelled pixels of the CPU's features; the step is compiled where the fit is long enough (as in
                    probe segment). Check: the test mIoU on each device within --miou-tolerance points (other
                    arithmetic, so other numbers: the check is "within noise", not equality).
-  ensemble predict each device's ensemble predicting the test image(s) band by band (probe.segment.predict_image).
+  ensemble predict each device's ensemble predicting the test image(s) band by band (probe.tasks.segment.predict_image).
   k-means          faiss k-means (k = 5) of one image's block-12 features; on the GPU only with GPU faiss
                    (pip install -e ".[gpu]"). Check: >= 90 % of pixels in the same cluster after matching the ids.
   diffusers UNet   a diffusers UNet2DModel of a small random config (64x64, 4 up blocks) as --backbone diffusers.
@@ -117,10 +117,10 @@ def adm_rows(table: Table, args, images, cuda: bool, reason: str) -> dict[str, t
 
 
 def ensemble_rows(table: Table, args, maps, train, test, num_classes: int, ignore: int, cuda: bool, reason: str):
-    from probe.ensemble import ArrayPixelSource, PixelEnsemble
+    from probe.ensemble import ArrayPixels, PixelEnsemble
     from probe.metrics import SegmentationScore
-    from probe.segment import predict_image
-    from probe.store import PixelSampler
+    from probe.tasks.segment import predict_image
+    from probe.features.sampler import PixelSampler
 
     names = sorted(maps)
     count = len(train)
@@ -135,13 +135,13 @@ def ensemble_rows(table: Table, args, maps, train, test, num_classes: int, ignor
         labels.append(image.labels[y, x])
     image_index, ys, xs, labels = (np.concatenate(a) for a in (image_index, ys, xs, labels))
     chosen = np.sort(rng.choice(len(labels), size=min(args.pixels, len(labels)), replace=False))
-    source = ArrayPixelSource(sampler.gather(image_index[chosen], ys[chosen], xs[chosen]), labels[chosen])
-    fit_piece = f"ensemble training ({args.members} members, {len(chosen)} pixels, D = {source.dim})"
+    pixels = ArrayPixels(sampler.gather(image_index[chosen], ys[chosen], xs[chosen]), labels[chosen])
+    fit_piece = f"ensemble training ({args.members} members, {len(chosen)} pixels, D = {pixels.dim})"
     predict_piece = f"ensemble prediction ({len(test)} image(s) at {test[0].size[0]}x{test[0].size[1]})"
 
     def run(device: str):
         ensemble, fit_seconds, fit_peak = timed(device, lambda: PixelEnsemble(
-            num_classes, members=args.members, seed=0, device=device, progress=False, precision="auto").fit(source))
+            num_classes, members=args.members, seed=0, device=device, progress=False, precision="auto").fit(pixels))
 
         def predict():
             score = SegmentationScore(num_classes, ignore)
@@ -172,8 +172,8 @@ def ensemble_rows(table: Table, args, maps, train, test, num_classes: int, ignor
 def kmeans_rows(table: Table, maps, test, cuda: bool, reason: str):
     import faiss
 
-    from probe.clusters import kmeans_labels, match_labels
-    from probe.store import PixelSampler
+    from probe.tasks.kmeans import kmeans_labels, match_labels
+    from probe.features.sampler import PixelSampler
 
     name = next(n for n in sorted(maps) if n.endswith("block12"))
     image = test[0]
@@ -236,8 +236,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from probe.runtime import flush_subnormals
-    from probe.sources import open_source
+    from probe.utils.runtime import flush_subnormals
+    from probe.data.sources import open_source
 
     flush_subnormals()
     cuda = torch.cuda.is_available()

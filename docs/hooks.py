@@ -1,4 +1,4 @@
-"""mkdocs hooks: the backbones table rendered from probe.spec (torch-free), and the figures of figures/ served
+"""mkdocs hooks: the backbones table rendered from probe.backbones.spec (torch-free), and the figures of figures/ served
 under figures/ without copies in docs/."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-from probe.spec import (BACKBONE_FAMILIES, BACKBONE_KINDS, CLASS_BACKBONES, DTYPE_BACKBONES, OFFLOAD_BACKBONES,
-                        STEP_BACKBONES, TEXT_BACKBONES)
+from probe.backbones.spec import (BACKBONE_FAMILIES, BACKBONE_KINDS, CLASS_BACKBONES, DTYPE_BACKBONES, OFFLOAD_BACKBONES, STEP_BACKBONES, TEXT_BACKBONES)
 
 MARKER = "<!-- backbone-families -->"
 FIGURES = Path(__file__).resolve().parent.parent / "figures"

@@ -17,8 +17,7 @@ from __future__ import annotations
 import importlib
 
 from probe.errors import ProbeError
-
-__version__ = "0.1.0"
+from probe.version import __version__ as __version__
 __all__ = ["Backbone", "ClusterMaps", "Dataset", "ProbeError", "Segmenter", "grid", "kmeans", "load_backbone",
            "load_dataset", "plots"]
 _API = ("Backbone", "ClusterMaps", "Dataset", "Segmenter", "grid", "kmeans", "load_backbone", "load_dataset")

@@ -25,18 +25,20 @@ from PIL import Image
 from sklearn.base import BaseEstimator
 
 from probe import plots
-from probe.backbones import Backbone as Network
+from probe import backbones
 from probe.backbones import BackboneSpec, build_backbone
-from probe.clusters import cluster_maps
-from probe.data.layout import LabeledImage, _prepared
+from probe.tasks.kmeans import cluster_maps
+from probe.data.layout import LabeledImage, prepared_image
 from probe.data.registry import lookup
 from probe.errors import ProbeError
-from probe.grid_sweep import class_areas, group_means, size_groups
+from probe.tasks.grid import class_areas, group_means, size_groups
 from probe.metrics import SegmentationScore
-from probe.segment import ensemble_manifest, fit_and_predict, fit_ensemble, load_predictor, predict_image
-from probe.sources import DEFAULT_MODEL_SIZE, HUB_BACKBONES, Source, _palette, backbone_spec, open_source, to_uint8_image
-from probe.spec import check_kind
-from probe.store import ActivationStore, PixelSampler
+from probe.tasks.segment import ensemble_manifest, fit_and_predict, fit_ensemble, load_predictor, predict_image
+from probe.data.sources import (DEFAULT_MODEL_SIZE, Source, backbone_spec, class_palette, open_source,
+                                to_uint8_image)
+from probe.backbones.spec import check_kind
+from probe.features.store import ActivationStore
+from probe.features.sampler import PixelSampler
 
 ImageLike = Union[np.ndarray, Image.Image]
 Images = Union["Dataset", ImageLike, Sequence[ImageLike]]
@@ -47,15 +49,15 @@ FEATURES_BATCH = 4  # images per forward in Backbone.features, as `probe feature
 
 
 class Backbone:
-    """A network's named feature maps ("cells": a layer at a diffusion step, e.g. ``t50_block5``). Made by
-    `load_backbone`.
+    """A network's named feature maps ("cells": a layer at a diffusion step, e.g. ``t50_block5``): the notebook face
+    of a `probe.backbones.Backbone`. Made by `load_backbone`.
 
     Attributes:
         spec: everything that rebuilds it (kind, local checkpoint, cells, seed, device).
-        network: the pipeline's backbone object, which the store and the commands' functions take.
+        network: the probe.backbones.Backbone it wraps, which the store and the commands' functions take.
     """
 
-    def __init__(self, network: Network, spec: BackboneSpec) -> None:
+    def __init__(self, network: backbones.Backbone, spec: BackboneSpec) -> None:
         self.network = network
         self.spec = spec
 
@@ -230,17 +232,18 @@ def load_backbone(kind_or_name: str = "ddpm", checkpoint: str | Path | None = No
     unknown = sorted(set(options) - set(SPEC_OPTIONS))
     if unknown:
         raise ProbeError(f"load_backbone: unknown option {unknown[0]!r}; the options are {', '.join(SPEC_OPTIONS)}")
-    kind, _, named = str(kind_or_name).partition("=")
+    text = str(kind_or_name)
+    kind, _, named = text.partition("=")
     if named and checkpoint is not None:
         raise ProbeError(f"load_backbone({kind_or_name!r}, {str(checkpoint)!r}): give the checkpoint once")
-    if "/" in kind and not named:
+    if "/" in text and not named:
         raise ProbeError(f"load_backbone({kind_or_name!r}): name the family too, e.g. "
                          f"load_backbone('diffusers', {kind_or_name!r}) or 'sd={kind_or_name}'")
     check_kind(kind, "load_backbone: kind")
     source = dataset.source if isinstance(dataset, Dataset) else _open(dataset, progress) if dataset else None
     spec = BackboneSpec(kind=kind, checkpoint=named or checkpoint, layers=_cell_text(blocks),
                         steps=_cell_text(steps), seed=seed, device=device, **options)
-    if spec.checkpoint is not None and not (kind in HUB_BACKBONES and not Path(spec.checkpoint).exists()):
+    if spec.checkpoint is not None and spec.hub_name() is None:
         spec = replace(spec, checkpoint=Path(spec.checkpoint).expanduser())
     spec = backbone_spec(source, spec, progress=progress)
     native_size = source.native_size if source is not None else DEFAULT_MODEL_SIZE
@@ -297,7 +300,7 @@ def _prepare(images: ImageLike | Sequence[ImageLike], resolution: int, labels: L
     pictures = _pictures(images)
     maps = [None] * len(pictures) if labels is None else _label_maps(labels, pictures, num_classes, ignore_label)
     stems = list(stems) if stems is not None else [f"image{i:04d}" for i in range(len(pictures))]
-    return [_prepared(stem, Image.fromarray(picture), lab, resolution, keep_size, None, ignore_label)
+    return [prepared_image(stem, Image.fromarray(picture), lab, resolution, keep_size, None, ignore_label)
             for stem, picture, lab in zip(stems, pictures, maps)]
 
 
@@ -510,7 +513,7 @@ class Segmenter(BaseEstimator):
             keep_size = images.keep_size
         else:
             classes = self._class_names(labels)
-            palette, ignore_label, keep_size = _palette(len(classes)), self.ignore_label, True
+            palette, ignore_label, keep_size = class_palette(len(classes)), self.ignore_label, True
         train = _labeled(images, labels, backbone.image_size, len(classes), ignore_label, "fit")
         if any(im.labels is None for im in train):
             raise ProbeError("fit: no label maps given; pass fit(images, labels) or a Dataset")

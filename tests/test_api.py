@@ -13,10 +13,10 @@ from PIL import Image
 
 import probe
 from probe.backbones import BackboneSpec
-from probe.clusters import run_kmeans
+from probe.tasks.kmeans import run_kmeans
 from probe.errors import ProbeError
-from probe.segment import SegmentOptions, run_segment
-from probe.sources import open_source
+from probe.tasks.segment import SegmentOptions, run_segment
+from probe.data.sources import open_source
 
 PROBE = Path(sys.executable).with_name("probe")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from probe.spec import BACKBONE_FAMILIES, BACKBONE_KINDS, LAST_LAYERS, PAPER_BLOCKS, PAPER_STEPS
+from probe.backbones.spec import BACKBONE_FAMILIES, BACKBONE_KINDS, LAST_LAYERS, PAPER_BLOCKS, PAPER_STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,29 +6,26 @@ weights drawn from a generator seeded by --seed, the control that says what the 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
-import re
-import zlib
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, loaded, mean_captures, select_layers, select_steps
-from probe.diffusion import Diffusion, inversion_schedule
+from probe.backbones.base import Backbone, Cell, capture, loaded, mean_captures, select_layers, select_steps
+from probe.backbones.noise import NoisePolicy, default_cells
+from probe.models.diffusion import Diffusion, inversion_schedule
 from probe.errors import ProbeError
 from probe.models import LoadedModel, UNet, load_model
 from probe.models.flags import parse_flags, resolve_flags
-from probe.spec import FEATURE_STEPS, GRID_STEPS, KMEANS_BLOCKS, KMEANS_STEPS, PAPER_BLOCKS, PAPER_STEPS
 
 DEFAULT_WEIGHTS = "default_ddpm.pt"
 DEFAULT_FLAGS = "default_ddpm.json"
 INVERSION_CACHE_BYTES = 512 * 2**20  # inverted x_t kept per backbone so the chain to t continues from an earlier t
-NOISE_FORMS = ("shared, per-image, mean-of-K (e.g. mean-of-4), ddim-inversion (DDIM inversion through every step "
-               "0, 1, ..., t) or ddim-inversion-K (K >= 1 even DDIM steps from 0 to t, e.g. ddim-inversion-10)")
 
 
 def default_model_files() -> tuple[Path, Path]:
@@ -38,73 +35,6 @@ def default_model_files() -> tuple[Path, Path]:
     if not weights.is_file():
         raise ProbeError(f"the default model {weights} is missing from the package: reinstall probe, or pass --checkpoint")
     return weights, flags
-
-
-def scaled_blocks(blocks: tuple[int, ...], decoder_blocks: int) -> list[int]:
-    """Blocks of the paper's 18-block decoder at the same relative depth in another: round(b * (n - 1) / 17)."""
-    return sorted({round(b * (decoder_blocks - 1) / 17) for b in blocks})
-
-
-def scaled_steps(steps: tuple[int, ...], diffusion_steps: int) -> list[int]:
-    """Steps of T = 1000 scaled to another T (kept below T)."""
-    return sorted({min(diffusion_steps - 1, round(t * diffusion_steps / 1000)) for t in steps})
-
-
-def default_cells(purpose: str, decoder_blocks: int, diffusion_steps: int) -> tuple[list[int], list[int]]:
-    """A diffusion backbone's default (decoder blocks, steps) for `purpose`, scaled to its depth and T."""
-    return {
-        "segment": (scaled_blocks(PAPER_BLOCKS, decoder_blocks), scaled_steps(PAPER_STEPS, diffusion_steps)),
-        "grid": (list(range(decoder_blocks)), scaled_steps(GRID_STEPS, diffusion_steps)),
-        "kmeans": (scaled_blocks(KMEANS_BLOCKS, decoder_blocks), scaled_steps(KMEANS_STEPS, diffusion_steps)),
-        "features": (list(range(decoder_blocks)), scaled_steps(FEATURE_STEPS, diffusion_steps)),
-    }[purpose]
-
-
-@dataclass(frozen=True)
-class NoisePolicy:
-    """How x_t is reached from x0: q_sample with noise drawn 'shared' (one tensor for all images and steps, as
-    the authors), 'per-image' (seeded by the image's name) or 'mean-of-K' (activations averaged over K shared
-    draws); or 'ddim-inversion' (no noise: deterministic eta-0 DDIM inversion of x0 with the same UNet, in
-    `inversion_steps` even steps from 0 to t, None: every step; the seed has no effect but stays in the identity).
-    Text forms: shared, per-image, mean-of-K, ddim-inversion, ddim-inversion-K."""
-
-    kind: str = "shared"
-    draws: int = 1
-    seed: int = 0
-    inversion_steps: int | None = None
-
-    @classmethod
-    def parse(cls, text: str, seed: int) -> NoisePolicy:
-        if text in ("shared", "per-image"):
-            return cls(text, 1, seed)
-        match = re.fullmatch(r"mean-of-(\d+)", text)
-        if match and int(match.group(1)) >= 1:
-            return cls("mean-of-K", int(match.group(1)), seed)
-        if text == "ddim-inversion":
-            return cls("ddim-inversion", 1, seed, None)
-        match = re.fullmatch(r"ddim-inversion-(.*)", text)
-        if match:
-            value = match.group(1)
-            if not re.fullmatch(r"\d+", value) or int(value) < 1:
-                raise ProbeError(f"--noise {text!r}: the inversion step count {value!r} is not a whole number >= 1; "
-                                 f"use {NOISE_FORMS}")
-            return cls("ddim-inversion", 1, seed, int(value))
-        raise ProbeError(f"--noise {text!r}: use {NOISE_FORMS}")
-
-    def __str__(self) -> str:
-        if self.kind == "ddim-inversion":
-            return self.kind if self.inversion_steps is None else f"ddim-inversion-{self.inversion_steps}"
-        return f"mean-of-{self.draws}" if self.kind == "mean-of-K" else self.kind
-
-    def noises(self, stems: list[str], shape: tuple[int, int, int]) -> list[torch.Tensor]:
-        """One (B, C, H, W) noise tensor per draw."""
-        if self.kind == "ddim-inversion":
-            raise ValueError("ddim-inversion draws no noise: x_t comes from ADMBackbone.inverted")
-        if self.kind == "per-image":
-            per_image = [torch.randn(1, *shape, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(s.encode()))) for s in stems]
-            return [torch.cat(per_image)]
-        gen = torch.Generator().manual_seed(self.seed)
-        return [torch.randn(1, *shape, generator=gen).expand(len(stems), *shape) for _ in range(self.draws)]
 
 
 def random_unet(flags, seed: int, device: str) -> LoadedModel:
@@ -181,6 +111,33 @@ class ADMBackbone(Backbone):
                     "flags": self.model.flags.to_dict(), "noise": str(self.noise), "seed": self.noise.seed,
                     "input_activations": self.input_activations}
         return identity
+
+    def layer_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """The chosen decoder blocks' (C, h, w) from one forward of the flags' UNet on torch's meta device (shapes
+        only: no weights are read, no arithmetic is done)."""
+        size = self.image_size
+        with torch.device("meta"):
+            unet = UNet(self.model.flags)
+            modules = {f"block{b}": unet.output_blocks[b] for b in self.blocks}
+            with torch.no_grad(), capture(modules, self.input_activations) as captured:
+                unet(torch.zeros(1, 3, size, size), torch.zeros(1, dtype=torch.long), last_block=max(self.blocks))
+        return {layer: tuple(int(n) for n in captured[layer].shape[1:]) for layer in modules}
+
+    def passes_per_image(self, step: int | None) -> int:
+        """UNet passes one image costs at `step`: the noise draws (K for mean-of-K), or for DDIM inversion the
+        inversion's steps (at most: a chain continues from an earlier step)."""
+        if self.noise.kind == "ddim-inversion":
+            return len(inversion_schedule(step, self.noise.inversion_steps))
+        return self.noise.draws
+
+    def reseeded(self, seed: int) -> ADMBackbone:
+        """This backbone as built with another `seed`: its identity changes only in its noise seed (and a random
+        UNet's in its weights' seed), so the description is copied rather than the weights drawn again."""
+        other = copy.copy(self)
+        other.noise = replace(self.noise, seed=seed)
+        if self.kind == "random":
+            other.model = replace(self.model, checkpoint_hash=f"random-init-seed{seed}")
+        return other
 
     def features(self, images: torch.Tensor, stems: list[str], step: int | None) -> dict[str, torch.Tensor]:
         dev = self.model.device

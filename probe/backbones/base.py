@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from probe.errors import ProbeError
-from probe.spec import check_cell_syntax
+from probe.backbones.spec import check_cell_syntax
+from probe.models.vit import imagenet_normalize
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -118,6 +119,21 @@ class Backbone(ABC):
     def layer_index(self, layer: str) -> int:
         """A layer's depth position among all of the network's layers."""
         return self.all_layers.index(layer)
+
+    def layer_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """Every chosen layer's (C, h, w), from one forward of one blank image at the backbone's first step."""
+        step = self.steps[0]
+        out = self(torch.zeros(1, 3, self.image_size, self.image_size), ["plan"], step)
+        return {cell.layer: tuple(int(n) for n in out[cell.name].shape[1:]) for cell in self.cells
+                if cell.step == step}
+
+    def passes_per_image(self, step: int | None) -> int:
+        """Forward passes one image costs at `step` (1; the backbones with a noise policy say more)."""
+        return 1
+
+    def reseeded(self, seed: int) -> Backbone | None:
+        """This backbone as built with another `seed`, when that needs no new build (None: build it anew)."""
+        return None
 
 
 _LOADED: dict[tuple, object] = {}
@@ -224,3 +240,26 @@ def mean_captures(modules: dict[K, torch.nn.Module], run: Callable[[torch.Tensor
         for key, act in captured.items():
             sums[key] = act.float() if key not in sums else sums[key] + act.float()
     return {key: sums[key] / len(inputs) for key in modules}
+
+
+class Enough(Exception):
+    """Raised by a hook once the last chosen layer has run: the rest of the network is skipped."""
+
+
+def run_until(module: torch.nn.Module, before: bool, forward) -> None:
+    """`forward()`, stopped once `module` is reached (`before`: when its input is ready) or has run."""
+    def stop(*_):
+        raise Enough
+
+    handle = module.register_forward_pre_hook(stop) if before else module.register_forward_hook(stop)
+    try:
+        forward()
+    except Enough:
+        pass
+    finally:
+        handle.remove()
+
+
+def imagenet_input(images: torch.Tensor) -> torch.Tensor:
+    """The toolkit's [-1, 1] images as the baselines take them (mae, swav, deeplab): ImageNet-normalised [0, 1]."""
+    return imagenet_normalize((images.float() + 1) * 127.5)

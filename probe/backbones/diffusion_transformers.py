@@ -43,15 +43,15 @@ from typing import ClassVar
 
 import torch
 
-from probe.backbones.adm import NoisePolicy, scaled_steps
-from probe.backbones.base import Backbone, Cell, loaded, refuse_options, select_layers, select_steps
-from probe.backbones.diffusers_unet import (LatentCache, file_stats, files_digest, forward_noise, load_scheduler,
-                                            read_config, require_diffusers, run_until)
-from probe.backbones.latent_diffusion import (DTYPES, clip_embeds, clip_pooled, component, denoiser_class,
+from probe.backbones.base import Backbone, Cell, loaded, refuse_options, run_until, select_layers, select_steps
+from probe.backbones.diffusers_common import load_scheduler, require_diffusers
+from probe.backbones.folders import file_stats, files_digest, read_config
+from probe.backbones.latent_diffusion import (DTYPES, LatentCache, clip_embeds, clip_pooled, component, denoiser_class,
                                               latent_batch_size, load_component, offloaded, pipeline_index, t5_embeds,
                                               tokenizer_files, vae_latents, vae_scale)
+from probe.backbones.noise import NoisePolicy, forward_noise, scaled_steps
 from probe.errors import ProbeError
-from probe.spec import DITF_BLOCK, DITF_DEPTH, DITF_STEP, GRID_STEPS, MIDDLE_STEP
+from probe.backbones.spec import DITF_BLOCK, DITF_DEPTH, DITF_STEP, GRID_STEPS, MIDDLE_STEP
 
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale, given to models with a guidance embedding
 
@@ -209,6 +209,11 @@ class DiffusionTransformerBackbone(Backbone):
         return {"backbone": self.kind, "version": self.version, "class": self.class_name, "checkpoint": self.digest,
                 "image_size": self.image_size, "dtype": self.dtype, "noise": str(self.noise), "seed": self.noise.seed,
                 **self.describe}
+
+    def passes_per_image(self, step: int | None) -> int:
+        """Transformer passes one image costs at a step: the noise draws (K for mean-of-K; forward_noise refuses DDIM
+        inversion)."""
+        return self.noise.draws
 
     def release(self) -> None:
         self.modules, self.condition = [], {}

@@ -1,8 +1,9 @@
 """The plumbing the latent diffusion pipelines share (`sd` with SDXL, `dit`, `pixart`, `sd3`, `flux`): the files of a
 pipeline folder as diffusers saves it (model_index.json, one sub-folder per component), loading a component in a
 dtype (from_pretrained: the network is built on the meta device and filled from safetensors, no second copy),
-tokenizers, the VAE encoding (the pipelines' shift and scaling) and the prompt encoders as the diffusers pipelines
-call them. Text encoders live only inside the functions that encode the prompt: they are freed once it is encoded.
+tokenizers, the VAE encoding (the pipelines' shift and scaling, each image encoded once: LatentCache) and the prompt
+encoders as the diffusers pipelines call them. Text encoders live only inside the functions that encode the prompt:
+they are freed once it is encoded.
 
 `--offload` (accelerate's hooks, as diffusers' enable_model_cpu_offload / enable_sequential_cpu_offload): the
 networks load onto the CPU and run on `--device`. `model`: a whole network moves to the device when it runs, and the
@@ -12,11 +13,13 @@ layer's are moved to the device for its forward only (a denoiser larger than the
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
-from probe.backbones.diffusers_unet import read_config, weight_files
+from probe.backbones.folders import read_config, weight_files
 from probe.errors import ProbeError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,6 +28,7 @@ DENOISERS = {"UNet2DModel": "diffusers", "UNet2DConditionModel": "sd", "DiTTrans
              "PixArtTransformer2DModel": "pixart", "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
 SUPPORTED = ", ".join(f"{name} (--backbone {kind})" for name, kind in DENOISERS.items())
 LATENT_POSITIONS = 16384  # of the denoiser's input per extraction forward (latent_batch_size)
+LATENT_CACHE_BYTES = 256 * 2**20  # encoded images kept per backbone (the VAE runs once per image, not per step)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
 
@@ -123,6 +127,26 @@ def vae_latents(vae, images: torch.Tensor) -> torch.Tensor:
         std = torch.tensor(config.latents_std, dtype=latents.dtype, device=latents.device).view(1, -1, 1, 1)
         return (latents - mean) * config.scaling_factor / std
     return (latents - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor
+
+
+class LatentCache:
+    """Encoded images by their pixels, least recently used dropped beyond `limit` bytes."""
+
+    def __init__(self, limit: int = LATENT_CACHE_BYTES):
+        self.limit, self.entries = limit, OrderedDict()
+
+    def get(self, images: torch.Tensor, encode) -> torch.Tensor:
+        pixels = images.detach().cpu().contiguous()
+        key = hashlib.sha256(repr(tuple(pixels.shape)).encode() + pixels.numpy().tobytes()).hexdigest()
+        if key not in self.entries:
+            self.entries[key] = encode(images).detach().cpu()
+            while len(self.entries) > 1 and self.size() > self.limit:
+                self.entries.popitem(last=False)
+        self.entries.move_to_end(key)
+        return self.entries[key].to(images.device)
+
+    def size(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.entries.values())
 
 
 def latent_batch_size(latent_side: int) -> int:

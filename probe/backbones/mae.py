@@ -9,19 +9,14 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, loaded, refuse_options, select_layers
+from probe.backbones.base import Backbone, Cell, imagenet_input, loaded, refuse_options, select_layers
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
 from probe.models.flags import parse_flags
-from probe.models.vit import imagenet_normalize, load_mae
-from probe.spec import LAST_LAYERS
+from probe.models.vit import load_mae
+from probe.backbones.spec import LAST_LAYERS
 
 DEFAULT_WEIGHTS = "default_mae.pt"
-
-
-def imagenet_input(images: torch.Tensor) -> torch.Tensor:
-    """The toolkit's [-1, 1] images as the baselines take them: ImageNet-normalised [0, 1] images."""
-    return imagenet_normalize((images.float() + 1) * 127.5)
 
 
 def default_weights() -> Path:

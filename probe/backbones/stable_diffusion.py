@@ -2,7 +2,7 @@
 text_encoder/, tokenizer/, scheduler/). The image goes through the VAE encoder (the mean of its latent
 distribution times the scaling factor), noise is added in latent space at step t, and the UNet2DConditionModel
 runs conditioned on `--prompt` (default empty), encoded once with the pipeline's CLIP tokenizer and text encoder
-as the pipeline does. Cells: the conditional UNet's up_blocks layers (diffusers_unet.py), at latent resolution
+as the pipeline does. Cells: the conditional UNet's up_blocks layers (diffusers_common.py), at latent resolution
 (1/8 of the image side for SD; the sampler upsamples them like any other feature map).
 
 SDXL (a UNet whose config has `addition_embed_type` "text_time"; base and refiner) is detected from unet/config.json:
@@ -22,15 +22,16 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.adm import scaled_steps
 from probe.backbones.base import loaded
-from probe.backbones.diffusers_unet import (DiffusersBackbone, LatentCache, decoder_layers, file_stats, files_digest,
-                                            load_scheduler, read_config, require_diffusers, square_size, weight_files)
-from probe.backbones.latent_diffusion import (DTYPES, clip_embeds, component, denoiser_class, latent_batch_size,
-                                              load_component, offloaded, pipeline_index, text_encoder, tokenizer_files,
-                                              vae_latents, vae_scale)
+from probe.backbones.diffusers_common import (DiffusersBackbone, decoder_layers, load_scheduler, require_diffusers,
+                                              square_size)
+from probe.backbones.folders import file_stats, files_digest, read_config, weight_files
+from probe.backbones.latent_diffusion import (DTYPES, LatentCache, clip_embeds, component, denoiser_class,
+                                              latent_batch_size, load_component, offloaded, pipeline_index,
+                                              text_encoder, tokenizer_files, vae_latents, vae_scale)
+from probe.backbones.noise import scaled_steps
 from probe.errors import ProbeError
-from probe.spec import DIFT_STEP, DIFT_UP_BLOCK
+from probe.backbones.spec import DIFT_STEP, DIFT_UP_BLOCK
 
 
 LAYOUT = ("a Stable Diffusion pipeline folder as diffusers saves it (unet/, vae/, text_encoder/, tokenizer/, "

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, loaded, refuse_options, select_layers
-from probe.backbones.mae import imagenet_input
+from probe.backbones.base import Backbone, Cell, imagenet_input, loaded, refuse_options, select_layers
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
 from probe.models.resnet import load_swav

@@ -38,11 +38,11 @@ from pathlib import Path
 
 import torch
 
-from probe.backbones.base import Backbone, Cell, capture, loaded, refuse_options, select_layers
-from probe.backbones.diffusers_unet import file_stats, files_digest, read_config, run_until, weight_files
+from probe.backbones.base import Backbone, Cell, capture, loaded, refuse_options, run_until, select_layers
+from probe.backbones.folders import file_stats, files_digest, read_config, weight_files
 from probe.errors import ProbeError
 from probe.models.vit import IMAGENET_MEAN, IMAGENET_STD
-from probe.spec import LAST_LAYERS
+from probe.backbones.spec import LAST_LAYERS
 
 log = logging.getLogger("probe")
 _SAID: set[str] = set()  # folders whose missing preprocessor config was already reported in this process

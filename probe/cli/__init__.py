@@ -13,9 +13,9 @@ import sys
 import typer
 
 from probe.cli import data, extract, segment, sweeps, synthesize, training
-from probe.cli.options import _begin
+from probe.cli.options import start_work
 
-__all__ = ["app", "main", "_begin"]
+__all__ = ["app", "main", "start_work"]
 
 app = typer.Typer(
     help="Look inside diffusion models: per-layer/per-step probes (grid), k-means (kmeans) and the few-shot "
@@ -58,7 +58,7 @@ cache_app.command("clear")(data.cache_clear)
 
 def _print_version(value: bool) -> None:
     if value:
-        from probe import __version__
+        from probe.version import __version__
 
         typer.echo(f"probe {__version__}")
         raise typer.Exit()
@@ -73,7 +73,7 @@ def startup(
     """Runs before every command, whichever way probe was started (the `probe` script or `python -m probe`), and
     before the command's options are parsed: nothing here imports torch, so --help and option errors answer at once.
     probe's own lines go to stderr; the libraries' only when they warn, or with --verbose."""
-    from probe.runtime import keep_freed_memory
+    from probe.utils.runtime import keep_freed_memory
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("probe").setLevel(logging.INFO)  # also where the root logger was configured before (a notebook)

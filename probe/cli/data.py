@@ -53,7 +53,7 @@ def download(
         if not value or value - allowed:
             raise ProbeError(f"{option} {what if option == '--what' else backbones!r}: choose from "
                              f"{', '.join(sorted(allowed))}{' or all' if option == '--what' else ''}")
-    from probe.sources import HUB_BACKBONES
+    from probe.backbones.spec import HUB_BACKBONES
 
     if backbone not in HUB_BACKBONES:
         raise ProbeError(f"--backbone {backbone!r}: a hub model is fetched for {', '.join(HUB_BACKBONES)}")
@@ -119,7 +119,7 @@ def cache_info():
     from rich.measure import Measurement
     from rich.table import Table
 
-    from probe.cache import cache_entries, cache_root
+    from probe.utils.cache import cache_entries, cache_root
 
     entries = cache_entries()
     table = Table(title=escape(str(cache_root())))
@@ -150,7 +150,7 @@ def cache_clear(
 
     Examples: probe cache clear   |   probe cache clear --older-than 30
     """
-    from probe.cache import clear_cache
+    from probe.utils.cache import clear_cache
 
     if older_than is not None and older_than < 0:
         raise ProbeError(f"--older-than {older_than}: give a number of days >= 0")

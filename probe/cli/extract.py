@@ -9,7 +9,7 @@ import typer
 
 from probe.cli.options import (
     Backbone, Blocks, Checkpoint, ClassLabel, Device, Images, InputActivations, ModelDtype, Offload, ModelFlagsOpt, Noise,
-    Out, Overwrite, Prompt, Quiet, Revision, Seed, TorchThreads, _begin, _check_out, _check_threads, _spec, console,
+    Out, Overwrite, Prompt, Quiet, Revision, Seed, TorchThreads, start_work, check_out_folder, check_threads, spec_from_options, console,
     user_errors,
 )
 
@@ -44,18 +44,18 @@ def features(
         --checkpoint google/ddpm-ema-bedroom-256
     """
     from probe.data.layout import native_size
-    from probe.sources import backbone_spec
+    from probe.data.sources import backbone_spec
 
-    _check_out(out, overwrite, images, checkpoint)
-    _check_threads(threads)
-    spec = backbone_spec(None, _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations,
+    check_out_folder(out, overwrite, images, checkpoint)
+    check_threads(threads)
+    spec = backbone_spec(None, spec_from_options(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations,
                                      image_size, seed, device, prompt=prompt, revision=revision,
                                      model_dtype=model_dtype, class_label=class_label, offload=offload), progress=not quiet)
     size = native_size(images)
-    _begin(threads)
+    start_work(threads)
     from probe.backbones import build_backbone
     from probe.data.layout import load_images
-    from probe.extract import export_features
+    from probe.features.export import export_features
 
     chosen = build_backbone(spec, "features", size)
     written = export_features(chosen, load_images(images, chosen.image_size), out, dtype, batch_size, not quiet,

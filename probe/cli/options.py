@@ -3,7 +3,6 @@ option values that run before torch is imported, error handling (user_errors), a
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import logging
 import sys
@@ -14,17 +13,17 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from probe.errors import DryRun, ProbeError
+from probe.errors import DryRun, Interrupted, ProbeError
 
 console = Console(stderr=True)
 
 
-def _begin(threads: Optional[int] = None) -> None:
-    """Once a command's options are checked, before its work: the settings that only change speed (probe.runtime;
+def start_work(threads: Optional[int] = None) -> None:
+    """Once a command's options are checked, before its work: the settings that only change speed (probe.utils.runtime;
     they import torch), the torch threads, and at a terminal one line when other work already keeps the cores busy."""
     import torch
 
-    from probe.runtime import busy_warning, flush_subnormals
+    from probe.utils.runtime import busy_warning, flush_subnormals
 
     flush_subnormals()
     if threads is not None:
@@ -42,7 +41,6 @@ def user_errors(command=None, *, resumable: bool = False):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        given = _PARAMETERS.set(kwargs)
         try:
             return command(*args, **kwargs)
         except ProbeError as error:
@@ -50,24 +48,18 @@ def user_errors(command=None, *, resumable: bool = False):
             sys.exit(2)
         except DryRun:  # the plan is printed; nothing computed or written
             sys.exit(0)
-        except KeyboardInterrupt:
-            console.print(f"[bold yellow]interrupted:[/] {escape(_interrupt_note(kwargs.get('out'), resumable))}",
-                          highlight=False, soft_wrap=True)
+        except KeyboardInterrupt as interrupt:
+            files = interrupt.files if isinstance(interrupt, Interrupted) else 0
+            note = _interrupt_note(kwargs.get("out"), resumable, files)
+            console.print(f"[bold yellow]interrupted:[/] {escape(note)}", highlight=False, soft_wrap=True)
             sys.exit(130)
-        finally:
-            _PARAMETERS.reset(given)
     return wrapper
 
 
-# The running command's parameters by name, as typer passed them (user_errors sets it): a sweep records its own.
-_PARAMETERS: contextvars.ContextVar[dict] = contextvars.ContextVar("parameters", default={})
-
-
-def _interrupt_note(out: Path | None, resumable: bool) -> str:
+def _interrupt_note(out: Path | None, resumable: bool, files: int) -> str:
     """What an interrupted command kept: --out untouched (or its checkpoints, or a sweep's finished cells) and the
-    activations it cached."""
-    from probe.outputs import read_marker
-    from probe.store import ActivationStore
+    `files` activation files it cached (probe.errors.Interrupted)."""
+    from probe.utils.outputs import read_marker
 
     notes = []
     if out is not None and resumable:
@@ -77,15 +69,14 @@ def _interrupt_note(out: Path | None, resumable: bool) -> str:
         notes.append(f"{out} keeps the {cells} cells finished so far; rerun the same command to compute the rest")
     elif out is not None:
         notes.append(f"nothing was written to {out}")
-    if ActivationStore.written:
-        notes.append(f"the {ActivationStore.written} activation files extracted so far stay in the cache and a rerun "
-                     "reuses them")
+    if files:
+        notes.append(f"the {files} activation files extracted so far stay in the cache and a rerun reuses them")
     return "; ".join(notes) or "nothing was kept"
 
 
-def _check_out(out: Path, overwrite: bool, *inputs: Optional[Path]) -> None:
-    """Refuse a bad --out before anything is loaded (probe.outputs.check_out)."""
-    from probe.outputs import check_out
+def check_out_folder(out: Path, overwrite: bool, *inputs: Optional[Path]) -> None:
+    """Refuse a bad --out before anything is loaded (probe.utils.outputs.check_out)."""
+    from probe.utils.outputs import check_out
 
     check_out(out, overwrite=overwrite, inputs=inputs)
 
@@ -99,7 +90,7 @@ Data = typer.Option(None, "--data", help="A dataset folder (layout: docs/data.md
 Fit = typer.Option(None, "--fit", help="Non-square images: resize or pad (docs/data.md).")
 Images = typer.Option(..., "--images", help="Folder of images (or one image file).")
 
-# The backbone and where its features are read (probe.spec.BackboneSpec).
+# The backbone and where its features are read (probe.backbones.spec.BackboneSpec).
 Backbone = typer.Option("ddpm", "--backbone", help="ddpm, mae, transformers, sd, flux, ... (docs/backbones).")
 BackboneList = typer.Option("ddpm,random,pixels", "--backbones", help="Backbones, comma-separated; name=file for weights.")
 Checkpoint = typer.Option(None, "--checkpoint", help="Weights: a file, folder or hub name.")
@@ -136,7 +127,7 @@ Quiet = typer.Option(False, "--quiet", help="No progress bars.")
 QuietPlan = typer.Option(False, "--quiet", help="No progress bars, no plan.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the plan and exit.")
 
-# A sweep's cells run in this process or on Ray (probe.runner).
+# A sweep's cells run in this process or on Ray (probe.sweeps.runner).
 Ray = typer.Option(None, "--ray", help="Run the cells on Ray: local, auto or an address.")
 Threads = typer.Option(None, "--threads", help="Torch threads per cell (default: all cores here, 1 on Ray).")
 GpusPerCell = typer.Option(0.0, "--gpus-per-cell", help="GPUs per Ray task.")
@@ -152,10 +143,10 @@ def RunOut(default=...):
     return typer.Option(default, "--out", help="Run folder; --resume continues it.")
 
 
-def _kinds(text: str, checkpoint: Optional[Path] = None, option: str = "--backbone") -> list[tuple[str, bool]]:
+def parse_kinds(text: str, checkpoint: Optional[Path] = None, option: str = "--backbone") -> list[tuple[str, bool]]:
     """(kind, has its own checkpoint) of a --backbones list (kind=weights) or of one --backbone; an unknown kind
     is refused here, before anything loads or downloads."""
-    from probe.spec import check_kind
+    from probe.backbones.spec import check_kind
 
     parts = [part.strip().partition("=") for part in text.split(",") if part.strip()]
     for kind, _, _ in parts:
@@ -164,38 +155,39 @@ def _kinds(text: str, checkpoint: Optional[Path] = None, option: str = "--backbo
             for kind, _, given in parts]
 
 
-def _downloads(command: str, dataset: Optional[str], data_root: Optional[Path], backbones, dry_run: bool) -> None:
-    """The plan's downloads (probe.plan.pending_downloads); a --dry-run that needs some stops here, downloading
-    nothing."""
-    from probe.plan import dry_run_before_downloads, note_downloads, pending_downloads
+def plan_downloads(command: str, dataset: Optional[str], data_root: Optional[Path], backbones,
+                   dry_run: bool) -> list[str]:
+    """The plan's downloads (probe.data.fetch.pending_downloads), which the command gives its plan; a --dry-run that
+    needs some stops here, downloading nothing."""
+    from probe.data.fetch import dry_run_before_downloads, pending_downloads
 
     items = pending_downloads(dataset, data_root, backbones)
-    note_downloads(items)
     if dry_run and items:
         dry_run_before_downloads(command, items, dataset)
+    return items
 
 
-def _check_early_batch(size: int | None) -> None:
+def check_early_batch(size: int | None) -> None:
     if size is not None and size < 2:
         raise ProbeError(f"--early-batch-size {size}: batch normalisation needs at least 2 pixels per batch (64 is "
                          "the authors' rule)")
 
 
-def _early_batch(size: int | None) -> int:
-    """--early-batch-size (checked by _check_early_batch before any work); None: EARLY_BATCH_SIZE."""
-    from probe.ensemble import EARLY_BATCH_SIZE
+def early_batch_or_default(size: int | None) -> int:
+    """--early-batch-size (checked by check_early_batch before any work); None: EARLY_BATCH_SIZE."""
+    from probe.ensemble.settings import EARLY_BATCH_SIZE
 
     return EARLY_BATCH_SIZE if size is None else size
 
 
-def _check_threads(threads: Optional[int], gpus_per_cell: float = 0) -> None:
+def check_threads(threads: Optional[int], gpus_per_cell: float = 0) -> None:
     if threads is not None and threads < 1:
         raise ProbeError(f"--threads {threads}: give 1 or more")
     if gpus_per_cell < 0:
         raise ProbeError(f"--gpus-per-cell {gpus_per_cell}: give 0 or more")
 
 
-def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
+def parse_ints(text: Optional[str], what: str) -> Optional[list[int]]:
     if text is None:
         return None
     try:
@@ -204,12 +196,12 @@ def _ints(text: Optional[str], what: str) -> Optional[list[int]]:
         raise ProbeError(f"--{what} {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
 
-def _spec(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str], blocks: Optional[str],
+def spec_from_options(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str], blocks: Optional[str],
           steps: Optional[str], noise: Optional[str], input_activations: bool, image_size: Optional[int], seed: int,
           device: str, prompt: Optional[str] = None, revision: Optional[str] = None,
           model_dtype: Optional[str] = None, class_label: Optional[int] = None, offload: Optional[str] = None):
     """The backbone options as a BackboneSpec; the syntax of --blocks / --steps is checked before anything loads."""
-    from probe.spec import BackboneSpec, check_cell_syntax, check_offload
+    from probe.backbones.spec import BackboneSpec, check_cell_syntax, check_offload
 
     check_cell_syntax(blocks, "blocks")
     check_cell_syntax(steps, "steps")
@@ -222,7 +214,7 @@ def _spec(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str],
                         class_label=class_label, offload=offload)
 
 
-# The options of a sweep command that are not its result-determining options (probe.runner.check_options), so a
+# The options of a sweep command that are not its result-determining options (probe.sweeps.runner.check_options), so a
 # rerun may change them: what the cells vary (a rerun may list more seeds, say), what only changes the tables drawn
 # from the cells (--size-threshold), and what only changes speed or where things are kept. Every other option of a
 # sweep command is recorded by its first run and must stay; --threads as the number each cell gets.
@@ -233,10 +225,11 @@ SWEEP_AXES = {"grid": ("blocks", "steps", "size_threshold"), "layers": ("backbon
 SPEED_ONLY = ("out", "ray", "gpus_per_cell", "cache", "quiet", "threads", "dry_run", "offload")
 
 
-def _sweep_options(command: str, threads: Optional[int], ray: Optional[str]) -> dict:
+def recorded_sweep_options(command: str, parameters: dict) -> dict:
     """The sweep's result-determining options as this command line gives them, by their option names: the
-    command's parameters except SWEEP_AXES and SPEED_ONLY (paths that exist made absolute), and the threads per cell."""
-    from probe.runner import cell_threads
+    command's `parameters` (by name, as typer passed them) except SWEEP_AXES and SPEED_ONLY (paths that exist made
+    absolute), and the threads per cell."""
+    from probe.sweeps.runner import cell_threads
 
     def shown(value):
         if isinstance(value, Path):
@@ -244,39 +237,40 @@ def _sweep_options(command: str, threads: Optional[int], ray: Optional[str]) -> 
             return str(path.absolute()) if path.exists() else str(value)
         return value
 
-    from probe.spec import AUTHORS_BATCH_SIZE
+    from probe.ensemble.settings import BATCH_SIZE
 
     skipped = {*SWEEP_AXES[command], *SPEED_ONLY}
-    resolved = {"early_batch_size": AUTHORS_BATCH_SIZE}  # unset: the default in force, recorded as a number
+    resolved = {"early_batch_size": BATCH_SIZE}  # unset: the default in force, recorded as a number
     options = {f"--{name.replace('_', '-')}": shown(resolved.get(name) if value is None else value)
-               for name, value in _PARAMETERS.get().items() if name not in skipped}
-    return {**options, "--threads": cell_threads(threads, ray)}
+               for name, value in parameters.items() if name not in skipped}
+    return {**options, "--threads": cell_threads(parameters["threads"], parameters["ray"])}
 
 
-def _sweep_start(command: str, out: Path, dataset: Optional[str], data_root: Optional[Path], data: Optional[Path],
+def start_sweep(command: str, out: Path, dataset: Optional[str], data_root: Optional[Path], data: Optional[Path],
                  cache: Optional[Path], checkpoint: Optional[Path], ray: Optional[str], threads: Optional[int],
-                 gpus_per_cell: float, *inputs: Optional[Path], progress: bool = True, fit: Optional[str] = None,
-                 dry_run: bool = False, backbones=()):
+                 gpus_per_cell: float, *inputs: Optional[Path], parameters: dict, progress: bool = True,
+                 fit: Optional[str] = None, dry_run: bool = False, backbones=()):
     """Check a sweep's folder, runner options and data options (a paper dataset fetched into the cache when no
-    --data-root is given) before torch is loaded, then start the work; the sweep's data options. `inputs`: other
-    folders the sweep reads. In-process sweeps set no thread count here: the runner gives each cell its budget.
+    --data-root is given) before torch is loaded, then start the work; the sweep's data options and the downloads
+    for its plan. `inputs`: other folders the sweep reads; `parameters`: the command's, by name
+    (recorded_sweep_options). In-process sweeps set no thread count here: the runner gives each cell its budget.
     `backbones`: (kind, has a checkpoint) pairs, for the plan's downloads (a --dry-run that needs some stops)."""
-    from probe.outputs import check_out
-    from probe.runner import check_options
-    from probe.sources import open_source
+    from probe.utils.outputs import check_out
+    from probe.sweeps.runner import check_options
+    from probe.data.sources import open_source
 
     check_out(out, inputs=[data, data_root, checkpoint, cache, *inputs], command=command)
-    _check_threads(threads, gpus_per_cell)
-    check_options(out, command=command, options=_sweep_options(command, threads, ray))
-    _downloads(command, dataset, data_root, backbones, dry_run)
+    check_threads(threads, gpus_per_cell)
+    check_options(out, command=command, options=recorded_sweep_options(command, parameters))
+    downloads = plan_downloads(command, dataset, data_root, backbones, dry_run)
     source = open_source(dataset, data_root, data, progress=progress, fit=fit)
     if source.info is not None and data_root is None:
         data_root = source.root.parent
-    _begin()
-    from probe.experiments import SweepData
+    start_work()
+    from probe.sweeps.data import SweepData
 
     def absolute(path: Optional[Path]) -> Optional[str]:  # as a Ray worker, whose folder differs, must see it
         return str(Path(path).expanduser().absolute()) if path else None
 
-    return SweepData(dataset, absolute(data_root), absolute(data), absolute(cache), fit=fit)
+    return SweepData(dataset, absolute(data_root), absolute(data), absolute(cache), fit=fit), downloads
 

@@ -10,9 +10,9 @@ import typer
 from probe.cli.options import (
     Backbone, Blocks, Cache, Checkpoint, ClassLabel, Data, DataRoot, Dataset, Device, DryRunOpt, EarlyBatchSize,
     Fit, GpusPerCell, Images, ImageSize, InputActivations, Members, ModelDtype, Offload, ModelFlagsOpt, Noise, Out,
-    Overwrite, Prompt, Quiet, QuietPlan, Revision, Seed, Steps, TestNumber, TorchThreads, TrainNumber, _begin,
-    _check_early_batch, _check_out, _check_threads, _downloads, _early_batch, _ints, _kinds, _spec, _sweep_options,
-    _sweep_start, user_errors,
+    Overwrite, Prompt, Quiet, QuietPlan, Revision, Seed, Steps, TestNumber, TorchThreads, TrainNumber,
+    check_early_batch, check_out_folder, check_threads, early_batch_or_default, parse_ints, parse_kinds,
+    plan_downloads, recorded_sweep_options, spec_from_options, start_sweep, start_work, user_errors,
 )
 from probe.errors import ProbeError
 
@@ -57,12 +57,13 @@ def segment(
       probe segment --data my_dataset/ --out runs/mine
       probe segment --train-data runs/synth --out runs/on_synthetic
     """
-    from probe.sources import backbone_spec, open_source
-    from probe.spec import check_precision
+    parameters = dict(locals())  # the command's parameters by name, for recorded_sweep_options
+    from probe.data.sources import backbone_spec, open_source
+    from probe.ensemble.settings import check_precision
 
-    _check_early_batch(early_batch_size)
+    check_early_batch(early_batch_size)
     check_precision(precision, not sequential)
-    seed_list = _ints(seeds, "seeds") or [seed]
+    seed_list = parse_ints(seeds, "seeds") or [seed]
     sweep = len(seed_list) > 1
     if not sweep and (ray is not None or gpus_per_cell):
         raise ProbeError("--ray / --gpus-per-cell run the seeds of --seeds as a sweep: give several seeds, "
@@ -70,39 +71,39 @@ def segment(
     if sweep and overwrite:
         raise ProbeError(f"--overwrite: with several --seeds, --out {out} is a sweep folder that a rerun resumes; "
                          "to start over, delete it or choose another folder")
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
+    spec = spec_from_options(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
                  prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload)
     if sweep:
-        sweep_data = _sweep_start("segment", out, dataset, data_root, data, cache, checkpoint, ray, threads,
-                                  gpus_per_cell, train_data, progress=not quiet, fit=fit, dry_run=dry_run,
-                                  backbones=_kinds(backbone, checkpoint))
+        sweep_data, downloads = start_sweep("segment", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                                            gpus_per_cell, train_data, parameters=parameters, progress=not quiet,
+                                            fit=fit, dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint))
         source = sweep_data.source()
     else:
-        _check_out(out, overwrite, data, data_root, checkpoint, cache, train_data)
-        _check_threads(threads)
-        _downloads("segment", dataset, data_root, _kinds(backbone, checkpoint), dry_run)
+        check_out_folder(out, overwrite, data, data_root, checkpoint, cache, train_data)
+        check_threads(threads)
+        downloads = plan_downloads("segment", dataset, data_root, parse_kinds(backbone, checkpoint), dry_run)
         source = open_source(dataset, data_root, data, progress=not quiet, fit=fit)
     if train_data is not None:
         source.check_training_data(train_data)
     if not sweep:  # a sweep's start has begun the work
-        _begin(threads)
+        start_work(threads)
     from probe.ensemble import resolve_precision
-    from probe.segment import SegmentOptions, run_segment
+    from probe.tasks.segment import SegmentOptions, run_segment
 
     resolve_precision(precision, device, not sequential)  # a wrong choice fails now, not after extraction
     options = SegmentOptions(backbone=spec, train_number=train_number, test_number=test_number, members=members,
-                             batched=not sequential, precision=precision, early_batch_size=_early_batch(early_batch_size),
+                             batched=not sequential, precision=precision, early_batch_size=early_batch_or_default(early_batch_size),
                              train_data=str(train_data.expanduser().absolute()) if train_data else None)
     if sweep:
         from probe.experiments.seeds import run_seeds
 
         result = run_seeds(sweep_data, options, seed_list, out, ray=ray, threads=threads,
-                           sweep_options=_sweep_options("segment", threads, ray),
-                           gpus_per_cell=gpus_per_cell, progress=not quiet, dry_run=dry_run)
+                           sweep_options=recorded_sweep_options("segment", parameters),
+                           gpus_per_cell=gpus_per_cell, progress=not quiet, dry_run=dry_run, downloads=downloads)
     else:
         options.backbone = backbone_spec(source, spec, progress=not quiet)
         result = run_segment(source, options, seed_list[0], out, cache, not quiet, overwrite=overwrite,
-                             dry_run=dry_run)
+                             dry_run=dry_run, downloads=downloads)
     spread = f" ± {result['miou_std']:.2f} over seeds {result['seeds']}" if sweep else ""
     typer.echo(f"mIoU {result['miou']:.2f}%{spread}  ({source.name}, backbone {backbone})  -> {out}")
 
@@ -128,14 +129,14 @@ def predict(
 
     from probe.data.layout import load_images
 
-    _check_out(out, overwrite, ensemble, images, cache)
-    _check_threads(threads)
+    check_out_folder(out, overwrite, ensemble, images, cache)
+    check_threads(threads)
     manifest = ensemble / "manifest.json"
     if not manifest.is_file():
         raise ProbeError(f"{manifest} not found: pass --ensemble with the ensemble/ folder that probe segment wrote")
-    _begin(threads)
-    from probe.deeplab import is_deeplab, predict_deeplab
-    from probe.segment import run_predict
+    start_work(threads)
+    from probe.tasks.deeplab import is_deeplab, predict_deeplab
+    from probe.tasks.segment import run_predict
 
     resolution = json.loads(manifest.read_text())["resolution"]
     if is_deeplab(ensemble):

@@ -12,8 +12,9 @@ from probe.cli.options import (
     Backbone, BackboneList, Blocks, Cache, Checkpoint, ClassLabel, Data, DataRoot, Dataset, Device, DryRunOpt,
     EarlyBatchSize, Fit, GpusPerCell, ImageSize, InputActivations, Members, ModelDtype, Offload, ModelFlagsOpt, Noise,
     Overwrite, ProbeMembers, ProbeTestNumber, ProbeTrainNumber, Prompt, Quiet, QuietPlan, Ray, Revision, Seed,
-    Steps, SweepOut, TestNumber, Threads, TorchThreads, TrainNumber, _begin, _check_early_batch, _check_out,
-    _check_threads, _early_batch, _ints, _kinds, _spec, _sweep_options, _sweep_start, user_errors,
+    Steps, SweepOut, TestNumber, Threads, TorchThreads, TrainNumber, check_early_batch, check_out_folder,
+    check_threads, early_batch_or_default, parse_ints, parse_kinds, recorded_sweep_options, spec_from_options,
+    start_sweep, start_work, user_errors,
 )
 from probe.errors import ProbeError
 
@@ -50,21 +51,23 @@ def grid(
       probe grid --ray local --threads 1
       probe grid --dataset horse21 --steps 50,250,500,750 --ray auto
     """
-    from probe.sources import backbone_spec
+    parameters = dict(locals())  # the command's parameters by name, for recorded_sweep_options
+    from probe.data.sources import backbone_spec
 
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
+    spec = spec_from_options(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
                  prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload)
-    sweep_data = _sweep_start("grid", out, dataset, data_root, data, cache, checkpoint, ray, threads, gpus_per_cell,
-                              progress=not quiet, fit=fit, dry_run=dry_run, backbones=_kinds(backbone, checkpoint))
+    sweep_data, downloads = start_sweep("grid", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                                        gpus_per_cell, parameters=parameters, progress=not quiet, fit=fit,
+                                        dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint))
     import pandas as pd
 
-    from probe.grid_sweep import GridOptions, run_grid
+    from probe.tasks.grid import GridOptions, run_grid
 
     options = GridOptions(backbone=backbone_spec(sweep_data.source(), spec, progress=not quiet), train_number=train_number,
                           test_number=test_number, members=members, size_threshold=size_threshold)
     table = run_grid(sweep_data, options, seed, out, ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
-                     sweep_options=_sweep_options("grid", threads, ray),
-                     progress=not quiet, dry_run=dry_run)
+                     sweep_options=recorded_sweep_options("grid", parameters),
+                     progress=not quiet, dry_run=dry_run, downloads=downloads)
     best = table[table.group == "all"].sort_values("miou").iloc[-1]
     at = "" if pd.isna(best.step) else f" at t={int(best.step)}"
     typer.echo(f"best cell: {best.layer}{at}, mIoU {best.miou:.2f}%  -> {out}")
@@ -100,21 +103,23 @@ def layers(
       probe layers --backbones ddpm,mae,transformers=facebook/dinov2-small
       probe layers --dataset horse21 --backbones ddpm,mae,swav --ray local
     """
-    from probe.spec import check_cell_syntax
+    parameters = dict(locals())  # the command's parameters by name, for recorded_sweep_options
+    from probe.backbones.spec import backbone_entries, check_cell_syntax
 
     check_cell_syntax(steps, "steps")
     given = [Path(part.partition("=")[2].strip()) for part in backbones.split(",") if "=" in part]
-    base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, seed, device, model_dtype=model_dtype)
-    sweep_data = _sweep_start("layers", out, dataset, data_root, data, cache, checkpoint, ray, threads, gpus_per_cell,
-                              *given, progress=not quiet, dry_run=dry_run, backbones=_kinds(backbones, checkpoint, "--backbones"))
-    from probe.layers import backbone_entries, parse_depths, run_layers
+    base = spec_from_options("ddpm", checkpoint, model_flags, None, None, None, False, None, seed, device, model_dtype=model_dtype)
+    sweep_data, downloads = start_sweep("layers", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                                        gpus_per_cell, *given, parameters=parameters, progress=not quiet,
+                                        dry_run=dry_run, backbones=parse_kinds(backbones, checkpoint, "--backbones"))
+    from probe.tasks.layers import parse_depths, run_layers
 
     chosen_depths = parse_depths(depths)
     entries = backbone_entries(backbones, base, steps, model_dtype, image_size, offload)
     table = run_layers(sweep_data, entries, seed, out, train_number=train_number, test_number=test_number,
-                       sweep_options=_sweep_options("layers", threads, ray), depths=chosen_depths,
+                       sweep_options=recorded_sweep_options("layers", parameters), depths=chosen_depths,
                        members=members, ray=ray, threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet,
-                       dry_run=dry_run)
+                       dry_run=dry_run, downloads=downloads)
     best = table.sort_values("miou", ascending=False, kind="stable").drop_duplicates("backbone")
     typer.echo(" | ".join(f"{row.backbone}: best {row.layer} (depth {row.relative_depth:.2f}"
                           f"{'' if row.step is None or str(row.step) == '<NA>' else f', t={row.step}'}) "
@@ -150,16 +155,16 @@ def kmeans(
       probe kmeans --images a.png,b.png --fit-on all --k 6
       probe kmeans --backbone mae
     """
-    from probe.sources import backbone_spec, open_source
+    from probe.data.sources import backbone_spec, open_source
 
     image_files = [Path(p) for p in images.split(",") if p] if images else []
-    _check_out(out, overwrite, data, data_root, checkpoint, cache, *image_files)
-    _check_threads(threads)
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
+    check_out_folder(out, overwrite, data, data_root, checkpoint, cache, *image_files)
+    check_threads(threads)
+    spec = spec_from_options(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
                  prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload)
     source = open_source(dataset, data_root, data, progress=not quiet, fit=fit)
-    _begin(threads)
-    from probe.clusters import run_kmeans
+    start_work(threads)
+    from probe.tasks.kmeans import run_kmeans
 
     maps = run_kmeans(source, backbone_spec(source, spec, progress=not quiet), k, seed, fit_on, out, image_files=image_files,
                       n_images=n_images, cache=cache, progress=not quiet, overwrite=overwrite)
@@ -192,20 +197,23 @@ def efficiency(
       probe efficiency --ray local --threads 1
       probe efficiency --dataset horse21 --backbones ddpm,mae,pixels
     """
-    _check_early_batch(early_batch_size)
-    base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
-    numbers, seed_list = _ints(train_numbers, "train-numbers"), _ints(seeds, "seeds")
+    parameters = dict(locals())  # the command's parameters by name, for recorded_sweep_options
+    check_early_batch(early_batch_size)
+    base = spec_from_options("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
+    numbers, seed_list = parse_ints(train_numbers, "train-numbers"), parse_ints(seeds, "seeds")
     if not numbers or not seed_list:
         raise ProbeError("--train-numbers and --seeds need at least one value each")
-    sweep_data = _sweep_start("efficiency", out, dataset, data_root, data, cache, checkpoint, ray, threads,
-                              gpus_per_cell, progress=not quiet, fit=fit, dry_run=dry_run,
-                              backbones=_kinds(backbones, checkpoint, "--backbones"))
-    from probe.experiments.efficiency import backbone_list, run_efficiency
+    sweep_data, downloads = start_sweep("efficiency", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                                        gpus_per_cell, parameters=parameters, progress=not quiet, fit=fit,
+                                        dry_run=dry_run, backbones=parse_kinds(backbones, checkpoint, "--backbones"))
+    from probe.backbones.spec import backbone_entries
+    from probe.experiments.efficiency import run_efficiency
 
-    table = run_efficiency(sweep_data, backbone_list(backbones, base), numbers, seed_list, out, members=members,
-                           sweep_options=_sweep_options("efficiency", threads, ray),
-                           early_batch_size=_early_batch(early_batch_size), ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
-                           progress=not quiet, dry_run=dry_run)
+    specs = [spec for _, spec in backbone_entries(backbones, base)]
+    table = run_efficiency(sweep_data, specs, numbers, seed_list, out, members=members,
+                           sweep_options=recorded_sweep_options("efficiency", parameters),
+                           early_batch_size=early_batch_or_default(early_batch_size), ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
+                           progress=not quiet, dry_run=dry_run, downloads=downloads)
     summary = table.groupby(["backbone", "train_number"], sort=False)["miou"].mean().round(1)
     typer.echo(" | ".join(f"{b} {n}: {m}" for (b, n), m in summary.items()) + f"  -> {out}/table.md")
 
@@ -237,22 +245,24 @@ def variants(
       probe variants
       probe variants --seeds 0,1 --draws 8 --inversion-steps 50
     """
-    _check_early_batch(early_batch_size)
+    parameters = dict(locals())  # the command's parameters by name, for recorded_sweep_options
+    check_early_batch(early_batch_size)
     if draws < 1 or inversion_steps < 1:
         raise ProbeError(f"--draws {draws} / --inversion-steps {inversion_steps}: give 1 or more")
-    seed_list = _ints(seeds, "seeds")
+    seed_list = parse_ints(seeds, "seeds")
     if not seed_list:
         raise ProbeError("--seeds needs at least one value, e.g. 0,1,2")
-    spec = _spec(backbone, checkpoint, model_flags, blocks, steps, None, False, None, 0, device)
-    sweep_data = _sweep_start("variants", out, dataset, data_root, data, cache, checkpoint, ray, threads,
-                              gpus_per_cell, progress=not quiet, fit=fit, dry_run=dry_run,
-                              backbones=_kinds(backbone, checkpoint))
+    spec = spec_from_options(backbone, checkpoint, model_flags, blocks, steps, None, False, None, 0, device)
+    sweep_data, downloads = start_sweep("variants", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                                        gpus_per_cell, parameters=parameters, progress=not quiet, fit=fit,
+                                        dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint))
     from probe.experiments.variants import run_variants, variant_names
 
     table = run_variants(sweep_data, spec, variant_names(draws, inversion_steps), seed_list, out,
-                         sweep_options=_sweep_options("variants", threads, ray),
-                         train_number=train_number, members=members, early_batch_size=_early_batch(early_batch_size), ray=ray,
-                         threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet, dry_run=dry_run)
+                         sweep_options=recorded_sweep_options("variants", parameters),
+                         train_number=train_number, members=members, early_batch_size=early_batch_or_default(early_batch_size), ray=ray,
+                         threads=threads, gpus_per_cell=gpus_per_cell, progress=not quiet, dry_run=dry_run,
+                         downloads=downloads)
     summary = table.groupby("variant", sort=False)["miou"].mean().round(1)
     typer.echo(" | ".join(f"{v}: {m}" for v, m in summary.items()) + f"  -> {out}/table.md")
 
@@ -287,24 +297,26 @@ def robustness(
       probe robustness --ray local --threads 1
       probe robustness --dataset horse21 --backbones ddpm,pixels
     """
-    from probe.corruptions import parse_corruptions, parse_severities
+    parameters = dict(locals())  # the command's parameters by name, for recorded_sweep_options
+    from probe.data.corruptions import parse_corruptions, parse_severities
 
-    _check_early_batch(early_batch_size)
-    names, levels, seed_list = parse_corruptions(corruptions), parse_severities(severities), _ints(seeds, "seeds")
+    check_early_batch(early_batch_size)
+    names, levels, seed_list = parse_corruptions(corruptions), parse_severities(severities), parse_ints(seeds, "seeds")
     if not seed_list:
         raise ProbeError("--seeds needs at least one value, e.g. 0,1,2")
-    base = _spec("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
-    sweep_data = _sweep_start("robustness", out, dataset, data_root, data, cache, checkpoint, ray, threads,
-                              gpus_per_cell, progress=not quiet, fit=fit, dry_run=dry_run,
-                              backbones=_kinds(backbones, checkpoint, "--backbones"))
-    from probe.experiments.efficiency import backbone_list
+    base = spec_from_options("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
+    sweep_data, downloads = start_sweep("robustness", out, dataset, data_root, data, cache, checkpoint, ray, threads,
+                                        gpus_per_cell, parameters=parameters, progress=not quiet, fit=fit,
+                                        dry_run=dry_run, backbones=parse_kinds(backbones, checkpoint, "--backbones"))
+    from probe.backbones.spec import backbone_entries
     from probe.experiments.robustness import run_robustness
 
-    table = run_robustness(sweep_data, backbone_list(backbones, base), names, levels, seed_list, out,
-                           sweep_options=_sweep_options("robustness", threads, ray),
+    specs = [spec for _, spec in backbone_entries(backbones, base)]
+    table = run_robustness(sweep_data, specs, names, levels, seed_list, out,
+                           sweep_options=recorded_sweep_options("robustness", parameters),
                            train_number=train_number, test_number=test_number, members=members,
-                           early_batch_size=_early_batch(early_batch_size), ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
-                           progress=not quiet, dry_run=dry_run)
+                           early_batch_size=early_batch_or_default(early_batch_size), ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
+                           progress=not quiet, dry_run=dry_run, downloads=downloads)
     clean = table.drop_duplicates(["backbone", "seed"]).groupby("backbone", sort=False)["clean_miou"].mean()
     drop = table.groupby(["backbone", "severity"], sort=False)["drop"].mean().round(1)
     typer.echo(" | ".join(f"{b}: clean {clean[b]:.1f}, drop " + ", ".join(f"s{s} {d}" for s, d in drop[b].items())

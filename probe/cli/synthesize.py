@@ -9,7 +9,7 @@ import typer
 
 from probe.cli.options import (
     Data, DataRoot, Dataset, Device, DryRunOpt, GpusPerCell, Quiet, QuietPlan, Ray, RunOut, Seed, Threads,
-    TorchThreads, _begin, _check_threads, user_errors,
+    TorchThreads, start_work, check_threads, user_errors,
 )
 
 
@@ -40,9 +40,9 @@ def synthesize(
       probe synthesize --ensemble runs/horse/ensemble --n 10000 --ray auto \\
         --gpus-per-cell 1 --device cuda
     """
-    _check_threads(threads, gpus_per_cell)
-    _begin()
-    from probe.synthesize import SynthesizeOptions, run_synthesize
+    check_threads(threads, gpus_per_cell)
+    start_work()
+    from probe.tasks.synthesize import SynthesizeOptions, run_synthesize
 
     options = SynthesizeOptions(n=n, sampler=sampler, seed=seed, drop_uncertain=drop_uncertain, chunk_size=chunk_size,
                                 device=device)
@@ -78,12 +78,12 @@ def deeplab(
       probe deeplab --train-data runs/synth --arch resnet50 --out runs/deeplab
       probe deeplab --train-data runs/synth --dataset horse21 --device cuda
     """
-    from probe.sources import open_source
+    from probe.data.sources import open_source
 
-    _check_threads(threads)
+    check_threads(threads)
     source = open_source(dataset, data_root, data, progress=not quiet)
-    _begin(threads)
-    from probe.deeplab import DeepLabOptions, run_deeplab
+    start_work(threads)
+    from probe.tasks.deeplab import DeepLabOptions, run_deeplab
 
     options = DeepLabOptions(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                              val_number=val_number, test_number=test_number)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from probe.cli.options import (
-    Device, ModelFlagsOpt, Overwrite, Quiet, Resume, RunOut, Seed, _begin, _check_out, user_errors,
+    Device, ModelFlagsOpt, Overwrite, Quiet, Resume, RunOut, Seed, start_work, check_out_folder, user_errors,
 )
 from probe.errors import ProbeError
 
@@ -34,8 +34,8 @@ def ddpm_train(
     from probe.models.flags import ModelFlags, parse_flags
 
     flags = ModelFlags(**parse_flags(model_flags))
-    _begin()
-    from probe.train import TrainConfig, train_ddpm
+    start_work()
+    from probe.training.ddpm import TrainConfig, train_ddpm
 
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_rate=ema_rate, save_every=save_every, seed=seed)
     path = train_ddpm(images, flags, out, config, resume, device, not quiet)
@@ -56,10 +56,10 @@ def ddpm_sample(
 
     Example: probe ddpm sample --n 32 --out runs/samples
     """
-    _check_out(out, overwrite, checkpoint)
-    _begin()
+    check_out_folder(out, overwrite, checkpoint)
+    start_work()
     from probe.backbones import default_model_files
-    from probe.train import sample_checkpoint
+    from probe.training.ddpm import sample_checkpoint
 
     if checkpoint is None:
         checkpoint, model_flags = default_model_files()
@@ -96,8 +96,8 @@ def mae_train(
     """
     if not 0 < mask_ratio < 1:
         raise ProbeError(f"--mask-ratio {mask_ratio}: give a fraction between 0 and 1, e.g. 0.75")
-    _begin()
-    from probe.mae_train import MAETrainConfig, train_mae
+    start_work()
+    from probe.training.mae import MAETrainConfig, train_mae
     from probe.models.vit import MAEConfig, default_heads
 
     heads = num_heads or default_heads(embed_dim)

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from probe.errors import ProbeError
-from probe.cache import cache_root, publish_folder
-from probe.outputs import output_dir
-from probe.progress import progress_bar
+from probe.utils.cache import cache_root, publish_folder
+from probe.utils.outputs import output_dir
+from probe.utils.progress import progress_bar
 
 VERSION = 1
 CLASSES: list[str] = [
@@ -293,7 +293,7 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def write_default_domain(out: Path, size: int = 32, pool: int = 5000, train: int = 20, test: int = 120,
                          seed: int = 0, progress: bool = True, overwrite: bool = False) -> Path:
-    """Write the domain to `out` atomically (`probe.outputs.output_dir`) and return `out`.
+    """Write the domain to `out` atomically (`probe.utils.outputs.output_dir`) and return `out`.
 
     Layout: pool/00000.png (unlabelled), real/{train,test}/000.png with 000.npy label maps (uint8),
     classes.txt, palette.json and domain.json. Same arguments, byte-identical files.
@@ -343,7 +343,7 @@ def _write_contents(folder: Path, size: int, counts: dict[str, int], seed: int, 
 
 def default_domain_dir(size: int = 32, seed: int = 0) -> Path:
     """The cached labelled sets (no unlabelled pool) <cache root>/default-domain-v1-s{size}-seed{seed}, written on
-    first use (safely when several processes start at once: `probe.cache.publish_folder`); `probe data default`
+    first use (safely when several processes start at once: `probe.utils.cache.publish_folder`); `probe data default`
     writes the pool too, for DDPM training. Example: default_domain_dir() / "real" / "train"
     """
     counts = _check_counts(size, seed, 0, 20, 120)

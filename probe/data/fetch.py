@@ -1,7 +1,8 @@
 """Names to verified local paths: the paper's datasets, checkpoints and synthetic datasets, downloaded into the cache
-on first use (hub models: probe.data.hub). Nothing else in the toolkit downloads; the rest only ever sees paths.
+on first use (hub models: probe.data.hub), and which of them a command still needs (pending_downloads, for its
+plan). Nothing else in the toolkit downloads; the rest only ever sees paths.
 
-Under the cache root (probe.cache.cache_root):
+Under the cache root (probe.utils.cache.cache_root):
   downloads/<item path>        a downloaded file (checkpoints stay; an archive is deleted once unpacked), and
   downloads/<item path>.json   its record: the URL, the server's size, the SHA-256 of the first complete download
   downloads/.<file>.part       the bytes of an interrupted download; the next try asks for the rest (HTTP Range)
@@ -26,14 +27,14 @@ import re
 import shutil
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from probe.cache import cache_root, publish_folder
+from probe.utils.cache import cache_root, publish_folder
 from probe.data.layout import IMAGE_SUFFIXES
-from probe.data.registry import DATASETS, DATASETS_ITEM, STORAGE_ROOT, DatasetInfo, Item, lookup
-from probe.errors import ProbeError
-from probe.outputs import staging_folder, write_json
+from probe.data.registry import DATASETS, DATASETS_ITEM, STORAGE_ROOT, DatasetInfo, Item, lookup, publishes_checkpoint
+from probe.errors import DryRun, ProbeError
+from probe.utils.outputs import staging_folder, write_json
 
 log = logging.getLogger("probe")
 
@@ -192,7 +193,7 @@ class ResumingDownload:
                                  f"{response.reason}: {self.instead}")
             if total is not None:
                 _update_record(self.target, url=url, bytes=total)
-            from probe.progress import download_bar
+            from probe.utils.progress import download_bar
 
             with download_bar(self.progress) as bar, open(self.partial, mode) as handle:
                 task = bar.add_task(self.item.name, total=total, completed=have)
@@ -279,7 +280,7 @@ class _ReadProgress:
 def unpack(archive: Path, into: Path, *, progress: bool = True) -> None:
     """Unpack the .tar.gz `archive` into the folder `into` in one pass; a member that would land outside it is
     refused with a ProbeError naming it (the caller deletes `into`)."""
-    from probe.progress import download_bar
+    from probe.utils.progress import download_bar
 
     with open(archive, "rb") as handle, download_bar(progress) as bar:
         task = bar.add_task(f"unpacking {archive.name}", total=archive.stat().st_size)
@@ -401,6 +402,31 @@ def _loads_strictly(backbone: str, path: Path, model_flags) -> None:
     from probe.backbones import BackboneSpec, build_backbone
 
     build_backbone(BackboneSpec(kind=backbone, checkpoint=path, model_flags=model_flags), "features", 256).release()
+
+
+def pending_downloads(dataset: str | None, data_root: Path | None, backbones: Iterable[tuple[str, bool]]) -> list[str]:
+    """The paper's items a command still has to download: the datasets archive when --dataset has no cached copy
+    (and no --data-root), and the paper checkpoint of each (kind, has its own checkpoint) without one. Hub models
+    (diffusers, sd, transformers by hub name) are fetched on first use and not listed."""
+    if not dataset:
+        return []
+    info = lookup(dataset)
+    items = []
+    if data_root is None and dataset_problem(datasets_root() / info.name, info) is not None:
+        items.append(DATASETS_ITEM.path)
+    for backbone in dict.fromkeys(b for b, given in backbones if not given and publishes_checkpoint(b)):
+        item = info.checkpoint_item(backbone)
+        if not download_path(item).is_file():
+            items.append(item.path)
+    return items
+
+
+def dry_run_before_downloads(command: str, items: list[str], dataset: str) -> None:
+    """A --dry-run that would need downloads to plan further: print them and stop (nothing is downloaded)."""
+    log.info(f"plan: probe {command} needs these downloads first: {', '.join(items)}")
+    log.info(f"plan: cells, passes and cache size are known once they are here: probe download {dataset} "
+             "--what data,checkpoints (or pass --data-root / --checkpoint)")
+    raise DryRun()
 
 
 def item_status(item: Item) -> dict:

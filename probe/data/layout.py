@@ -162,8 +162,8 @@ def _read_labels(path: Path, image_path: Path, shape: tuple[int, int], num_class
     return labels
 
 
-def _prepared(stem: str, image: Image.Image, labels: np.ndarray | None, resolution: int, keep_size: bool,
-              fit: str | None, ignore_label: int = UNLABELLED) -> LabeledImage:
+def prepared_image(stem: str, image: Image.Image, labels: np.ndarray | None, resolution: int, keep_size: bool,
+                   fit: str | None, ignore_label: int = UNLABELLED) -> LabeledImage:
     """The model input at `resolution` and the label map: at `resolution` (OpenCV's nearest rule, the authors'),
     or with `keep_size` at the image's own size. A non-square image is made square by `fit`: "resize" stretches it
     in the one resize to the model's input (its label map, at `resolution`, by the nearest rule); "pad" pads it at
@@ -216,7 +216,7 @@ def load_labeled_image(path: Path, resolution: int, num_classes: int, ignore_lab
     """One image at `resolution` with its label map (`<stem>.npy` beside it), checked as `load_labeled_split` does."""
     image = _open_rgb(path, fit)
     labels = _read_labels(path.with_suffix(".npy"), path, (image.height, image.width), num_classes, ignore_label)
-    return _prepared(path.stem, image, labels, resolution, keep_size, fit, ignore_label)
+    return prepared_image(path.stem, image, labels, resolution, keep_size, fit, ignore_label)
 
 
 def image_paths(paths_or_dir: Path | str | Iterable[Path | str]) -> list[Path]:
@@ -246,7 +246,7 @@ def load_images(paths_or_dir: Path | str | Iterable[Path | str], resolution: int
     `fit`: how a non-square image is made square (else it is refused)."""
     _check_resolution(resolution)
     check_fit(fit)
-    return [_prepared(path.stem, _open_rgb(path, fit), None, resolution, keep_size, fit)
+    return [prepared_image(path.stem, _open_rgb(path, fit), None, resolution, keep_size, fit)
             for path in image_paths(paths_or_dir)]
 
 

@@ -202,6 +202,11 @@ def lookup(name: str) -> DatasetInfo:
     return info
 
 
+def publishes_checkpoint(backbone: str) -> bool:
+    """Whether the authors publish checkpoints of `backbone` (ddpm, mae, swav, swav_w2) for their datasets."""
+    return backbone in CHECKPOINT_FOLDERS
+
+
 def published_items() -> list[Item]:
     """Every item the authors publish for the six datasets: the dataset archive, each backbone's checkpoints, the
     synthetic datasets."""

@@ -1,8 +1,9 @@
 """PixelEnsemble, the estimator: its settings, fit (validation.py, then a strategy of training.py), predict and
-score (voting.py), save and load (persistence.py)."""
+score (voting.py), save and load (a folder of weights.pt and manifest.json)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +11,25 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from probe.ensemble import persistence
-from probe.ensemble.model import StackedMLP, member_generators, new_member, resolve_precision
-from probe.ensemble.sources import PixelSource
-from probe.ensemble.training import BATCH_SIZE, fit_batched, fit_sequential
+from probe.ensemble.model import StackedMLP, hidden_sizes, member_generators, new_member, resolve_precision
+from probe.ensemble.pixels import TrainingPixels
+from probe.ensemble.settings import BATCH_SIZE
+from probe.ensemble.training import TrainingSettings, fit_batched, fit_sequential
 from probe.ensemble.validation import check_fit
 from probe.ensemble.voting import image_uncertainty, vote
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
+from probe.utils.outputs import atomic_write
+
+TRAINING_PARAMETERS = ("batch_size", "lr", "patience", "check_after_epoch", "max_epochs", "batched", "seed",
+                       "precision", "early_batch_size")  # the constructor's arguments a manifest records
 
 
 class PixelEnsemble:
     """Ensemble of pixel-classifier MLPs: majority-vote labels and Jensen-Shannon uncertainty.
 
     Example:
-        ensemble = PixelEnsemble(num_classes=21).fit(ArrayPixelSource(features, labels))
+        ensemble = PixelEnsemble(num_classes=21).fit(ArrayPixels(features, labels))
         labels, js = ensemble.predict(test_features)
     """
 
@@ -48,7 +53,7 @@ class PixelEnsemble:
         """`batched`: train all members at once as one stacked network (training.fit_batched), else one after
         another with torch's own modules (training.fit_sequential, the reference); the same algorithm.
         `precision`: the stacked network's first-layer products, "float32", "bfloat16" or "auto" (model.py).
-        `compile`: run the batched ensemble's step (step.py) and the source's gather through torch.compile
+        `compile`: run the batched ensemble's step (step.py) and the training pixels' gather through torch.compile
         for the unchecked epochs' batches, which changes how they run, not what they compute; None: when the unchecked
         epochs take at least training.COMPILE_FROM_STEPS steps.
         `early_batch_size`: pixels per step in the epochs before early stopping checks losses (epochs
@@ -70,36 +75,35 @@ class PixelEnsemble:
         self.early_batch_size = early_batch_size
         self.compile = compile
 
-    def fit(self, source: PixelSource) -> PixelEnsemble:
-        """Train every member on the pixels of `source`; sets model_, dim_, iterations_, epochs_, last_loss_,
-        early_batch_size_ (the early batch used: None where the authors' rule was) and compiled_ (whether the step
-        ran compiled)."""
-        labels = source.labels
+    def fit(self, pixels: TrainingPixels) -> PixelEnsemble:
+        """Train every member on `pixels`; sets model_, dim_, iterations_, epochs_, last_loss_ (per member: Adam
+        steps, epochs begun, last batch loss), early_batch_size_ (the early batch used: None where the authors' rule
+        was) and compiled_ (whether the step ran compiled)."""
+        labels = pixels.labels
         check_fit(self.num_classes, self.members, self.batch_size, self.early_batch_size, labels)
-        mlps = [new_member(source.dim, self.num_classes, member_generators(self.seed, m)[0]).to(self.device)
+        mlps = [new_member(pixels.dim, self.num_classes, member_generators(self.seed, m)[0]).to(self.device)
                 for m in range(self.members)]
-        self.dim_ = source.dim
         early = self.early_batch_size
-        self.early_batch_size_ = early if early not in (None, self.batch_size) and early <= len(labels) else None
-        self.iterations_ = np.zeros(self.members, dtype=np.int64)
-        self.epochs_ = np.zeros(self.members, dtype=np.int64)
-        self.last_loss_ = np.full(self.members, np.nan)
-        self.compiled_ = False
+        early = early if early not in (None, self.batch_size) and early <= len(labels) else None
+        settings = TrainingSettings(self.batch_size, early, self.lr, self.patience, self.check_after_epoch,
+                                    self.max_epochs, self.seed, self.device)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
         with Progress(*columns, disable=not self.progress, console=Console(stderr=True)) as progress:
             if self.batched:
-                self.model_ = fit_batched(self, source, StackedMLP.from_members(mlps, self.precision), progress)
+                model = StackedMLP.from_members(mlps, self.precision)
+                record = fit_batched(settings, pixels, model, self.compile, progress)
             else:
-                for m, mlp in enumerate(mlps):
-                    fit_sequential(self, source, mlp, m, progress)
-                self.model_ = StackedMLP.from_members(mlps)
-        self.model_.eval()
+                record = fit_sequential(settings, pixels, mlps, progress)
+                model = StackedMLP.from_members(mlps)
+        self.model_, self.dim_, self.early_batch_size_ = model.eval(), pixels.dim, early
+        self.iterations_, self.epochs_, self.last_loss_ = record.iterations, record.epochs, record.last_loss
+        self.compiled_ = record.compiled
         return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise ProbeError("this PixelEnsemble is not trained: call fit(source) or PixelEnsemble.load(folder)")
+            raise ProbeError("this PixelEnsemble is not trained: call fit(pixels) or PixelEnsemble.load(folder)")
 
     def predict(self, features: np.ndarray | torch.Tensor, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) features -> (labels (N,) int64 by majority vote, Jensen-Shannon divergence (N,) float32)."""
@@ -140,9 +144,52 @@ class PixelEnsemble:
         """Write folder/weights.pt (plain tensors) and folder/manifest.json (the ensemble's configuration
         under "ensemble", beside the caller's `manifest` entries), each atomically."""
         self._check_fitted()
-        persistence.save(self, folder, manifest)
+        if "ensemble" in manifest:
+            raise ProbeError('the manifest key "ensemble" is reserved: rename that entry')
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            **manifest,
+            "ensemble": {
+                "num_classes": self.num_classes,
+                "members": self.members,
+                "dim": self.dim_,
+                "hidden": list(hidden_sizes(self.num_classes)),
+                "training": {key: getattr(self, key) for key in TRAINING_PARAMETERS},
+                "early_batch_size_used": self.early_batch_size_,
+                "compiled": self.compiled_,
+                "iterations": self.iterations_.tolist(),
+                "epochs": self.epochs_.tolist(),
+                "last_loss": self.last_loss_.tolist(),
+            },
+        }
+        state = {key: value.detach().cpu().clone() for key, value in self.model_.state_dict().items()}
+        atomic_write(folder / "weights.pt", lambda path: torch.save(state, path))
+        atomic_write(folder / "manifest.json", lambda path: path.write_text(json.dumps(record, indent=2)))
 
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> tuple[PixelEnsemble, dict]:
         """Read an ensemble written by `save`; returns it (ready to predict) and the caller's manifest."""
-        return persistence.load(cls, folder, device)
+        folder = Path(folder)
+        manifest_path, weights_path = folder / "manifest.json", folder / "weights.pt"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            config = manifest.pop("ensemble")
+            ensemble = cls(config["num_classes"], config["members"], **config["training"], device=device)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ProbeError(f"{manifest_path}: missing or not a saved ensemble ({error}); run the training "
+                             "again") from None
+        try:
+            state = torch.load(weights_path, map_location=device, weights_only=True)
+            model = StackedMLP(ensemble.members, config["dim"], ensemble.num_classes, ensemble.precision).to(device)
+            model.load_state_dict(state)
+        except Exception as error:  # torch.load raises many types for a damaged file
+            raise ProbeError(f"{weights_path}: missing or damaged ({error}); run the training again") from None
+        ensemble.model_ = model.eval()
+        ensemble.dim_ = config["dim"]
+        ensemble.iterations_ = np.asarray(config["iterations"], dtype=np.int64)
+        ensemble.epochs_ = np.asarray(config["epochs"], dtype=np.int64)
+        ensemble.last_loss_ = np.asarray(config["last_loss"], dtype=np.float64)
+        ensemble.early_batch_size_ = config.get("early_batch_size_used")
+        ensemble.compiled_ = config.get("compiled", False)
+        return ensemble, manifest

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from probe.spec import check_precision
+from probe.ensemble.settings import PRECISIONS, check_precision
 
 INIT_STD = 0.02
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PRODUCT_DTYPES = {name: getattr(torch, name) for name in PRECISIONS}  # the first layer's products, by precision
 
 
 def resolve_precision(precision: str, device: str, batched: bool = True) -> str:
@@ -112,7 +112,7 @@ class StackedMLP(nn.Sequential):
             StackedLinear(members, h1, h2), nn.ReLU(), StackedBatchNorm(members, h2),
             StackedLinear(members, h2, num_classes),
         )
-        self[0].products = PRECISIONS[precision]
+        self[0].products = PRODUCT_DTYPES[precision]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, dim) features -> (M, B, classes) logits of every member."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from probe.runtime import Compiled
+from probe.utils.runtime import Compiled
 
 if TYPE_CHECKING:
     from probe.ensemble.model import StackedMLP

@@ -5,13 +5,14 @@
 `fit_sequential` trains the members one after another with torch's own modules and their own shuffles (the
 reference); `fit_batched` trains them all at once as one stacked network on one shared batch sequence, which is the
 same algorithm, gathers each batch of features once and is several times faster; its step (forward, backward and
-Adam) is written out in step.py so that torch.compile can fuse it.
+Adam) is written out in step.py so that torch.compile can fuse it. Both take the rule's `TrainingSettings` and return
+a `FitRecord` of what the fit did.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,23 +21,45 @@ from rich.progress import Progress
 from torch import nn
 
 from probe.ensemble.model import StackedMLP, member_generators
-from probe.ensemble.sources import PixelSource
+from probe.ensemble.pixels import TrainingPixels
 from probe.ensemble.step import StackedStep
-from probe.spec import AUTHORS_BATCH_SIZE
 
-if TYPE_CHECKING:
-    from probe.ensemble.estimator import PixelEnsemble
-
-BATCH_SIZE = AUTHORS_BATCH_SIZE  # the authors' pixels per step
-EARLY_BATCH_SIZE = BATCH_SIZE  # the pipeline's default pixels per step in the epochs early stopping does not check:
-# the authors' rule, everywhere (segment, sweeps, SegmentOptions). Early batches of 128 (--early-batch-size 128) are
-# an opt-in that changes the algorithm: within the authors' seed spread over 3 seeds on the default and at the paper's
-# shape, but about 0.4 mIoU points lower paired there, training 1.3-1.5x faster (analysis/training_rule.sh)
-GATHER_PIXELS = 1024  # pixels (whole batches, at least one) fetched from the source in one call: 16 batches of 64.
+GATHER_PIXELS = 1024  # pixels (whole batches, at least one) fetched in one `features` call: 16 batches of 64.
 # Larger calls are slower per pixel with the store's sampler (measured at the paper's shape: 13 us per pixel at 1024,
 # 34 at 4096), so batches larger than 64 are fetched fewer at a time.
 COMPILE_FROM_STEPS = 2_000  # fits whose unchecked epochs take this many steps compile theirs (by default): compiling
 # takes 2-15 s (less once torch's cache holds the shape); the compiled step saves about 5 ms a step at the paper's shape
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The rule's settings, as PixelEnsemble's arguments of the same names; `early_batch_size` is the early batch the
+    fit uses (None: `batch_size` throughout, the authors' rule)."""
+
+    batch_size: int
+    early_batch_size: int | None
+    lr: float
+    patience: int
+    check_after_epoch: int
+    max_epochs: int
+    seed: int
+    device: str
+
+
+@dataclass
+class FitRecord:
+    """What a fit did, per member: its Adam steps (`iterations`), the epochs it began, its last batch loss; and whether
+    the batched step ran compiled."""
+
+    iterations: np.ndarray
+    epochs: np.ndarray
+    last_loss: np.ndarray
+    compiled: bool = False
+
+    @classmethod
+    def start(cls, members: int) -> FitRecord:
+        """The record of `members` members before their first step."""
+        return cls(np.zeros(members, dtype=np.int64), np.zeros(members, dtype=np.int64), np.full(members, np.nan))
 
 
 class EarlyStopping:
@@ -63,49 +86,61 @@ class EarlyStopping:
         return newly
 
 
-def gathers(source: PixelSource, order: np.ndarray, batch_size: int, device: str) -> Iterator[list[tuple]]:
-    """The (features, labels) batches in `order`, as lists of the batches of one source call: about GATHER_PIXELS
-    pixels (whole batches) per call."""
+def gathers(pixels: TrainingPixels, order: np.ndarray, batch_size: int, device: str) -> Iterator[list[tuple]]:
+    """The (features, labels) batches in `order`, as lists of the batches of one `pixels.features` call: about
+    GATHER_PIXELS pixels (whole batches) per call."""
     gather = batch_size * max(1, GATHER_PIXELS // batch_size)
     for start in range(0, len(order), gather):
         idx = order[start : start + gather]
-        features = source.features(idx).to(device)
-        labels = torch.from_numpy(source.labels[idx]).to(device, torch.long)
+        features = pixels.features(idx).to(device)
+        labels = torch.from_numpy(pixels.labels[idx]).to(device, torch.long)
         yield list(zip(features.split(batch_size), labels.split(batch_size)))
 
 
-def fit_batched(ensemble: PixelEnsemble, source: PixelSource, model: StackedMLP, progress: Progress) -> StackedMLP:
-    """All members at once on one shared batch sequence; each member keeps its own early stopping. Sets
-    `ensemble.compiled_`."""
+def fit_batched(settings: TrainingSettings, pixels: TrainingPixels, model: StackedMLP, compile: bool | None,
+                progress: Progress) -> FitRecord:
+    """Train all members of `model` at once on one shared batch sequence; each member keeps its own early stopping.
+    `compile`: run the step through torch.compile (None: when the unchecked epochs take COMPILE_FROM_STEPS steps)."""
     model.train()
-    steps = (ensemble.check_after_epoch + 1) * (len(source.labels) // (ensemble.early_batch_size_
-                                                                       or ensemble.batch_size))
-    compile = ensemble.compile if ensemble.compile is not None else steps >= COMPILE_FROM_STEPS
+    steps = (settings.check_after_epoch + 1) * (len(pixels.labels) // (settings.early_batch_size
+                                                                       or settings.batch_size))
+    compile = compile if compile is not None else steps >= COMPILE_FROM_STEPS
     step = StackedStep(model, compile)
     if compile:
-        source.compile()
+        pixels.compile()
     snapshot = {key: value.clone() for key, value in model.member_state().items()}
 
     def freeze(stopped: np.ndarray) -> None:
-        rows = torch.from_numpy(stopped).to(ensemble.device)
+        rows = torch.from_numpy(stopped).to(settings.device)
         for key, value in model.member_state().items():
             snapshot[key][rows] = value[rows]
 
-    stopper = train_loop(ensemble, source, np.random.default_rng(ensemble.seed), step.run, np.arange(ensemble.members),
-                         freeze, progress, "members")
-    ensemble.compiled_ = step.compiled
-    rows = torch.from_numpy(stopper.stopped).to(ensemble.device)
+    record = FitRecord.start(model[0].weight.shape[1])  # StackedLinear's weight: (in, members, out)
+    stopper = train_loop(settings, pixels, np.random.default_rng(settings.seed), step.run, record,
+                         np.arange(len(record.epochs)), freeze, progress, "members")
+    record.compiled = step.compiled
+    rows = torch.from_numpy(stopper.stopped).to(settings.device)
     with torch.no_grad():
         for key, value in model.member_state().items():
             value[rows] = snapshot[key][rows]  # undo the Adam steps taken after a member stopped
-    return model
+    return record
 
 
-def fit_sequential(ensemble: PixelEnsemble, source: PixelSource, mlp: nn.Sequential, member: int,
-                   progress: Progress) -> None:
-    """One member with torch's own modules and Adam, its own shuffles, until it stops."""
+def fit_sequential(settings: TrainingSettings, pixels: TrainingPixels, mlps: list[nn.Sequential],
+                   progress: Progress) -> FitRecord:
+    """Train the members one after another with torch's own modules and Adam, each on its own shuffles until it
+    stops."""
+    record = FitRecord.start(len(mlps))
+    for member, mlp in enumerate(mlps):
+        fit_member(settings, pixels, mlp, member, record, progress)
+    return record
+
+
+def fit_member(settings: TrainingSettings, pixels: TrainingPixels, mlp: nn.Sequential, member: int,
+               record: FitRecord, progress: Progress) -> None:
+    """Member `member` of a sequential fit, until it stops; fills its entries of `record`."""
     mlp.train()
-    optimizer = torch.optim.Adam(mlp.parameters(), lr=ensemble.lr, fused=True)
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=settings.lr, fused=True)
 
     def step(x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
         for group in optimizer.param_groups:
@@ -116,16 +151,17 @@ def fit_sequential(ensemble: PixelEnsemble, source: PixelSource, mlp: nn.Sequent
         optimizer.step()
         return loss.detach().view(1)
 
-    rng = member_generators(ensemble.seed, member)[1]
-    train_loop(ensemble, source, rng, lambda batches, lr: [step(x, y, lr) for x, y in batches], np.array([member]),
-               lambda stopped: None, progress, f"member {member}")
+    rng = member_generators(settings.seed, member)[1]
+    train_loop(settings, pixels, rng, lambda batches, lr: [step(x, y, lr) for x, y in batches], record,
+               np.array([member]), lambda stopped: None, progress, f"member {member}")
 
 
 def train_loop(
-    ensemble: PixelEnsemble,
-    source: PixelSource,
+    settings: TrainingSettings,
+    pixels: TrainingPixels,
     rng: np.random.Generator,
     run: Callable[[list[tuple[torch.Tensor, torch.Tensor]], float], list[torch.Tensor]],
+    record: FitRecord,
     members: np.ndarray,
     on_stop: Callable[[np.ndarray], None],
     progress: Progress,
@@ -133,30 +169,30 @@ def train_loop(
 ) -> EarlyStopping:
     """The authors' loop for `members` trained together by `run(batches, lr)` (one Adam step per (x, y) batch, in
     order -> each step's losses of the members):
-    a fresh shuffle per epoch, full batches only, per-member early stopping; fills the ensemble's iterations_, epochs_
-    and last_loss_ for them. The unchecked epochs take batches of `early_batch_size_` (if set) at a learning rate
-    scaled to match; no member stops in them, so the batches of one gather run back to back and their losses are
-    read once, after the last."""
-    stopper = EarlyStopping(len(members), ensemble.patience, ensemble.check_after_epoch)
-    task = progress.add_task(description, total=ensemble.max_epochs, status="")
-    for epoch in range(ensemble.max_epochs):
-        checked = epoch > ensemble.check_after_epoch
-        batch_size = ensemble.batch_size if checked or ensemble.early_batch_size_ is None else ensemble.early_batch_size_
-        lr = ensemble.lr * (batch_size / ensemble.batch_size)
-        steps_per_epoch = len(source.labels) // batch_size
-        ensemble.epochs_[members[~stopper.stopped]] += 1
-        order = rng.permutation(len(source.labels))[: steps_per_epoch * batch_size]
-        for batches in gathers(source, order, batch_size, ensemble.device):
+    a fresh shuffle per epoch, full batches only, per-member early stopping; fills the iterations, epochs and
+    last_loss of `record` for them. The unchecked epochs take batches of `settings.early_batch_size` (if set) at a
+    learning rate scaled to match; no member stops in them, so the batches of one gather run back to back and their
+    losses are read once, after the last."""
+    stopper = EarlyStopping(len(members), settings.patience, settings.check_after_epoch)
+    task = progress.add_task(description, total=settings.max_epochs, status="")
+    for epoch in range(settings.max_epochs):
+        checked = epoch > settings.check_after_epoch
+        batch_size = settings.batch_size if checked or settings.early_batch_size is None else settings.early_batch_size
+        lr = settings.lr * (batch_size / settings.batch_size)
+        steps_per_epoch = len(pixels.labels) // batch_size
+        record.epochs[members[~stopper.stopped]] += 1
+        order = rng.permutation(len(pixels.labels))[: steps_per_epoch * batch_size]
+        for batches in gathers(pixels, order, batch_size, settings.device):
             if not checked:
                 losses = run(batches, lr)[-1]
-                ensemble.iterations_[members] += len(batches)
-                ensemble.last_loss_[members] = losses.cpu().numpy()
+                record.iterations[members] += len(batches)
+                record.last_loss[members] = losses.cpu().numpy()
                 continue
             for x, y in batches:
                 active = members[~stopper.stopped]
                 losses = run([(x, y)], lr)[0].cpu().numpy().astype(np.float64)
-                ensemble.iterations_[active] += 1
-                ensemble.last_loss_[active] = losses[~stopper.stopped]
+                record.iterations[active] += 1
+                record.last_loss[active] = losses[~stopper.stopped]
                 stopped = stopper.update(epoch, losses)
                 if stopped.any():
                     on_stop(stopped)
@@ -164,7 +200,7 @@ def train_loop(
                     break
             if stopper.stopped.all():
                 break
-        status = f"{(~stopper.stopped).sum()}/{len(members)} active, loss {np.nanmean(ensemble.last_loss_[members]):.4f}"
+        status = f"{(~stopper.stopped).sum()}/{len(members)} active, loss {np.nanmean(record.last_loss[members]):.4f}"
         progress.update(task, advance=1, status=status)
         if stopper.stopped.all():
             break

@@ -3,7 +3,7 @@ each training subset drawn per seed from the train split."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -13,17 +13,17 @@ from probe.backbones import BackboneSpec, build_backbone
 from probe.data.layout import find_split_dir, list_images
 from probe.errors import ProbeError
 from probe.ensemble import EARLY_BATCH_SIZE
-from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
-from probe.outputs import atomic_write
-from probe.plan import segment_extractions
-from probe.runner import Cell, finish_sweep, run_sweep
-from probe.sources import backbone_spec
+from probe.sweeps.data import SweepData
+from probe.experiments.cells import mean_std_table, segment_config, segment_extractions, segment_work
+from probe.utils.outputs import atomic_write
+from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
+from probe.data.sources import backbone_spec
 
 TRAIN_NUMBERS = (1, 2, 5, 10, 20)
 
 
 def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int],
-                     members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE) -> list[Cell]:
+                     members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE) -> list[SweepCell]:
     """One cell per (backbone, number of training images, seed). Every backbone is built once first, so a bad
     option or checkpoint fails before the sweep starts."""
     source = data.source()
@@ -34,7 +34,7 @@ def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: 
     if too_many:
         raise ProbeError(f"--train-numbers {too_many[0]}: the train split holds {available} images; "
                          f"give numbers in 1..{available}")
-    return [Cell(segment_config(data, spec, train_number=n, members=members, train_draw=True,
+    return [SweepCell(segment_config(data, spec, train_number=n, members=members, train_draw=True,
                                 early_batch_size=early_batch_size), seed, title=f"{spec.kind} n={n}")
             for spec in specs for n in train_numbers for seed in seeds]
 
@@ -42,13 +42,15 @@ def efficiency_cells(data: SweepData, specs: list[BackboneSpec], train_numbers: 
 def run_efficiency(data: SweepData, specs: list[BackboneSpec], train_numbers: list[int], seeds: list[int], out: Path,
                    *, members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE, ray: str | None = None,
                    threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True,
-                   sweep_options: dict | None = None, dry_run: bool = False) -> pd.DataFrame:
+                   sweep_options: dict | None = None, dry_run: bool = False,
+                   downloads: Sequence[str] = ()) -> pd.DataFrame:
     """Run (or resume) the sweep in `out`; write efficiency.csv (tidy), table.md and efficiency.png.
-    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`)."""
+    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`);
+    `downloads`: what the command downloaded first, named on the plan."""
     cells = efficiency_cells(data, specs, train_numbers, seeds, members, early_batch_size)
     records = run_sweep(cells, segment_work, out, command="efficiency", ray=ray, threads=threads,
                         gpus_per_cell=gpus_per_cell, progress=progress, options=sweep_options,
-                        extractions=segment_extractions, dry_run=dry_run)
+                        extractions=segment_extractions, dry_run=dry_run, downloads=downloads)
     table = pd.DataFrame([{"backbone": r["config"]["backbone"]["kind"], "train_number": r["config"]["train_number"],
                            "seed": r["config"]["seed"], "miou": r["result"]["miou"], "threads": r["threads"]}
                           for r in records])
@@ -58,20 +60,3 @@ def run_efficiency(data: SweepData, specs: list[BackboneSpec], train_numbers: li
     plots.efficiency_lines(table, out / "efficiency.png")
     finish_sweep(out, ["efficiency.csv", "table.md", "efficiency.png"])
     return table
-
-
-def backbone_list(text: str, base: BackboneSpec) -> list[BackboneSpec]:
-    """`ddpm,mae=mae.pth,pixels`: one spec per name, its checkpoint after `=` (ddpm without one takes `base`'s);
-    the guided-diffusion flags of `base` go to ddpm and random, the other options to all."""
-    specs = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        kind, _, checkpoint = part.partition("=")
-        unet = kind in ("ddpm", "random")
-        if checkpoint:
-            given = Path(checkpoint)
-        else:
-            given = base.checkpoint if kind == "ddpm" else None
-        specs.append(replace(base, kind=kind, checkpoint=given, model_flags=base.model_flags if unet else None))
-    if not specs:
-        raise ProbeError(f"--backbones {text!r}: name at least one backbone, e.g. ddpm,random,pixels")
-    return specs

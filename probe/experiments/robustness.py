@@ -11,7 +11,8 @@ activations live in a temporary store deleted as each version is scored (`robust
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +21,20 @@ from PIL import Image
 
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
-from probe.corruptions import corrupt, corruption_seed
+from probe.data.corruptions import corrupt, corruption_seed
 from probe.data.layout import LabeledImage, scaled_pixels, find_split_dir, list_images
 from probe.ensemble import EARLY_BATCH_SIZE, PixelEnsemble
-from probe.errors import ProbeError
-from probe.experiments import SweepData, evaluate_cell, mean_std_table, segment_config
+from probe.errors import ProbeError, counting_files
+from probe.sweeps.data import SweepData
+from probe.experiments.cells import evaluate_cell, mean_std_table, segment_config, segment_extractions
 from probe.metrics import SegmentationScore
-from probe.cache import activations_root
-from probe.outputs import atomic_write, staging_folder
-from probe.plan import segment_extractions
-from probe.runner import Cell, finish_sweep, run_sweep
-from probe.segment import predict_image
-from probe.sources import backbone_spec, to_uint8_image
-from probe.store import ActivationStore, PixelSampler
+from probe.utils.cache import activations_root
+from probe.utils.outputs import atomic_write, staging_folder
+from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
+from probe.tasks.segment import predict_image
+from probe.data.sources import backbone_spec, to_uint8_image
+from probe.features.store import ActivationStore
+from probe.features.sampler import PixelSampler
 
 
 def corrupted_images(images: list[LabeledImage], name: str, severity: int, seed: int) -> list[LabeledImage]:
@@ -59,39 +61,42 @@ def score_images(ensemble: PixelEnsemble, store: ActivationStore, names: list[st
 
 def robustness_work(spec: dict, threads: int) -> dict:
     """One cell: fit on the clean train images and score on the clean test images as `probe segment` does, then
-    score the same ensemble on every (corruption, severity) version of the test images. mIoU in %.
+    score the same ensemble on every (corruption, severity) version of the test images. mIoU in %, and what the cell
+    extracted (run_sweep's `extraction`: the corrupted versions' extractions count, their files do not).
 
     The clean images' activations go to the cache; each corrupted version's go to a temporary store, deleted as soon
     as that version is scored, so the sweep holds one version's activations at a time and leaves none in the cache.
     The store is a staging folder in the cache's activations folder (`.corrupted.partial-{host}-{pid}-…`): one that
     a killed run left is deleted by the next run here and by `probe cache clear`."""
     evaluation, source, cache = evaluate_cell(spec)
-    corrupted = []
-    kept_in_cache = ActivationStore.written  # the corrupted copies' files are temporary: none stays in the cache
+    clean = evaluation.extraction
+    corrupted, temporary = [], []
     scratch = staging_folder(Path(cache or activations_root()) / "corrupted")
     try:
-        for name in spec["corruptions"]:
-            for severity in spec["severities"]:
-                images = corrupted_images(evaluation.test, name, severity, spec["seed"])
-                store = ActivationStore(evaluation.backbone, scratch)
-                try:
-                    store.fill(images, progress=False)
-                    score = score_images(evaluation.fitted.ensemble, store, evaluation.backbone.names, images,
-                                         source.num_classes, source.ignore_label)
-                finally:
-                    shutil.rmtree(store.root, ignore_errors=True)
-                corrupted.append({"corruption": name, "severity": severity, "miou": 100 * score.miou})
+        with counting_files(lambda: clean.files):  # the corrupted copies' files are temporary: none stays in the cache
+            for name in spec["corruptions"]:
+                for severity in spec["severities"]:
+                    images = corrupted_images(evaluation.test, name, severity, spec["seed"])
+                    store = ActivationStore(evaluation.backbone, scratch)
+                    try:
+                        temporary.append(store.fill(images, progress=False))
+                        score = score_images(evaluation.fitted.ensemble, store, evaluation.backbone.names, images,
+                                             source.num_classes, source.ignore_label)
+                    finally:
+                        shutil.rmtree(store.root, ignore_errors=True)
+                    corrupted.append({"corruption": name, "severity": severity, "miou": 100 * score.miou})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        ActivationStore.written = kept_in_cache
     metrics = evaluation.metrics
+    extraction = replace(clean, image_steps=clean.image_steps + sum(e.image_steps for e in temporary),
+                         seconds=clean.seconds + sum(e.seconds for e in temporary))
     return {"clean": metrics["miou"], "corrupted": corrupted, "train_images": metrics["train_images"],
-            "test_images": metrics["test_images"]}
+            "test_images": metrics["test_images"], "extraction": asdict(extraction)}
 
 
 def robustness_cells(data: SweepData, specs: list[BackboneSpec], corruptions: list[str], severities: list[int],
                      seeds: list[int], *, train_number: int | None = None, test_number: int | None = None,
-                     members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE) -> list[Cell]:
+                     members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE) -> list[SweepCell]:
     """One cell per (backbone, seed). Every backbone is built first and the image counts and the corruptions'
     image size are checked, so a bad option fails before the sweep starts."""
     if not corruptions or not severities or not seeds:
@@ -106,7 +111,7 @@ def robustness_cells(data: SweepData, specs: list[BackboneSpec], corruptions: li
         size = build_backbone(backbone_spec(source, spec), "segment", source.native_size).image_size
         corrupt(np.zeros((size, size, 3), dtype=np.uint8), corruptions[0], severities[0], 0)  # too small: an error
     severities = sorted(severities)
-    return [Cell({**segment_config(data, spec, train_number=train_number, test_number=test_number, members=members,
+    return [SweepCell({**segment_config(data, spec, train_number=train_number, test_number=test_number, members=members,
                                    early_batch_size=early_batch_size),
                   "corruptions": list(corruptions), "severities": severities}, seed,
                  title=f"{spec.kind}, {len(corruptions)} corruptions x {len(severities)} severities")
@@ -140,14 +145,16 @@ def run_robustness(data: SweepData, specs: list[BackboneSpec], corruptions: list
                    seeds: list[int], out: Path, *, train_number: int | None = None, test_number: int | None = None,
                    members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE, ray: str | None = None,
                    threads: int | None = None, gpus_per_cell: float = 0, progress: bool = True,
-                   sweep_options: dict | None = None, dry_run: bool = False) -> pd.DataFrame:
+                   sweep_options: dict | None = None, dry_run: bool = False,
+                   downloads: Sequence[str] = ()) -> pd.DataFrame:
     """Run (or resume) the sweep in `out`; write robustness.csv (tidy), table.md and robustness.png.
-    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`)."""
+    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`);
+    `downloads`: what the command downloaded first, named on the plan."""
     cells = robustness_cells(data, specs, corruptions, severities, seeds, train_number=train_number,
                              test_number=test_number, members=members, early_batch_size=early_batch_size)
     records = run_sweep(cells, robustness_work, out, command="robustness", ray=ray, threads=threads,
                         gpus_per_cell=gpus_per_cell, progress=progress, options=sweep_options, dry_run=dry_run,
-                        extractions=lambda todo: segment_extractions(todo, corrupted=True))
+                        downloads=downloads, extractions=lambda todo: segment_extractions(todo, corrupted=True))
     table = robustness_table(records)
     atomic_write(out / "robustness.csv", lambda p: table.to_csv(p, index=False))
     markdown = drop_markdown(table)

@@ -3,6 +3,7 @@ noise (the authors' default), per-image noise, the mean of K draws, and x_t reac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,11 +12,11 @@ import pandas as pd
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.ensemble import EARLY_BATCH_SIZE
-from probe.experiments import SweepData, mean_std_table, segment_config, segment_work
-from probe.outputs import atomic_write
-from probe.plan import segment_extractions
-from probe.runner import Cell, finish_sweep, run_sweep
-from probe.sources import backbone_spec
+from probe.sweeps.data import SweepData
+from probe.experiments.cells import mean_std_table, segment_config, segment_extractions, segment_work
+from probe.utils.outputs import atomic_write
+from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
+from probe.data.sources import backbone_spec
 
 
 def variant_names(draws: int, inversion_steps: int | None) -> list[str]:
@@ -27,20 +28,22 @@ def variant_names(draws: int, inversion_steps: int | None) -> list[str]:
 def run_variants(data: SweepData, spec: BackboneSpec, variants: list[str], seeds: list[int], out: Path, *,
                  train_number: int | None = None, members: int = 10, early_batch_size: int = EARLY_BATCH_SIZE,
                  ray: str | None = None, threads: int | None = None, gpus_per_cell: float = 0,
-                 progress: bool = True, sweep_options: dict | None = None, dry_run: bool = False) -> pd.DataFrame:
+                 progress: bool = True, sweep_options: dict | None = None, dry_run: bool = False,
+                 downloads: Sequence[str] = ()) -> pd.DataFrame:
     """Run (or resume) one cell per (variant, seed) in `out`; write variants.csv, table.md and variants.png.
-    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`)."""
+    `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`);
+    `downloads`: what the command downloaded first, named on the plan."""
     source = data.source()
     specs = [replace(spec, noise=variant) for variant in variants]
     for variant_spec in specs:  # a bad variant or checkpoint fails before the sweep starts
         build_backbone(backbone_spec(source, variant_spec), "segment", source.native_size)
-    cells = [Cell(segment_config(data, variant_spec, train_number=train_number, members=members,
+    cells = [SweepCell(segment_config(data, variant_spec, train_number=train_number, members=members,
                                  early_batch_size=early_batch_size), seed,
                   title=f"{variant_spec.kind} {variant_spec.noise}")
              for variant_spec in specs for seed in seeds]
     records = run_sweep(cells, segment_work, out, command="variants", ray=ray, threads=threads,
                         gpus_per_cell=gpus_per_cell, progress=progress, options=sweep_options,
-                        extractions=segment_extractions, dry_run=dry_run)
+                        extractions=segment_extractions, dry_run=dry_run, downloads=downloads)
     table = pd.DataFrame([{"variant": r["config"]["backbone"]["noise"], "seed": r["config"]["seed"],
                            "miou": r["result"]["miou"], "threads": r["threads"]} for r in records])
     atomic_write(out / "variants.csv", lambda p: table.to_csv(p, index=False))

@@ -89,10 +89,10 @@ def _number(text: str) -> float:
 
 
 def _convert(name: str, value) -> object:
-    kind = FIELDS[name].type
+    field_type = FIELDS[name].type
     text = str(value).strip()
     try:
-        if kind == "bool":
+        if field_type == "bool":
             if isinstance(value, bool):
                 return value
             if text.lower() in ("true", "1", "yes"):
@@ -100,13 +100,13 @@ def _convert(name: str, value) -> object:
             if text.lower() in ("false", "0", "no"):
                 return False
             raise ValueError
-        if kind == "int":
+        if field_type == "int":
             return int(text)
-        if kind == "float":
+        if field_type == "float":
             return float(text)
         return text
     except ValueError:
-        raise ProbeError(f"model flag --{name} got {value!r}: expected a {kind}") from None
+        raise ProbeError(f"model flag --{name} got {value!r}: expected a {field_type}") from None
 
 
 def parse_flags(spec: str | Path | dict | None) -> dict[str, object]:

@@ -1,0 +1,1 @@
+"""Features out of a backbone: the activation store (store), the pixel sampler (sampler), the export (export)."""
