@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from probe import plots
+from probe.backbones import default_model_files
 from probe.data.default_domain import CLASSES, PALETTE, default_domain_dir
-from probe.data.sources import default_model_files
 from probe.training.ddpm import sample_checkpoint
 
 train = sorted((default_domain_dir() / "real" / "train").glob("*.png"))[:16]

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from probe.ensemble import GATHER_PIXELS, ArrayPixels, PixelEnsemble, StackedMLP, StackedStep
-from probe.utils.runtime import tune_process
 from probe.features.sampler import PixelSampler
+from probe.utils.runtime import tune_process
 
 PAPER_CELLS = ((4, 32), (2, 32), (2, 32), (2, 64), (1, 128))  # (channels / num_channels, native size) per block at 256
 

@@ -131,8 +131,8 @@ def measure(family: str, dtype_name: str) -> dict:
 
     from probe.backbones import BACKBONES, BackboneSpec
     from probe.backbones.diffusers_common import decoder_layers, require_diffusers
-    from probe.backbones.noise import NoisePolicy
     from probe.backbones.diffusion_transformers import DiffusionTransformerBackbone
+    from probe.backbones.noise import NoisePolicy
     from probe.backbones.stable_diffusion import StableDiffusionBackbone
 
     require_diffusers("bench")

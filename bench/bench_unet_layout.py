@@ -16,8 +16,8 @@ import statistics
 import time
 
 import torch
-
 from paper_shape import model_flags
+
 from probe.backbones.adm import random_unet
 from probe.utils.runtime import tune_process
 

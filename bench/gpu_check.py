@@ -118,9 +118,9 @@ def adm_rows(table: Table, args, images, cuda: bool, reason: str) -> dict[str, t
 
 def ensemble_rows(table: Table, args, maps, train, test, num_classes: int, ignore: int, cuda: bool, reason: str):
     from probe.ensemble import ArrayPixels, PixelEnsemble
+    from probe.features.sampler import PixelSampler
     from probe.metrics import SegmentationScore
     from probe.tasks.segment import predict_image
-    from probe.features.sampler import PixelSampler
 
     names = sorted(maps)
     count = len(train)
@@ -172,8 +172,8 @@ def ensemble_rows(table: Table, args, maps, train, test, num_classes: int, ignor
 def kmeans_rows(table: Table, maps, test, cuda: bool, reason: str):
     import faiss
 
-    from probe.tasks.kmeans import kmeans_labels, match_labels
     from probe.features.sampler import PixelSampler
+    from probe.tasks.kmeans import kmeans_labels, match_labels
 
     name = next(n for n in sorted(maps) if n.endswith("block12"))
     image = test[0]
@@ -236,8 +236,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from probe.utils.runtime import flush_subnormals
     from probe.data.sources import open_source
+    from probe.utils.runtime import flush_subnormals
 
     flush_subnormals()
     cuda = torch.cuda.is_available()

@@ -7,7 +7,15 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-from probe.backbones.spec import (BACKBONE_FAMILIES, BACKBONE_KINDS, CLASS_BACKBONES, DTYPE_BACKBONES, OFFLOAD_BACKBONES, STEP_BACKBONES, TEXT_BACKBONES)
+from probe.backbones.spec import (
+    BACKBONE_FAMILIES,
+    BACKBONE_KINDS,
+    CLASS_BACKBONES,
+    DTYPE_BACKBONES,
+    OFFLOAD_BACKBONES,
+    STEP_BACKBONES,
+    TEXT_BACKBONES,
+)
 
 MARKER = "<!-- backbone-families -->"
 FIGURES = Path(__file__).resolve().parent.parent / "figures"

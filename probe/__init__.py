@@ -18,6 +18,7 @@ import importlib
 
 from probe.errors import ProbeError
 from probe.version import __version__ as __version__
+
 __all__ = ["Backbone", "ClusterMaps", "Dataset", "ProbeError", "Segmenter", "grid", "kmeans", "load_backbone",
            "load_dataset", "plots"]
 _API = ("Backbone", "ClusterMaps", "Dataset", "Segmenter", "grid", "kmeans", "load_backbone", "load_dataset")

@@ -24,21 +24,19 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.base import BaseEstimator
 
-from probe import plots
-from probe import backbones
+from probe import backbones, plots
 from probe.backbones import BackboneSpec, build_backbone
-from probe.tasks.kmeans import cluster_maps
+from probe.backbones.spec import check_kind
 from probe.data.layout import LabeledImage, prepared_image
 from probe.data.registry import lookup
+from probe.data.sources import DEFAULT_MODEL_SIZE, Source, backbone_spec, class_palette, open_source, to_uint8_image
 from probe.errors import ProbeError
-from probe.tasks.grid import class_areas, group_means, size_groups
-from probe.metrics import SegmentationScore
-from probe.tasks.segment import ensemble_manifest, fit_and_predict, fit_ensemble, load_predictor, predict_image
-from probe.data.sources import (DEFAULT_MODEL_SIZE, Source, backbone_spec, class_palette, open_source,
-                                to_uint8_image)
-from probe.backbones.spec import check_kind
-from probe.features.store import ActivationStore
 from probe.features.sampler import PixelSampler
+from probe.features.store import ActivationStore
+from probe.metrics import SegmentationScore
+from probe.tasks.grid import class_areas, group_means, size_groups
+from probe.tasks.kmeans import cluster_maps
+from probe.tasks.segment import ensemble_manifest, fit_and_predict, fit_ensemble, load_predictor, predict_image
 
 ImageLike = Union[np.ndarray, Image.Image]
 Images = Union["Dataset", ImageLike, Sequence[ImageLike]]

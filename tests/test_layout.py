@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "probe"
 LAYERS = [
     ("probe.errors", "probe.version"),
     ("probe.utils",),
-    ("probe.metrics", "probe.plots"),
+    ("probe.metrics", "probe.similarity", "probe.plots"),
     ("probe.models",),
     ("probe.training",),
     ("probe.backbones",),

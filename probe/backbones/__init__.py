@@ -11,7 +11,7 @@ The names below load their module on first use, so `from probe.backbones import 
 
 from __future__ import annotations
 
-import importlib
+from probe.utils.lazy import lazy_names
 
 _HOMES = {"BACKBONES": "registry", "PURPOSES": "registry", "build_backbone": "registry",
           "Backbone": "base", "Cell": "base", "identity_hash": "base",
@@ -20,8 +20,4 @@ _HOMES = {"BACKBONES": "registry", "PURPOSES": "registry", "build_backbone": "re
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'probe.backbones' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"probe.backbones.{_HOMES[name]}"), name)
+__getattr__ = lazy_names(__name__, _HOMES)

@@ -18,9 +18,9 @@ import torch
 
 from probe.backbones.base import Backbone, Cell, capture, loaded, mean_captures, select_layers, select_steps
 from probe.backbones.noise import NoisePolicy, default_cells
-from probe.models.diffusion import Diffusion, inversion_schedule
 from probe.errors import ProbeError
 from probe.models import LoadedModel, UNet, load_model
+from probe.models.diffusion import Diffusion, inversion_schedule
 from probe.models.flags import parse_flags, resolve_flags
 
 DEFAULT_WEIGHTS = "default_ddpm.pt"

@@ -13,16 +13,16 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
 
-from probe.errors import ProbeError
 from probe.backbones.spec import check_cell_syntax
+from probe.errors import ProbeError
 from probe.models.vit import imagenet_normalize
 
 T = TypeVar("T")

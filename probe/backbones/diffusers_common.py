@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 
 from probe.backbones.base import Backbone, Cell, mean_captures, refuse_options, run_until, select_layers, select_steps
-from probe.backbones.folders import read_config
+from probe.backbones.folders import INSTALL, read_config
 from probe.backbones.noise import NoisePolicy, default_cells, forward_noise
 from probe.errors import ProbeError
 
-INSTALL = 'pip install -e ".[diffusers]"'
 # up-block classes whose forward is "for each layer: resnet, then attention; then the upsampler"
 LAYERED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D", "CrossAttnUpBlock2D",
                      "SimpleCrossAttnUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D")

@@ -7,8 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from probe.backbones.base import loaded
-from probe.backbones.diffusers_common import (DiffusersBackbone, decoder_layers, load_scheduler, require_diffusers,
-                                              square_size)
+from probe.backbones.diffusers_common import (
+    DiffusersBackbone,
+    decoder_layers,
+    load_scheduler,
+    require_diffusers,
+    square_size,
+)
 from probe.backbones.folders import file_stats, files_digest, read_config, weight_files
 from probe.errors import ProbeError
 

@@ -45,13 +45,25 @@ import torch
 
 from probe.backbones.base import Backbone, Cell, loaded, refuse_options, run_until, select_layers, select_steps
 from probe.backbones.diffusers_common import load_scheduler, require_diffusers
-from probe.backbones.folders import file_stats, files_digest, read_config
-from probe.backbones.latent_diffusion import (DTYPES, LatentCache, clip_embeds, clip_pooled, component, denoiser_class,
-                                              latent_batch_size, load_component, offloaded, pipeline_index, t5_embeds,
-                                              tokenizer_files, vae_latents, vae_scale)
+from probe.backbones.folders import DTYPES, file_stats, files_digest, read_config
+from probe.backbones.latent_diffusion import (
+    LatentCache,
+    clip_embeds,
+    clip_pooled,
+    component,
+    denoiser_class,
+    latent_batch_size,
+    load_component,
+    offloaded,
+    pipeline_index,
+    t5_embeds,
+    tokenizer_files,
+    vae_latents,
+    vae_scale,
+)
 from probe.backbones.noise import NoisePolicy, forward_noise, scaled_steps
-from probe.errors import ProbeError
 from probe.backbones.spec import DITF_BLOCK, DITF_DEPTH, DITF_STEP, GRID_STEPS, MIDDLE_STEP
+from probe.errors import ProbeError
 
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale, given to models with a guidance embedding
 

@@ -1,6 +1,6 @@
 """The files of a model folder as diffusers and transformers save it: its JSON configs, its safetensors weights (one
 file or a sharded index and its shards), one digest of their contents (the backbone identity) and what identifies
-them for the per-process model cache."""
+them for the per-process model cache; the extra that reads them and the --model-dtype names they load in."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
+
 from probe.backbones.base import loaded
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
+
+INSTALL = 'pip install -e ".[diffusers]"'  # diffusers, transformers and what they read folders with
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # --model-dtype
 
 
 def read_config(path: Path, fix: str) -> dict:

@@ -22,7 +22,6 @@ import torch
 from probe.backbones.folders import read_config, weight_files
 from probe.errors import ProbeError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # the denoiser classes probe reads, and the --backbone that reads each
 DENOISERS = {"UNet2DModel": "diffusers", "UNet2DConditionModel": "sd", "DiTTransformer2DModel": "dit",
              "PixArtTransformer2DModel": "pixart", "SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}

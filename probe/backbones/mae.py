@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from probe.backbones.base import Backbone, Cell, imagenet_input, loaded, refuse_options, select_layers
+from probe.backbones.spec import LAST_LAYERS
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
 from probe.models.flags import parse_flags
 from probe.models.vit import load_mae
-from probe.backbones.spec import LAST_LAYERS
 
 DEFAULT_WEIGHTS = "default_mae.pt"
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from probe.errors import ProbeError
 from probe.backbones.spec import FEATURE_STEPS, GRID_STEPS, KMEANS_BLOCKS, KMEANS_STEPS, PAPER_BLOCKS, PAPER_STEPS
+from probe.errors import ProbeError
 
 NOISE_FORMS = ("shared, per-image, mean-of-K (e.g. mean-of-4), ddim-inversion (DDIM inversion through every step "
                "0, 1, ..., t) or ddim-inversion-K (K >= 1 even DDIM steps from 0 to t, e.g. ddim-inversion-10)")

@@ -12,11 +12,11 @@ from probe.backbones.diffusers_unet import DiffusersUNetBackbone
 from probe.backbones.diffusion_transformers import DiTBackbone, FluxBackbone, PixArtBackbone, SD3Backbone
 from probe.backbones.mae import MAEBackbone
 from probe.backbones.pixels import PixelBackbone
+from probe.backbones.spec import DTYPE_BACKBONES, TEXT_BACKBONES, BackboneSpec, check_offload
 from probe.backbones.stable_diffusion import StableDiffusionBackbone
 from probe.backbones.swav import SwAVBackbone
 from probe.backbones.vision_transformers import TransformersBackbone
 from probe.errors import ProbeError
-from probe.backbones.spec import DTYPE_BACKBONES, TEXT_BACKBONES, BackboneSpec, check_offload
 
 BACKBONES = {
     "ddpm": ADMBackbone,  # a guided-diffusion checkpoint (default: the shipped default DDPM)

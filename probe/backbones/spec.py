@@ -151,6 +151,11 @@ class BackboneSpec:
         return self.kind == "ddpm" and self.checkpoint is None and self.model_flags is None
 
 
+def takes_base_checkpoint(kind: str) -> bool:
+    """Whether a kind named without weights in a list (--backbones) takes the command's --checkpoint: ddpm only."""
+    return kind == "ddpm"
+
+
 def backbone_entries(text: str, base: BackboneSpec, steps: str | None = None, model_dtype: str | None = None,
                      image_size: int | None = None, offload: str | None = None) -> list[tuple[str, BackboneSpec]]:
     """`ddpm,mae,transformers=DIR,dit=DIR` (--backbones) as (label, spec) pairs: `base` with each kind and the
@@ -160,7 +165,7 @@ def backbone_entries(text: str, base: BackboneSpec, steps: str | None = None, mo
     entries: list[tuple[str, BackboneSpec]] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         kind, _, checkpoint = (side.strip() for side in part.partition("="))
-        given = Path(checkpoint) if checkpoint else (base.checkpoint if kind == "ddpm" else None)
+        given = Path(checkpoint) if checkpoint else (base.checkpoint if takes_base_checkpoint(kind) else None)
         label = f"{kind}:{Path(checkpoint).name}" if checkpoint else kind
         if label in dict(entries):
             raise ProbeError(f"--backbones {text!r}: {label} is named twice")

@@ -23,16 +23,31 @@ from pathlib import Path
 import torch
 
 from probe.backbones.base import loaded
-from probe.backbones.diffusers_common import (DiffusersBackbone, decoder_layers, load_scheduler, require_diffusers,
-                                              square_size)
-from probe.backbones.folders import file_stats, files_digest, read_config, weight_files
-from probe.backbones.latent_diffusion import (DTYPES, LatentCache, clip_embeds, component, denoiser_class,
-                                              latent_batch_size, load_component, offloaded, pipeline_index,
-                                              text_encoder, tokenizer_files, vae_latents, vae_scale)
+from probe.backbones.diffusers_common import (
+    DiffusersBackbone,
+    decoder_layers,
+    load_scheduler,
+    require_diffusers,
+    square_size,
+)
+from probe.backbones.folders import DTYPES, file_stats, files_digest, read_config, weight_files
+from probe.backbones.latent_diffusion import (
+    LatentCache,
+    clip_embeds,
+    component,
+    denoiser_class,
+    latent_batch_size,
+    load_component,
+    offloaded,
+    pipeline_index,
+    text_encoder,
+    tokenizer_files,
+    vae_latents,
+    vae_scale,
+)
 from probe.backbones.noise import scaled_steps
-from probe.errors import ProbeError
 from probe.backbones.spec import DIFT_STEP, DIFT_UP_BLOCK
-
+from probe.errors import ProbeError
 
 LAYOUT = ("a Stable Diffusion pipeline folder as diffusers saves it (unet/, vae/, text_encoder/, tokenizer/, "
           "scheduler/; SDXL also text_encoder_2/, tokenizer_2/), or the pipeline's hub name (e.g. "

@@ -39,16 +39,14 @@ from pathlib import Path
 import torch
 
 from probe.backbones.base import Backbone, Cell, capture, loaded, refuse_options, run_until, select_layers
-from probe.backbones.folders import file_stats, files_digest, read_config, weight_files
+from probe.backbones.folders import DTYPES, INSTALL, file_stats, files_digest, read_config, weight_files
+from probe.backbones.spec import LAST_LAYERS
 from probe.errors import ProbeError
 from probe.models.vit import IMAGENET_MEAN, IMAGENET_STD
-from probe.backbones.spec import LAST_LAYERS
 
 log = logging.getLogger("probe")
 _SAID: set[str] = set()  # folders whose missing preprocessor config was already reported in this process
 
-INSTALL = 'pip install -e ".[diffusers]"'
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUT = ("a vision model folder as save_pretrained writes it (config.json, model.safetensors or its sharded index "
           "and shards, preprocessor_config.json) or its hub name (e.g. facebook/dinov2-small)")
 

@@ -8,8 +8,29 @@ from typing import Optional
 import typer
 
 from probe.cli.options import (
-    Backbone, Blocks, Checkpoint, ClassLabel, Device, Images, InputActivations, ModelDtype, Offload, ModelFlagsOpt, Noise,
-    Out, Overwrite, Prompt, Quiet, Revision, Seed, TorchThreads, start_work, check_out_folder, check_threads, spec_from_options, console,
+    Backbone,
+    Blocks,
+    Checkpoint,
+    ClassLabel,
+    Device,
+    Images,
+    InputActivations,
+    ModelDtype,
+    ModelFlagsOpt,
+    Noise,
+    Offload,
+    Out,
+    Overwrite,
+    Prompt,
+    Quiet,
+    Revision,
+    Seed,
+    TorchThreads,
+    check_out_folder,
+    check_threads,
+    console,
+    spec_from_options,
+    start_work,
     user_errors,
 )
 

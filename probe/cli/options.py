@@ -146,12 +146,12 @@ def RunOut(default=...):
 def parse_kinds(text: str, checkpoint: Optional[Path] = None, option: str = "--backbone") -> list[tuple[str, bool]]:
     """(kind, has its own checkpoint) of a --backbones list (kind=weights) or of one --backbone; an unknown kind
     is refused here, before anything loads or downloads."""
-    from probe.backbones.spec import check_kind
+    from probe.backbones.spec import check_kind, takes_base_checkpoint
 
     parts = [part.strip().partition("=") for part in text.split(",") if part.strip()]
     for kind, _, _ in parts:
         check_kind(kind.strip(), option)
-    return [(kind.strip(), bool(given) or (kind.strip() == "ddpm" and checkpoint is not None))
+    return [(kind.strip(), bool(given) or (takes_base_checkpoint(kind.strip()) and checkpoint is not None))
             for kind, _, given in parts]
 
 
@@ -255,9 +255,9 @@ def start_sweep(command: str, out: Path, dataset: Optional[str], data_root: Opti
     for its plan. `inputs`: other folders the sweep reads; `parameters`: the command's, by name
     (recorded_sweep_options). In-process sweeps set no thread count here: the runner gives each cell its budget.
     `backbones`: (kind, has a checkpoint) pairs, for the plan's downloads (a --dry-run that needs some stops)."""
-    from probe.utils.outputs import check_out
-    from probe.sweeps.runner import check_options
     from probe.data.sources import open_source
+    from probe.sweeps.runner import check_options
+    from probe.utils.outputs import check_out
 
     check_out(out, inputs=[data, data_root, checkpoint, cache, *inputs], command=command)
     check_threads(threads, gpus_per_cell)

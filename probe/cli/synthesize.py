@@ -8,8 +8,22 @@ from typing import Optional
 import typer
 
 from probe.cli.options import (
-    Data, DataRoot, Dataset, Device, DryRunOpt, GpusPerCell, Quiet, QuietPlan, Ray, RunOut, Seed, Threads,
-    TorchThreads, start_work, check_threads, user_errors,
+    Data,
+    DataRoot,
+    Dataset,
+    Device,
+    DryRunOpt,
+    GpusPerCell,
+    Quiet,
+    QuietPlan,
+    Ray,
+    RunOut,
+    Seed,
+    Threads,
+    TorchThreads,
+    check_threads,
+    start_work,
+    user_errors,
 )
 
 

@@ -8,7 +8,16 @@ from typing import Optional
 import typer
 
 from probe.cli.options import (
-    Device, ModelFlagsOpt, Overwrite, Quiet, Resume, RunOut, Seed, start_work, check_out_folder, user_errors,
+    Device,
+    ModelFlagsOpt,
+    Overwrite,
+    Quiet,
+    Resume,
+    RunOut,
+    Seed,
+    check_out_folder,
+    start_work,
+    user_errors,
 )
 from probe.errors import ProbeError
 
@@ -97,8 +106,8 @@ def mae_train(
     if not 0 < mask_ratio < 1:
         raise ProbeError(f"--mask-ratio {mask_ratio}: give a fraction between 0 and 1, e.g. 0.75")
     start_work()
-    from probe.training.mae import MAETrainConfig, train_mae
     from probe.models.vit import MAEConfig, default_heads
+    from probe.training.mae import MAETrainConfig, train_mae
 
     heads = num_heads or default_heads(embed_dim)
     model = MAEConfig(img_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=heads,

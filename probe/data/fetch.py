@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from probe.utils.cache import cache_root, publish_folder
 from probe.data.layout import IMAGE_SUFFIXES
 from probe.data.registry import DATASETS, DATASETS_ITEM, STORAGE_ROOT, DatasetInfo, Item, lookup, publishes_checkpoint
 from probe.errors import DryRun, ProbeError
+from probe.utils.cache import cache_root, publish_folder
 from probe.utils.outputs import staging_folder, write_json
 
 log = logging.getLogger("probe")

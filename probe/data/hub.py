@@ -82,8 +82,14 @@ def hub_snapshot(repo_id: str, kind: str, *, revision: str | None = None, progre
     if not is_repo_id(repo_id):
         raise ProbeError(f"{repo_id!r} is neither a folder nor a Hugging Face Hub id (owner/name)")
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, IncompleteSnapshotError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from huggingface_hub.file_download import repo_folder_name
     from huggingface_hub.utils import tqdm
 

@@ -14,14 +14,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from probe.backbones.spec import BackboneSpec, check_revision, is_guided_diffusion
 from probe.data import default_domain
-from probe.data.layout import (CLASSES_FILE, LabeledImage, check_fit, find_split_dir, infer_num_classes, list_images,
-                               load_labeled_split, read_class_names, resolve_dataset_root)
 from probe.data.fetch import dataset_root, paper_checkpoint
 from probe.data.hub import hub_snapshot, is_repo_id
+from probe.data.layout import (
+    CLASSES_FILE,
+    LabeledImage,
+    check_fit,
+    find_split_dir,
+    infer_num_classes,
+    list_images,
+    load_labeled_split,
+    read_class_names,
+    resolve_dataset_root,
+)
 from probe.data.registry import DatasetInfo, lookup, publishes_checkpoint
 from probe.errors import ProbeError
-from probe.backbones.spec import BackboneSpec, check_revision, is_guided_diffusion
 
 log = logging.getLogger("probe")
 

@@ -17,7 +17,7 @@ The names below load their module on first use, so `from probe.ensemble import E
 
 from __future__ import annotations
 
-import importlib
+from probe.utils.lazy import lazy_names
 
 _HOMES = {"BATCH_SIZE": "settings", "EARLY_BATCH_SIZE": "settings", "PRECISIONS": "settings",
           "check_precision": "settings", "training_rule": "settings",
@@ -31,8 +31,4 @@ _HOMES = {"BATCH_SIZE": "settings", "EARLY_BATCH_SIZE": "settings", "PRECISIONS"
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'probe.ensemble' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"probe.ensemble.{_HOMES[name]}"), name)
+__getattr__ = lazy_names(__name__, _HOMES)

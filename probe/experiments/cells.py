@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from probe.backbones import BackboneSpec, build_backbone
-from probe.ensemble import BATCH_SIZE, EARLY_BATCH_SIZE
-from probe.tasks.segment import SPLIT_NUMBER, Evaluation, SegmentOptions, evaluate, training_images
 from probe.data.sources import Source, backbone_spec
+from probe.ensemble import BATCH_SIZE, EARLY_BATCH_SIZE
 from probe.sweeps.data import SweepData
 from probe.sweeps.plan import Extraction
+from probe.tasks.segment import SPLIT_NUMBER, Evaluation, SegmentOptions, evaluate, training_images
 
 
 def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | None, test_number: int | None = None,

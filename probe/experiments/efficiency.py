@@ -11,13 +11,13 @@ import pandas as pd
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.data.layout import find_split_dir, list_images
-from probe.errors import ProbeError
-from probe.ensemble import EARLY_BATCH_SIZE
-from probe.sweeps.data import SweepData
-from probe.experiments.cells import mean_std_table, segment_config, segment_extractions, segment_work
-from probe.utils.outputs import atomic_write
-from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
 from probe.data.sources import backbone_spec
+from probe.ensemble import EARLY_BATCH_SIZE
+from probe.errors import ProbeError
+from probe.experiments.cells import mean_std_table, segment_config, segment_extractions, segment_work
+from probe.sweeps.data import SweepData
+from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
+from probe.utils.outputs import atomic_write
 
 TRAIN_NUMBERS = (1, 2, 5, 10, 20)
 

@@ -22,19 +22,19 @@ from PIL import Image
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.data.corruptions import corrupt, corruption_seed
-from probe.data.layout import LabeledImage, scaled_pixels, find_split_dir, list_images
+from probe.data.layout import LabeledImage, find_split_dir, list_images, scaled_pixels
+from probe.data.sources import backbone_spec, to_uint8_image
 from probe.ensemble import EARLY_BATCH_SIZE, PixelEnsemble
 from probe.errors import ProbeError, counting_files
-from probe.sweeps.data import SweepData
 from probe.experiments.cells import evaluate_cell, mean_std_table, segment_config, segment_extractions
+from probe.features.sampler import PixelSampler
+from probe.features.store import ActivationStore
 from probe.metrics import SegmentationScore
-from probe.utils.cache import activations_root
-from probe.utils.outputs import atomic_write, staging_folder
+from probe.sweeps.data import SweepData
 from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
 from probe.tasks.segment import predict_image
-from probe.data.sources import backbone_spec, to_uint8_image
-from probe.features.store import ActivationStore
-from probe.features.sampler import PixelSampler
+from probe.utils.cache import activations_root
+from probe.utils.outputs import atomic_write, staging_folder
 
 
 def corrupted_images(images: list[LabeledImage], name: str, severity: int, seed: int) -> list[LabeledImage]:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from probe.ensemble.settings import training_rule
 from probe.errors import counting_files
-from probe.sweeps.data import SweepData
 from probe.experiments.cells import evaluate_cell, segment_config, segment_extractions
 from probe.metrics import mean_std
-from probe.utils.outputs import atomic_write, output_dir, write_json
+from probe.sweeps.data import SweepData
 from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
 from probe.tasks.segment import SegmentOptions, write_evaluation
-from probe.ensemble.settings import training_rule
+from probe.utils.outputs import atomic_write, output_dir, write_json
 
 
 def seed_work(spec: dict, threads: int) -> dict:

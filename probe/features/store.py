@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.utils.cache import IDENTITY_FILE, activations_root
-from probe.data.layout import LabeledImage
 from probe.backbones import identity_hash
+from probe.data.layout import LabeledImage
+from probe.utils.cache import IDENTITY_FILE, activations_root
 from probe.utils.outputs import atomic_write, write_json
 from probe.utils.progress import progress_bar
 

@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from probe.errors import ProbeError
 from probe.plots.common import require_columns, save, styled
 
-
 NO_STEP = "-"  # the column label of a backbone without diffusion steps
 
 

@@ -153,8 +153,8 @@ def make_plan(command: str, cells: int, todo: int, extractions: list[Extraction]
               downloads: Sequence[str] = ()) -> Plan:
     """Count what `extractions` will compute and write (see the module docstring); `downloads`: what the command
     downloads before it can plan, named on the plan's downloads line."""
-    from probe.utils.cache import activations_root
     from probe.features.store import ActivationStore, image_key
+    from probe.utils.cache import activations_root
 
     stored = [e for e in extractions if not e.temporary]
     cache_dir = Path(stored[0].cache if stored and stored[0].cache else

@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probe.version import __version__
-from probe.utils.cache import cache_root
 from probe.errors import ProbeError, counting_files
+from probe.utils.cache import cache_root
 from probe.utils.outputs import read_marker, update_marker, working_dir, write_json
 from probe.utils.progress import progress_bar
+from probe.version import __version__
 
 log = logging.getLogger("probe")
 

@@ -24,15 +24,15 @@ import torch.nn.functional as F
 from probe import plots
 from probe.backbones.base import imagenet_input
 from probe.data.layout import LabeledImage, find_split_dir, list_images, load_labeled_image, native_size
-from probe.utils.runtime import runtime_info
+from probe.data.sources import Source, to_uint8_image
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
 from probe.models.checkpoint import resolve_device
 from probe.models.deeplabv3 import DeepLabConfig, DeepLabV3
+from probe.tasks.segment import SPLIT_NUMBER
 from probe.utils.outputs import atomic_write, check_out, output_dir, working_dir, write_json
 from probe.utils.progress import progress_bar
-from probe.tasks.segment import SPLIT_NUMBER
-from probe.data.sources import Source, to_uint8_image
+from probe.utils.runtime import runtime_info
 
 MODEL_KIND = "deeplabv3"  # the manifest's "model" entry, which `probe predict` dispatches on
 CHECKPOINT, BEST, HISTORY, RUN = "checkpoint.pt", "best.pt", "history.csv", "run.json"

@@ -17,12 +17,13 @@ from probe import plots
 from probe.backbones import Backbone, BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage
 from probe.errors import ProbeError, counting_files
+from probe.features.store import ActivationStore
 from probe.sweeps.data import SweepData
-from probe.utils.outputs import atomic_write, write_json
 from probe.sweeps.plan import Extraction
 from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
 from probe.tasks.segment import SPLIT_NUMBER, fit_and_predict, resolved_spec
-from probe.features.store import ActivationStore
+from probe.utils.outputs import atomic_write, write_json
+
 
 def class_areas(images: list[LabeledImage], num_classes: int, ignore_label: int) -> np.ndarray:
     """Each class's mean area: the fraction of an image's pixels it covers, averaged over all annotated images

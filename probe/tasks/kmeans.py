@@ -12,12 +12,12 @@ from sklearn.cluster import kmeans_plusplus
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage, load_images
+from probe.data.sources import Source, to_uint8_image
 from probe.errors import ProbeError, counting_files
+from probe.features.sampler import PixelSampler
+from probe.features.store import ActivationStore
 from probe.utils.outputs import output_dir
 from probe.utils.progress import progress_bar
-from probe.data.sources import Source, to_uint8_image
-from probe.features.store import ActivationStore
-from probe.features.sampler import PixelSampler
 
 
 def _check_features(features: np.ndarray, k: int, what: str = "features") -> np.ndarray:

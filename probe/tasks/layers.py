@@ -21,12 +21,12 @@ import pandas as pd
 
 from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
+from probe.data.sources import backbone_spec
 from probe.errors import ProbeError
 from probe.sweeps.data import SweepData
+from probe.sweeps.runner import finish_sweep, run_sweep
 from probe.tasks.grid import GridOptions, grid_cells, grid_extraction, grid_splits, grid_work
 from probe.utils.outputs import atomic_write, write_json
-from probe.sweeps.runner import finish_sweep, run_sweep
-from probe.data.sources import backbone_spec
 
 CELL_COLUMNS = ["backbone", "kind", "layer", "layer_index", "layers", "relative_depth", "step", "miou"]
 

@@ -15,15 +15,15 @@ import pandas as pd
 from probe import plots
 from probe.backbones import Backbone, BackboneSpec, build_backbone
 from probe.data.layout import LabeledImage
+from probe.data.sources import Source, picture
 from probe.ensemble import EARLY_BATCH_SIZE, PixelEnsemble, training_rule
 from probe.errors import ProbeError, counting_files
+from probe.features.sampler import PixelSampler, StorePixels
+from probe.features.store import ActivationStore, Extracted
 from probe.metrics import SegmentationScore
 from probe.utils.outputs import output_dir, write_json
 from probe.utils.progress import progress_bar
 from probe.utils.runtime import runtime_info
-from probe.data.sources import Source, picture
-from probe.features.store import ActivationStore, Extracted
-from probe.features.sampler import PixelSampler, StorePixels
 
 log = logging.getLogger("probe")
 

@@ -38,15 +38,15 @@ from probe import plots
 from probe.backbones.adm import ADMBackbone
 from probe.backbones.spec import is_guided_diffusion
 from probe.data.layout import CLASSES_FILE, load_images
-from probe.models.diffusion import per_image_noise
 from probe.ensemble import PixelEnsemble
 from probe.errors import ProbeError
-from probe.utils.outputs import atomic_write, check_out, working_dir, write_json
+from probe.features.sampler import PixelSampler
+from probe.features.store import ActivationStore
+from probe.models.diffusion import per_image_noise
 from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
 from probe.tasks.segment import load_predictor, predict_image
-from probe.features.store import ActivationStore
-from probe.features.sampler import PixelSampler
 from probe.training.ddpm import to_uint8
+from probe.utils.outputs import atomic_write, check_out, working_dir, write_json
 
 SETTINGS = "synthesize.json"
 SAMPLER_FORMS = "ddpm (ancestral sampling through every step of the model's schedule, as the authors) or ddim:K"

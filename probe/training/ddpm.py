@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from probe.models.diffusion import Diffusion
 from probe.errors import ProbeError
 from probe.models import UNet, load_model
+from probe.models.diffusion import Diffusion
 from probe.models.flags import ModelFlags
 from probe.utils.outputs import atomic_write, output_dir, working_dir
 from probe.utils.progress import progress_bar

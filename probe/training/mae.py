@@ -18,9 +18,9 @@ import torch
 
 from probe.errors import ProbeError
 from probe.models.vit import MAEConfig, MaskedAutoencoder, imagenet_normalize, resolve_device
+from probe.training.ddpm import load_image_folder, save_atomic
 from probe.utils.outputs import working_dir, write_json
 from probe.utils.progress import progress_bar
-from probe.training.ddpm import load_image_folder, save_atomic
 
 CHECKPOINT = "checkpoint.pt"  # full training state for resume
 MAE_WEIGHTS = "mae.pt"  # {"model": MaskedAutoencoderViT-layout state dict}, what load_mae reads

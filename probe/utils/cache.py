@@ -11,8 +11,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from probe.utils.outputs import remove_orphans, staging_folder
 

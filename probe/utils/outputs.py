@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.version import __version__
 from probe.errors import ProbeError
+from probe.version import __version__
 
 MARKER = "probe-run.json"
 
