@@ -8,6 +8,10 @@
 
 Every function here runs the pipeline the commands run (the activation store, the pixel sampler, the ensemble, the
 authors' mIoU), so the same inputs and seed give the commands' numbers. Bad input raises `probe.ProbeError`.
+
+The functions that compute take `threads=` (torch threads for the call, as the commands' `--threads`; None: all
+cores) and warn (RuntimeWarning) when the load average already fills the cores, and `progress=` (None: bars in a
+notebook, none elsewhere).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from probe.metrics import SegmentationScore
 from probe.tasks.grid import class_areas, group_means, size_groups
 from probe.tasks.kmeans import cluster_maps
 from probe.tasks.segment import ensemble_manifest, fit_and_predict, fit_ensemble, load_predictor, predict_image
+from probe.utils.progress import progress_bar, show_progress
+from probe.utils.runtime import torch_threads
 
 ImageLike = Union[np.ndarray, Image.Image]
 Images = Union["Dataset", ImageLike, Sequence[ImageLike]]
@@ -85,24 +91,26 @@ class Backbone:
         return self.network.image_size
 
     def features(self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = FEATURES_BATCH,
-                 ) -> dict[str, torch.Tensor]:
+                 threads: int | None = None) -> dict[str, torch.Tensor]:
         """Every cell's feature maps at native resolution, as `probe features` exports them.
 
         Args:
             images: an (N, H, W, 3) or (H, W, 3) uint8 array, a list of such arrays, or PIL images; square.
             batch_size: images per forward.
+            threads: torch threads for the call (None: torch's setting, all cores by default).
 
         Returns:
             {cell name: (N, C, h, w) float32 tensor on the CPU}.
         """
         prepared = _prepare(images, self.image_size)
         parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.cells}
-        for start in range(0, len(prepared), batch_size):
-            chunk = prepared[start:start + batch_size]
-            batch = torch.from_numpy(np.stack([im.image for im in chunk]))
-            for step in self.steps:
-                for name, maps in self.network(batch, [im.stem for im in chunk], step).items():
-                    parts[name].append(maps)
+        with torch_threads(threads):
+            for start in range(0, len(prepared), batch_size):
+                chunk = prepared[start:start + batch_size]
+                batch = torch.from_numpy(np.stack([im.image for im in chunk]))
+                for step in self.steps:
+                    for name, maps in self.network(batch, [im.stem for im in chunk], step).items():
+                        parts[name].append(maps)
         return {name: torch.cat(maps) for name, maps in parts.items()}
 
     def __repr__(self) -> str:
@@ -166,7 +174,7 @@ def _open(name_or_folder: str | Path | None, progress: bool) -> Source:
 
 
 def load_dataset(name_or_folder: str | Path | None = None, split: str = "train", *, number: int | None = None,
-                 resolution: int | None = None, progress: bool = False) -> Dataset:
+                 resolution: int | None = None, progress: bool | None = None) -> Dataset:
     """A split of a labelled dataset, read as the commands read it.
 
     Args:
@@ -178,15 +186,15 @@ def load_dataset(name_or_folder: str | Path | None = None, split: str = "train",
         number: the first `number` images by file name (the commands' choice); None: all of them.
         resolution: resize images (bilinear) and label maps (nearest) to this square side; None: the first
             image's size.
-        progress: show download progress bars.
+        progress: show download progress bars (None: in a notebook).
 
     Returns:
         The images, label maps, class names and palette.
     """
     if split not in ("train", "test"):
         raise ProbeError(f"split {split!r}: use 'train' or 'test'")
-    source = _open(name_or_folder, progress)
-    loaded = source.split(split, resolution or source.native_size, number, keep_size=False)
+    source = _open(name_or_folder, show_progress(progress))
+    loaded = source.split(split, resolution or source.native_size, number, keep_size=False, option="number")
     return Dataset(source.name, split, np.stack([to_uint8_image(im) for im in loaded]),
                    np.stack([im.labels for im in loaded]), list(source.class_names),
                    np.asarray(source.palette, dtype=np.uint8), source.ignore_label, [im.stem for im in loaded],
@@ -204,7 +212,7 @@ def _cell_text(value: str | int | Sequence[int | str] | None) -> str | None:
 def load_backbone(kind_or_name: str = "ddpm", checkpoint: str | Path | None = None, *,
                   blocks: str | int | Sequence[int | str] | None = None, steps: str | int | Sequence[int] | None = None,
                   device: str = "cpu", seed: int = 0, purpose: str = "segment", dataset: Dataset | str | None = None,
-                  progress: bool = False, **options) -> Backbone:
+                  progress: bool | None = None, **options) -> Backbone:
     """A backbone from the registry, resolved as ``--backbone`` / ``--checkpoint`` are.
 
     Args:
@@ -220,7 +228,7 @@ def load_backbone(kind_or_name: str = "ddpm", checkpoint: str | Path | None = No
             "features".
         dataset: a paper dataset (a `Dataset` or its name) whose checkpoint and model flags to take, and whose image
             size sets the input of backbones without one (pixels, swav); None: the embedded default's.
-        progress: show download progress bars.
+        progress: show download progress bars (None: in a notebook).
         **options: the family's options, as BackboneSpec fields: model_flags, noise, input_activations,
             image_size, prompt, revision, model_dtype, class_label, offload.
 
@@ -238,6 +246,7 @@ def load_backbone(kind_or_name: str = "ddpm", checkpoint: str | Path | None = No
         raise ProbeError(f"load_backbone({kind_or_name!r}): name the family too, e.g. "
                          f"load_backbone('diffusers', {kind_or_name!r}) or 'sd={kind_or_name}'")
     check_kind(kind, "load_backbone: kind")
+    progress = show_progress(progress)
     source = dataset.source if isinstance(dataset, Dataset) else _open(dataset, progress) if dataset else None
     spec = BackboneSpec(kind=kind, checkpoint=named or checkpoint, layers=_cell_text(blocks),
                         steps=_cell_text(steps), seed=seed, device=device, **options)
@@ -322,7 +331,8 @@ def _datasets_classes(train: Dataset, test: Dataset) -> None:
 
 
 def grid(backbone: Backbone, train: Dataset, test: Dataset, *, members: int = 1, seed: int = 0,
-         size_threshold: float | None = None, cache: str | Path | None = None, progress: bool = False) -> pd.DataFrame:
+         size_threshold: float | None = None, cache: str | Path | None = None, threads: int | None = None,
+         progress: bool | None = None) -> pd.DataFrame:
     """An MLP probe per cell of the backbone, trained on `train` and scored on `test`, as ``probe grid`` does (the
     paper's Fig. 2 and 3); load the backbone with ``purpose="grid"`` for every layer.
 
@@ -334,7 +344,9 @@ def grid(backbone: Backbone, train: Dataset, test: Dataset, *, members: int = 1,
         seed: seeds the probes.
         size_threshold: the mean area (fraction of the image) below which a class is small; None: the median.
         cache: the activation store's folder (None: $PROBE_CACHE/activations, shared with the commands).
-        progress: show progress bars.
+        threads: torch threads for the call, as ``--threads`` (None: torch's setting, all cores by default); on a
+            machine busy with other work, the free cores (a RuntimeWarning says how many).
+        progress: show progress bars (None: in a notebook): the extraction's, then one over the cells.
 
     Returns:
         A tidy table, columns layer, layer_index, step, group, class, miou (%): per cell, a row per class (its
@@ -346,16 +358,21 @@ def grid(backbone: Backbone, train: Dataset, test: Dataset, *, members: int = 1,
     train_images, test_images = train.labeled(network.image_size), test.labeled(network.image_size)
     num_classes, ignore_label = len(train.classes), train.ignore_label
     groups, _ = size_groups(class_areas(train_images + test_images, num_classes, ignore_label), size_threshold)
-    store = ActivationStore(network, cache)
-    store.fill(train_images + test_images, progress=progress)
+    store, progress = ActivationStore(network, cache), show_progress(progress)
+    cells = [(layer, step) for layer in network.layers for step in network.steps]
     records = []
-    for layer in network.layers:
-        for step in network.steps:
-            fitted = fit_and_predict(store, [network.cell_name(layer, step)], train_images, test_images, num_classes,
-                                     ignore_label, members, seed, device=backbone.spec.device, progress=False)
-            records += [{"layer": layer, "layer_index": network.layer_index(layer), "step": step,
-                         "class": train.classes[c], "group": groups[c], "iou": 100 * iou}
-                        for c, iou in zip(fitted.score.class_ids, fitted.score.iou)]
+    with torch_threads(threads):
+        store.fill(train_images + test_images, progress=progress)
+        with progress_bar(progress) as bar:
+            task = bar.add_task("grid: a probe per cell", total=len(cells))
+            for layer, step in cells:
+                fitted = fit_and_predict(store, [network.cell_name(layer, step)], train_images, test_images,
+                                         num_classes, ignore_label, members, seed, device=backbone.spec.device,
+                                         progress=False)
+                records += [{"layer": layer, "layer_index": network.layer_index(layer), "step": step,
+                             "class": train.classes[c], "group": groups[c], "iou": 100 * iou}
+                            for c, iou in zip(fitted.score.class_ids, fitted.score.iou)]
+                bar.advance(task)
     per_class = pd.DataFrame(records).astype({"step": "Int64"})
     table = pd.concat([group_means(per_class).assign(**{"class": None}), per_class.rename(columns={"iou": "miou"})],
                       ignore_index=True)
@@ -403,7 +420,7 @@ class ClusterMaps:
 
 
 def kmeans(backbone: Backbone, images: Images, *, k: int = 5, seed: int = 0, fit_on: str = "image",
-           cache: str | Path | None = None, progress: bool = False) -> ClusterMaps:
+           cache: str | Path | None = None, threads: int | None = None, progress: bool | None = None) -> ClusterMaps:
     """k-means (faiss) over each cell's upsampled pixel features, as ``probe kmeans`` does (the paper's Fig. 4).
 
     Args:
@@ -413,7 +430,8 @@ def kmeans(backbone: Backbone, images: Images, *, k: int = 5, seed: int = 0, fit
         seed: seeds k-means++ and the pixels drawn.
         fit_on: "image" (centroids per image) or "all" (one set of centroids for all images).
         cache: the activation store's folder (None: $PROBE_CACHE/activations).
-        progress: show progress bars.
+        threads: torch threads for the call, as ``--threads`` (None: torch's setting, all cores by default).
+        progress: show progress bars (None: in a notebook).
 
     Returns:
         The cluster maps; ``.figure()`` draws them.
@@ -423,7 +441,8 @@ def kmeans(backbone: Backbone, images: Images, *, k: int = 5, seed: int = 0, fit
     network = backbone.network
     stems = images.stems if isinstance(images, Dataset) else None
     prepared = _prepare(images, network.image_size, stems=stems, keep_size=False)
-    maps = cluster_maps(ActivationStore(network, cache), prepared, k, seed, fit_on, progress)
+    with torch_threads(threads):
+        maps = cluster_maps(ActivationStore(network, cache), prepared, k, seed, fit_on, show_progress(progress))
     names = {(layer, step): network.cell_name(layer, step) for layer in network.layers for step in network.steps}
     return ClusterMaps({name: np.stack([maps[im.stem, layer, step] for im in prepared])
                         for (layer, step), name in names.items()},
@@ -443,7 +462,8 @@ class Segmenter(BaseEstimator):
     def __init__(self, backbone: Backbone | str | None = None, *, members: int = 10,
                  classes: Sequence[str] | int | None = None, ignore_label: int = 255, precision: str = "auto",
                  early_batch_size: int | None = None, batched: bool = True, device: str = "cpu",
-                 cache: str | Path | None = None, progress: bool = False, seed: int = 0) -> None:
+                 cache: str | Path | None = None, threads: int | None = None, progress: bool | None = None,
+                 seed: int = 0) -> None:
         """
         Args:
             backbone: a Backbone, a family's name (its segment cells), or None: the embedded default DDPM at
@@ -458,7 +478,9 @@ class Segmenter(BaseEstimator):
             batched: train the members together (False: one by one, the authors' reference).
             device: where the ensemble (and a backbone loaded here) computes.
             cache: the activation store's folder (None: $PROBE_CACHE/activations, shared with the commands).
-            progress: show progress bars.
+            threads: torch threads for fit, predict and score, as ``--threads`` (None: torch's setting, all cores by
+                default); on a machine busy with other work, the free cores (a RuntimeWarning says how many).
+            progress: show progress bars (None: in a notebook).
             seed: seeds the members (and the default backbone's noise).
         """
         self.backbone = backbone
@@ -470,6 +492,7 @@ class Segmenter(BaseEstimator):
         self.batched = batched
         self.device = device
         self.cache = cache
+        self.threads = threads
         self.progress = progress
         self.seed = seed
 
@@ -477,7 +500,8 @@ class Segmenter(BaseEstimator):
         if isinstance(self.backbone, Backbone):
             return self.backbone
         if self.backbone is None or isinstance(self.backbone, str):
-            return load_backbone(self.backbone or "ddpm", device=self.device, seed=self.seed, progress=self.progress)
+            return load_backbone(self.backbone or "ddpm", device=self.device, seed=self.seed,
+                                 progress=show_progress(self.progress))
         raise ProbeError(f"backbone: pass a Backbone (probe.load_backbone), a family's name or None, not "
                          f"{type(self.backbone).__name__}")
 
@@ -515,11 +539,12 @@ class Segmenter(BaseEstimator):
         train = _labeled(images, labels, backbone.image_size, len(classes), ignore_label, "fit")
         if any(im.labels is None for im in train):
             raise ProbeError("fit: no label maps given; pass fit(images, labels) or a Dataset")
-        store = ActivationStore(backbone.network, self.cache)
-        store.fill(train, progress=self.progress)
-        self.ensemble_, self.training_pixels_ = fit_ensemble(
-            store, backbone.cells, train, len(classes), ignore_label, self.members, self.seed, self.batched,
-            self.device, self.progress, self.precision, self.early_batch_size)
+        store, progress = ActivationStore(backbone.network, self.cache), show_progress(self.progress)
+        with torch_threads(self.threads):
+            store.fill(train, progress=progress)
+            self.ensemble_, self.training_pixels_ = fit_ensemble(
+                store, backbone.cells, train, len(classes), ignore_label, self.members, self.seed, self.batched,
+                self.device, progress, self.precision, self.early_batch_size)
         self.backbone_, self.classes_, self.palette_ = backbone, list(classes), np.asarray(palette, dtype=np.uint8)
         self.ignore_label_, self.keep_size_ = ignore_label, keep_size
         return self
@@ -535,7 +560,7 @@ class Segmenter(BaseEstimator):
                     _prepare(images, network.image_size, labels, keep_size=self.keep_size_,
                              ignore_label=self.ignore_label_, num_classes=len(self.classes_)))
         store = ActivationStore(network, self.cache)
-        store.fill(prepared, progress=self.progress)
+        store.fill(prepared, progress=show_progress(self.progress))
         predictions, uncertainties = [], []
         for image in prepared:
             sampler = PixelSampler.from_store(store, [image], network.names)
@@ -554,7 +579,8 @@ class Segmenter(BaseEstimator):
             (labels, uncertainty): (N, H, W) int64 class ids at the images' size (a list when sizes differ), and
             (N,) the mean Jensen-Shannon divergence of the members per image.
         """
-        _, predictions, uncertainties = self._predicted(images, None)
+        with torch_threads(self.threads):
+            _, predictions, uncertainties = self._predicted(images, None)
         same = len({p.shape for p in predictions}) == 1
         return (np.stack(predictions) if same else predictions), np.asarray(uncertainties)
 
@@ -570,7 +596,8 @@ class Segmenter(BaseEstimator):
         """
         if not isinstance(images, Dataset) and labels is None:
             raise ProbeError("score: no label maps given; pass score(images, labels) or a Dataset")
-        prepared, predictions, _ = self._predicted(images, labels)
+        with torch_threads(self.threads):
+            prepared, predictions, _ = self._predicted(images, labels)
         score = SegmentationScore(len(self.classes_), self.ignore_label_)
         for image, prediction in zip(prepared, predictions):
             score.update(prediction, image.labels)
@@ -587,7 +614,8 @@ class Segmenter(BaseEstimator):
         self._check_fitted()
         manifest = ensemble_manifest(self.classes_, self.palette_, self.ignore_label_, self.backbone_.network,
                                      self.backbone_.spec)
-        params = {k: v for k, v in self.get_params().items() if k not in ("backbone", "cache", "classes")}
+        params = {k: v for k, v in self.get_params().items()
+                  if k not in ("backbone", "cache", "classes", "threads", "progress")}  # not the machine's settings
         self.ensemble_.save(Path(path), {**manifest, "segmenter": {**params, "keep_size": self.keep_size_,
                                                                    "training_pixels": self.training_pixels_}})
 

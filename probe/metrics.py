@@ -16,6 +16,10 @@ class SegmentationScore:
     ((pred == c) | (gt == c)) to its union, as the authors do: a pixel whose ground truth is the
     ignore label still counts in the union of the class predicted there, and a class absent from
     both prediction and ground truth has IoU 0 and still counts in the mean.
+
+    `confusion` counts the same pixels by (true, predicted) label: (K + 1) x (K + 1) for K = num_classes, row and
+    column K holding every label value >= K (the ignore label 255; an ignore label inside 0..K-1 is its own row).
+    Class c's intersection is confusion[c, c] and its union its row sum plus its column sum minus confusion[c, c].
     """
 
     def __init__(self, num_classes: int, ignore_label: int) -> None:
@@ -25,6 +29,7 @@ class SegmentationScore:
         self.ignore_label = ignore_label
         self.intersection = np.zeros(num_classes, dtype=np.int64)
         self.union = np.zeros(num_classes, dtype=np.int64)
+        self.confusion = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
 
     @property
     def class_ids(self) -> np.ndarray:
@@ -46,6 +51,8 @@ class SegmentationScore:
         both = np.bincount(gt[pred == gt], minlength=k)[:k]
         self.intersection += both
         self.union += pred_count + gt_count - both
+        self.confusion += np.bincount(np.minimum(gt, k) * (k + 1) + np.minimum(pred, k),
+                                      minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
 
     @property
     def iou(self) -> np.ndarray:

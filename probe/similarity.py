@@ -7,6 +7,11 @@ same input. Numpy arrays or torch tensors in (computed in float64), a Python flo
     cknna          CKA over mutual nearest-neighbour pairs     Huh et al., ICML 2024
     svcca          SVD, then CCA                               Raghu et al., NeurIPS 2017
 
+`cka_matrix` gives linear CKA for every pair of two lists of representations; `nearest_neighbours` and
+`neighbour_overlap` split mutual_knn for many pairs (each representation's neighbours
+found once); METRICS names the metrics of `probe similarity` (probe.tasks.compare), check_metrics reads
+a list of them.
+
 Notation: K = X X^T and L = Y Y^T are the Gram matrices, H = I - 11^T/N the centring matrix, and
 HSIC(K, L) = tr(K H L H) / (N-1)^2 the biased HSIC estimator.
 """
@@ -18,7 +23,26 @@ import numpy as np
 from probe.errors import ProbeError
 
 KERNELS = ("linear", "rbf")
+# The metrics `probe similarity` computes, by the name its --metrics takes: what each one is.
+METRICS = {
+    "cka": "linear CKA, biased HSIC: cka(X, Y)",
+    "cka_debiased": "linear CKA, Song et al.'s unbiased HSIC: cka(X, Y, debiased=True)",
+    "mutual_knn": "mutual k-nearest neighbours: mutual_knn(X, Y, k)",
+    "cknna": "CKA over mutual nearest-neighbour pairs: cknna(X, Y, k)",
+    "svcca": "SVCCA: svcca(X, Y, dims)",
+}
 
+
+
+def check_metrics(text: str) -> list[str]:
+    """The metrics of a --metrics list (`cka,mutual_knn`), each once, in the given order; an unknown name is one
+    ProbeError line."""
+    chosen = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in chosen if m not in METRICS]
+    if unknown or not chosen:
+        what = f"unknown metric {unknown[0]!r}" if unknown else "no metric"
+        raise ProbeError(f"--metrics {text!r}: {what}; choose among {', '.join(METRICS)}, e.g. cka,mutual_knn")
+    return chosen
 
 def cka(X, Y, *, debiased: bool = False, kernel: str = "linear", sigma: float | None = None) -> float:
     """Centred kernel alignment (Kornblith et al., "Similarity of Neural Network Representations Revisited",
@@ -86,19 +110,105 @@ def minibatch_cka(X, Y, batch_size: int, *, generator: np.random.Generator) -> f
     return _ratio(*(sums / batches), debiased=True)
 
 
+def cka_matrix(Xs, Ys=None, *, debiased: bool = False) -> np.ndarray:
+    """Linear CKA of every pair of two lists of representations of the same N inputs: M[i, j] = cka(Xs[i], Ys[j],
+    debiased=debiased), to float rounding (Ys None: Xs against itself, a symmetric matrix with ones on its diagonal).
+    Each representation is centred and its self-HSIC found once, and the cross products X_i^T [Y_1 ... Y_m] of one
+    left representation with all right ones are one matrix product: the form for the many pairs of a sweep (probe
+    similarity). With centred columns (1^T X = 0) the unbiased HSIC's sums of `cka` reduce to the squared row norms
+    d: 1^T K~ 1 = -sum(d), K~ 1 = -d. Memory: the centred representations in float64 (N x sum of D, each side)."""
+    left = _linear_parts(Xs, "Xs", debiased)
+    right = left if Ys is None else _linear_parts(Ys, "Ys", debiased)
+    if left[0].shape[0] != right[0].shape[0]:
+        raise ProbeError(f"Xs have {left[0].shape[0]} rows and Ys {right[0].shape[0]}: pass the same N inputs, in "
+                         "the same order")
+    (X, d, x_self, x_starts), (Y, e, y_self, y_starts) = left, right
+    n = X.shape[0]
+    matrix = np.empty((len(x_self), len(y_self)))
+    for i in range(len(x_self)):
+        first = i if Ys is None else 0  # Xs against itself: the upper triangle, mirrored
+        products = X[:, x_starts[i]:x_starts[i + 1]].T @ Y[:, y_starts[first]:]
+        cross = np.add.reduceat((products ** 2).sum(axis=0), np.asarray(y_starts[first:-1]) - y_starts[first])
+        for j, value in enumerate(cross, start=first):
+            if debiased:
+                de = d[i] @ e[j]
+                value = ((value - de) + d[i].sum() * e[j].sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * de) / (n * (n - 3))
+            else:
+                value = value / (n - 1) ** 2
+            matrix[i, j] = 1.0 if Ys is None and j == i else _ratio(value, x_self[i], y_self[j], debiased)
+            if Ys is None:
+                matrix[j, i] = matrix[i, j]
+    return matrix
+
+
+def _linear_parts(Zs, name: str, debiased: bool) -> tuple[np.ndarray, list, list, list]:
+    """For cka_matrix, after `cka`'s checks of each representation: (the centred representations side by side, N x
+    sum of D in float64; their squared row norms; their self-HSICs; where each one's columns start, and the end)."""
+    Zs = list(Zs)
+    if not Zs:
+        raise ProbeError(f"{name} is empty: pass at least one (N, D) representation")
+    shapes = [_matrix(Z, f"{name}[{i}]").shape for i, Z in enumerate(Zs)]  # checked, then converted one by one
+    rows = {shape[0] for shape in shapes}
+    if len(rows) > 1:
+        raise ProbeError(f"{name} holds representations of {sorted(rows)} rows: pass the same N inputs, in the same "
+                         "order")
+    starts = np.cumsum([0] + [shape[1] for shape in shapes]).tolist()
+    joined = np.empty((shapes[0][0], starts[-1]))
+    norms, selves = [], []
+    for i, Z in enumerate(Zs):
+        Z = _matrix(Z, f"{name}[{i}]")
+        if Z.shape[1] == 0:
+            raise ProbeError(f"{name}[{i}] is {Z.shape}: it needs at least one feature column")
+        if debiased:
+            _need_rows(Z.shape[0], 4, "debiased CKA (Song et al.'s unbiased HSIC)", "or pass debiased=False")
+        else:
+            _need_rows(Z.shape[0], 2, "CKA", "")
+        _not_constant(Z, f"{name}[{i}]")
+        part = joined[:, starts[i]:starts[i + 1]]
+        np.subtract(Z, Z.mean(axis=0), out=part)
+        norms.append((part ** 2).sum(axis=1))
+        n, own, d = part.shape[0], _frobenius2(part.T @ part), norms[-1]
+        selves.append(((own - d @ d) + d.sum() ** 2 / ((n - 1) * (n - 2)) - 2 / (n - 2) * d @ d) / (n * (n - 3))
+                      if debiased else own / (n - 1) ** 2)
+    return joined, norms, selves, starts
+
+
 def mutual_knn(X, Y, k: int) -> float:
     """Mutual k-nearest-neighbour alignment (Huh et al., "The Platonic Representation Hypothesis", ICML 2024):
     mean_i |N_X(i) ∩ N_Y(i)| / k, with N_X(i) the k rows of X nearest to row i (itself excluded) by inner product of
     L2-normalised rows, i.e. by cosine similarity. 1 when the neighbourhoods agree, about k/(N-1) for unrelated
-    representations. Ties are broken arbitrarily.
+    representations. Ties are broken arbitrarily. Equal to
+    `neighbour_overlap(nearest_neighbours(X, k), nearest_neighbours(Y, k))`, the form for many pairs of one set of
+    representations (each one's neighbours found once).
     """
     X, Y = _pair(X, Y)
     _check_k(k, X.shape[0])
     X, Y = _unit_rows(X, "X"), _unit_rows(Y, "Y")
     _not_constant(X, "X (rows L2-normalised)")
     _not_constant(Y, "Y (rows L2-normalised)")
-    shared = _neighbours(X @ X.T, k, include_self=False) & _neighbours(Y @ Y.T, k, include_self=False)
-    return float(shared.sum(axis=1).mean() / k)
+    return neighbour_overlap(_top_k(X @ X.T, k, owned=True), _top_k(Y @ Y.T, k, owned=True))
+
+
+def nearest_neighbours(X, k: int) -> np.ndarray:
+    """(N, k) int: the k rows of X nearest to each row (itself excluded) by cosine similarity, as `mutual_knn` finds
+    them (in no particular order)."""
+    X = _matrix(X, "X")
+    if X.shape[1] == 0:
+        raise ProbeError(f"X is {X.shape}: it needs at least one feature column")
+    _check_k(k, X.shape[0])
+    X = _unit_rows(X, "X")
+    _not_constant(X, "X (rows L2-normalised)")
+    return _top_k(X @ X.T, k, owned=True)
+
+
+def neighbour_overlap(A: np.ndarray, B: np.ndarray) -> float:
+    """mean_i |A(i) ∩ B(i)| / k for two (N, k) neighbour lists (`nearest_neighbours` of two representations of the
+    same N inputs): their mutual k-NN alignment."""
+    A, B = np.asarray(A), np.asarray(B)
+    if A.ndim != 2 or A.shape != B.shape:
+        raise ProbeError(f"neighbour lists of shapes {A.shape} and {B.shape}: pass two (N, k) lists of one N and k")
+    shared = (A[:, :, None] == B[:, None, :]).any(axis=2).sum(axis=1)
+    return float(shared.mean() / A.shape[1])
 
 
 def cknna(X, Y, k: int, *, debiased: bool = True) -> float:
@@ -216,12 +326,19 @@ def _unit_rows(Z: np.ndarray, name: str) -> np.ndarray:
     return Z / norms
 
 
+def _top_k(S: np.ndarray, k: int, *, owned: bool = False) -> np.ndarray:
+    """(N, k): the columns of the k largest S[i, :] other than i itself, per row i (a copy: a view would keep the
+    N x N partition alive). `owned`: S is the caller's temporary, overwritten here instead of copied."""
+    if not owned:
+        S = S.copy()
+    np.fill_diagonal(S, -np.inf)
+    n = S.shape[1]
+    return np.argpartition(S, n - k, axis=1)[:, n - k:].copy()
+
+
 def _neighbours(S: np.ndarray, k: int, include_self: bool) -> np.ndarray:
     """(N, N) boolean: [i, j] when j is among the k largest S[i, :] (the diagonal excluded unless include_self)."""
-    S = S.copy()
-    if not include_self:
-        np.fill_diagonal(S, -np.inf)
-    top = np.argpartition(-S, k - 1, axis=1)[:, :k]
+    top = np.argpartition(-S, k - 1, axis=1)[:, :k] if include_self else _top_k(S, k)
     mask = np.zeros(S.shape, dtype=bool)
     np.put_along_axis(mask, top, True, axis=1)
     return mask

@@ -47,20 +47,44 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own cache, so no test reads another's stored features or downloads; downloads go to a
-    closed loopback port and the hub is offline unless a test serves them itself (nothing leaves 127.0.0.1)."""
-    monkeypatch.setenv("PROBE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PROBE_MIRROR", "http://127.0.0.1:9/")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    try:  # huggingface_hub reads both once, at import
+NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing answers, nothing leaves the machine
+
+
+def offline(patch: pytest.MonkeyPatch, cache: Path, hf_home: Path) -> None:
+    """The environment every test starts in: the probe cache `cache` and the Hugging Face home `hf_home` (never the
+    user's ~/.cache/probe or ~/.cache/huggingface, which a running job of theirs may be using), downloads to a
+    closed loopback port, the hub offline. Subprocesses inherit it; huggingface_hub's constants, read once at its
+    import, are patched too."""
+    patch.setenv("PROBE_CACHE", str(cache))
+    patch.setenv("HF_HOME", str(hf_home))
+    patch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
+    patch.setenv("PROBE_MIRROR", f"{NOWHERE}/")
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setenv("HF_ENDPOINT", NOWHERE)
+    try:
         from huggingface_hub import constants
     except ImportError:
         return
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    for name, value in (("HF_HUB_OFFLINE", True), ("ENDPOINT", NOWHERE), ("HF_HOME", str(hf_home)),
+                        ("HF_HUB_CACHE", str(hf_home / "hub"))):
+        patch.setattr(constants, name, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """Session and module fixtures run before any test's own cache exists (isolated_cache): they get one cache of
+    the session's, in its temporary folder."""
+    root = tmp_path_factory.mktemp("session_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        offline(patch, root / "probe", root / "huggingface")
+        yield root
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache and Hugging Face home (a test may set its own after), so no test reads another's
+    stored features or downloads, nor the user's cache (tests/utils/test_cache.py checks it)."""
+    offline(monkeypatch, tmp_path / "cache", tmp_path / "hf")
 
 
 def read_metrics(out: Path) -> dict:

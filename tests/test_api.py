@@ -162,3 +162,51 @@ def test_bad_input_is_one_clear_error(call, words):
     with pytest.raises(ProbeError) as error:
         call()
     assert words in str(error.value)
+
+
+def test_threads_hold_for_the_call_and_a_busy_machine_warns_with_the_argument(tiny_domain, monkeypatch):
+    import torch
+
+    import probe.api as api
+
+    seen = {}
+    for name in ("fit_and_predict", "fit_ensemble", "cluster_maps"):
+        def recording(*args, _name=name, _call=getattr(api, name), **kwargs):
+            seen[_name] = torch.get_num_threads()
+            return _call(*args, **kwargs)
+        monkeypatch.setattr(api, name, recording)
+    train, test = probe.load_dataset(tiny_domain), probe.load_dataset(tiny_domain, split="test")
+    backbone = probe.load_backbone("pixels", dataset=train)
+    before = torch.get_num_threads()  # the tests' one thread (conftest)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))  # idle: no warning
+    probe.grid(backbone, train, test, threads=2)
+    probe.kmeans(backbone, test, k=2, threads=2)
+    segmenter = probe.Segmenter(backbone, members=2, threads=2).fit(train)
+    assert seen == {"fit_and_predict": 2, "fit_ensemble": 2, "cluster_maps": 2}
+    assert torch.get_num_threads() == before  # restored after each call
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.warns(RuntimeWarning) as warned:
+        segmenter.score(test)
+    assert str(warned[0].message) == (
+        "the machine is busy (load average 3.0 on 2 cores) and this run starts 2 torch threads: they will contend "
+        "with the other work (measured: segment training ran 12x slower on 2 busy cores); pass threads=1, or run "
+        "one job at a time")
+    assert warned[0].filename == __file__  # it points at the caller's line
+    with pytest.raises(ProbeError, match=r"threads=0: give a whole number of 1 or more"):
+        probe.grid(backbone, train, test, threads=0)
+    assert segmenter.get_params()["threads"] == 2
+
+
+@pytest.mark.parametrize("progress, notebook, shown", [(None, True, True), (None, False, False), (False, True, False),
+                                                        (True, False, True)])
+def test_progress_shows_by_default_in_a_notebook_only(progress, notebook, shown, tiny_domain, monkeypatch, capsys):
+    import probe.utils.progress
+
+    monkeypatch.setattr(probe.utils.progress, "in_notebook", lambda: notebook)
+    train, test = probe.load_dataset(tiny_domain), probe.load_dataset(tiny_domain, split="test")
+    capsys.readouterr()
+    probe.grid(probe.load_backbone("pixels", dataset=train), train, test, progress=progress)
+    err = capsys.readouterr().err
+    assert ("grid: a probe per cell" in err and "1/1" in err) == shown, err

@@ -62,3 +62,31 @@ def test_mean_std_uses_population_std():
     mean, std = mean_std([0.5, 0.6, 0.7])
     assert mean == pytest.approx(0.6)
     assert std == pytest.approx(np.sqrt(0.02 / 3))
+
+
+def test_confusion_counts_true_by_predicted_and_gives_the_iou():
+    score = SegmentationScore(num_classes=3, ignore_label=255)
+    score.update(np.array([[0, 1, 1], [1, 2, 0]]), np.array([[0, 0, 1], [255, 2, 2]]))
+    score.update(np.array([[2, 0]]), np.array([[2, 2]]))
+    # rows: true 0, 1, 2, then every label >= 3 (the ignore label); columns: predicted, the same order
+    np.testing.assert_array_equal(score.confusion, [[1, 1, 0, 0], [0, 1, 0, 0], [2, 0, 2, 0], [0, 1, 0, 0]])
+    diagonal = np.diag(score.confusion)[:3]
+    union = score.confusion.sum(1)[:3] + score.confusion.sum(0)[:3] - diagonal
+    np.testing.assert_array_equal(diagonal, score.intersection)
+    np.testing.assert_array_equal(union, score.union)
+
+
+@pytest.mark.parametrize("ignore_label", [255, 0])
+def test_confusion_matches_sklearn_on_random_maps(ignore_label):
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(5)
+    preds = [rng.integers(0, 5, (9, 11)) for _ in range(2)]
+    gts = [rng.choice([*range(5), ignore_label], (9, 11)) for _ in range(2)]
+    score = SegmentationScore(5, ignore_label)
+    for pred, gt in zip(preds, gts):
+        score.update(pred, gt)
+    truth = np.minimum(np.concatenate([g.ravel() for g in gts]), 5)
+    expected = confusion_matrix(truth, np.concatenate([p.ravel() for p in preds]), labels=range(6))
+    np.testing.assert_array_equal(score.confusion, expected)
+    assert score.confusion.sum() == 2 * 9 * 11

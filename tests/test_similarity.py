@@ -337,3 +337,34 @@ def test_a_debiased_self_hsic_that_is_not_positive_raises():
     X = np.array([[0.0], [0.0], [0.0], [1.0]])
     with pytest.raises(ProbeError, match=r"self-HSIC of X is 0 \(not positive\)"):
         cka(X, np.arange(4.0)[:, None], debiased=True)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_matrix_is_cka_of_every_pair(debiased):
+    """The sweep's form (probe similarity): one product per left representation against all right ones."""
+    from probe.similarity import cka_matrix
+
+    X, Y = related(60, 5, 9, seed=3)
+    Z = np.random.default_rng(4).normal(size=(60, 30)) + 1.0
+    left, right = [X, Y, Z], [Y, torch.from_numpy(Z)]
+    expected = np.array([[cka(a, b, debiased=debiased) for b in right] for a in left])
+    np.testing.assert_allclose(cka_matrix(left, right, debiased=debiased), expected, atol=1e-12)
+    square = cka_matrix(left, debiased=debiased)
+    assert np.array_equal(square, square.T) and np.array_equal(np.diag(square), np.ones(3))
+    np.testing.assert_allclose(square, [[cka(a, b, debiased=debiased) for b in left] for a in left], atol=1e-12)
+    with pytest.raises(ProbeError, match=r"Ys\[0\] is constant"):
+        cka_matrix(left, [np.ones((60, 3))])
+    with pytest.raises(ProbeError, match="Xs have 60 rows and Ys 59"):
+        cka_matrix(left, [Z[:59]])
+
+
+def test_neighbour_lists_give_mutual_knn():
+    from probe.similarity import nearest_neighbours, neighbour_overlap
+
+    X, Y = related(80, 6, 4, seed=5)
+    near = nearest_neighbours(X, 7)
+    assert near.shape == (80, 7) and near.base is None  # a copy, not a view of the N x N partition
+    assert all(i not in row for i, row in enumerate(near))
+    assert neighbour_overlap(near, nearest_neighbours(Y, 7)) == mutual_knn(X, Y, 7)
+    with pytest.raises(ProbeError, match="neighbour lists of shapes"):
+        neighbour_overlap(near, near[:, :3])

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from probe.backbones.base import Backbone, Cell, mean_captures, refuse_options, run_until, select_layers, select_steps
-from probe.backbones.folders import INSTALL, read_config
+from probe.backbones.folders import read_config
 from probe.backbones.noise import NoisePolicy, default_cells, forward_noise
 from probe.errors import ProbeError
+from probe.utils.extras import require
 
 # up-block classes whose forward is "for each layer: resnet, then attention; then the upsampler"
 LAYERED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D", "CrossAttnUpBlock2D",
@@ -29,11 +30,8 @@ LAYERED_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D", "Cro
 
 def require_diffusers(kind: str):
     """diffusers and transformers (the optional extra), quiet; one line naming the install otherwise."""
-    try:
-        import diffusers
-        import transformers
-    except ImportError:
-        raise ProbeError(f"--backbone {kind} needs diffusers and transformers: {INSTALL}") from None
+    diffusers = require("diffusers", "transformers", purpose=f"--backbone {kind}")
+    import transformers
     for library in (diffusers, transformers):
         library.utils.logging.set_verbosity_error()
         library.utils.logging.disable_progress_bar()

@@ -1,6 +1,7 @@
 """The files of a model folder as diffusers and transformers save it: its JSON configs, its safetensors weights (one
 file or a sharded index and its shards), one digest of their contents (the backbone identity) and what identifies
-them for the per-process model cache; the extra that reads them and the --model-dtype names they load in."""
+them for the per-process model cache; the --model-dtype names they load in (the extra that reads them:
+probe.utils.extras)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from probe.backbones.base import loaded
 from probe.errors import ProbeError
 from probe.models.checkpoint import file_hash
 
-INSTALL = 'pip install -e ".[diffusers]"'  # diffusers, transformers and what they read folders with
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # --model-dtype
 
 

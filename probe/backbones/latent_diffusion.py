@@ -21,6 +21,7 @@ import torch
 
 from probe.backbones.folders import read_config, weight_files
 from probe.errors import ProbeError
+from probe.utils.extras import require
 
 # the denoiser classes probe reads, and the --backbone that reads each
 DENOISERS = {"UNet2DModel": "diffusers", "UNet2DConditionModel": "sd", "DiTTransformer2DModel": "dit",
@@ -93,7 +94,8 @@ def offloaded(models: list[torch.nn.Module], offload: str | None, device: str) -
     device: each one's forward (the VAE's encode too) first moves the one before it, cyclically, back to the CPU."""
     if offload is None:
         return models
-    from accelerate import cpu_offload, cpu_offload_with_hook
+    accelerate = require("accelerate", purpose=f"--offload {offload}")
+    cpu_offload, cpu_offload_with_hook = accelerate.cpu_offload, accelerate.cpu_offload_with_hook
 
     if offload == "sequential":
         return [cpu_offload(model, execution_device=torch.device(device)) for model in models]

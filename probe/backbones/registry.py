@@ -60,4 +60,5 @@ def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: in
     if spec.model_dtype is not None and spec.kind not in DTYPE_BACKBONES:
         raise ProbeError(f"--model-dtype: the {spec.kind} backbone computes in float32 (only --backbone "
                          f"{', '.join(DTYPE_BACKBONES)} take --model-dtype); drop --model-dtype")
+    spec.require_libraries()
     return BACKBONES[spec.kind].build(spec, purpose, native_size)

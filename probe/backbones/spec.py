@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from probe.errors import ProbeError
+from probe.utils.extras import require
 
 BACKBONE_KINDS = ("ddpm", "random", "pixels", "mae", "swav", "swav_w2", "diffusers", "sd", "transformers", "dit", "pixart",
                   "sd3", "flux")  # the registry's names (probe.backbones.BACKBONES), checked before anything loads
@@ -20,6 +21,9 @@ STEP_BACKBONES = ("ddpm", "random", "diffusers", "sd", "dit", "pixart", "sd3", "
 HUB_BACKBONES = ("diffusers", "sd", "transformers", "dit", "pixart", "sd3", "flux")  # --checkpoint may be a hub name
 UNET_BACKBONES = ("ddpm", "random")  # guided-diffusion UNets: take its model flags; probe synthesize samples from them
 SIZED_BACKBONES = ("transformers", "dit", "pixart", "sd3", "flux")  # a --backbones list's --image-size goes to these
+# the optional libraries (probe.utils.extras) each kind imports; a hub name adds huggingface_hub, --offload accelerate
+EXTRA_LIBRARIES = {**dict.fromkeys(("diffusers", "sd", "dit", "pixart", "sd3", "flux"), ("diffusers", "transformers")),
+                   "transformers": ("transformers",)}
 # the options of a --backbones list (backbone_entries) and the kinds each goes to
 LIST_OPTIONS = {"model_flags": UNET_BACKBONES, "steps": STEP_BACKBONES, "model_dtype": DTYPE_BACKBONES,
                 "image_size": SIZED_BACKBONES, "offload": OFFLOAD_BACKBONES}
@@ -145,6 +149,15 @@ class BackboneSpec:
         no local path; None otherwise."""
         text = str(self.checkpoint) if self.checkpoint is not None else None
         return text if self.kind in HUB_BACKBONES and text and not Path(text).exists() else None
+
+    def require_libraries(self) -> None:
+        """Import the optional libraries this backbone needs (its kind's EXTRA_LIBRARIES, huggingface_hub for a hub
+        name, accelerate for --offload): a missing one is one ProbeError line naming the pip install, before any
+        download or load."""
+        modules = [*EXTRA_LIBRARIES.get(self.kind, ()), *(["huggingface_hub"] if self.hub_name() else []),
+                   *(["accelerate"] if self.offload else [])]
+        if modules:
+            require(*modules, purpose=f"--backbone {self.kind}")
 
     def shipped_default(self) -> bool:
         """Whether this is ddpm without a checkpoint or model flags: the DDPM shipped in the package."""

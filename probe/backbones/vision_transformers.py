@@ -39,10 +39,11 @@ from pathlib import Path
 import torch
 
 from probe.backbones.base import Backbone, Cell, capture, loaded, refuse_options, run_until, select_layers
-from probe.backbones.folders import DTYPES, INSTALL, file_stats, files_digest, read_config, weight_files
+from probe.backbones.folders import DTYPES, file_stats, files_digest, read_config, weight_files
 from probe.backbones.spec import LAST_LAYERS
 from probe.errors import ProbeError
 from probe.models.vit import IMAGENET_MEAN, IMAGENET_STD
+from probe.utils.extras import require
 
 log = logging.getLogger("probe")
 _SAID: set[str] = set()  # folders whose missing preprocessor config was already reported in this process
@@ -83,10 +84,7 @@ SUPPORTED = ", ".join(dict.fromkeys(f.class_name for f in FAMILIES.values())) + 
 
 def require_transformers():
     """transformers (the optional extra), quiet; one line naming the install otherwise."""
-    try:
-        import transformers
-    except ImportError:
-        raise ProbeError(f"--backbone transformers needs transformers: {INSTALL}") from None
+    transformers = require("transformers", purpose="--backbone transformers")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers

@@ -76,9 +76,13 @@ def _list_downloads(fetch, items) -> None:
     table = Table(title=f"published under {fetch.storage_root()}")
     for column in ("item", "state", "size", "cached at"):
         table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
+    unknown = 0
     for item in items:
         row = fetch.item_status(item)
-        table.add_row(row["item"], row["state"], _size(row["bytes"]) if row["bytes"] else "?", row["path"])
+        unknown += not row["bytes"]
+        table.add_row(row["item"], row["state"], _size(row["bytes"]) if row["bytes"] else "", row["path"])
+    if unknown:  # the registry holds no sizes: the authors' storage publishes none (the download bar shows each)
+        table.caption = "a size shows once the item is downloaded: the authors publish no file sizes"
     Console().print(table)
 
 

@@ -48,6 +48,7 @@ def features(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size (default: the images' or the model's)."),
     dtype: str = typer.Option("float32", "--dtype", help="The exported arrays' dtype: float32 or float16."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per forward."),
+    pca: bool = typer.Option(False, "--pca", help="Also OUT/pca/<stem>_<cell>.png: top 3 components as RGB."),
     device: str = Device,
     out: Path = Out, overwrite: bool = Overwrite,
     threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
@@ -55,12 +56,14 @@ def features(
     """Export a backbone's feature maps: OUT/<stem>.npz with one (C, h, w) array per cell at native resolution,
     named t{t}_block{b} (ddpm), block{b} (mae) or layer{L}.{j} (swav). At step t the diffusion backbones add
     noise as their scheduler does; sd3 and flux by flow matching, x_t = (1 - s) x0 + s e with s = t / 1000, no shift.
+    --pca draws each map's top 3 principal components as RGB beside the image.
 
     Examples:
 
     \b
       probe features --checkpoint lsun_horse.pt --images imgs/ --out feats/
       probe features --backbone mae --images imgs/ --blocks 9-11 --out feats/
+      probe features --images imgs/ --blocks 6,12 --steps 50 --pca --out feats/
       probe features --backbone diffusers --images imgs/ --out feats/ \\
         --checkpoint google/ddpm-ema-bedroom-256
     """
@@ -80,5 +83,6 @@ def features(
 
     chosen = build_backbone(spec, "features", size)
     written = export_features(chosen, load_images(images, chosen.image_size), out, dtype, batch_size, not quiet,
-                              overwrite=overwrite, inputs=[images, checkpoint])
-    console.print(f"wrote {len(written)} files with {len(chosen.names)} arrays each to {out}")
+                              overwrite=overwrite, inputs=[images, checkpoint], pca=pca)
+    pictures = f" and {len(written) * len(chosen.names)} PCA pictures in {out / 'pca'}" if pca else ""
+    console.print(f"wrote {len(written)} files with {len(chosen.names)} arrays each to {out}{pictures}")

@@ -133,9 +133,30 @@ Threads = typer.Option(None, "--threads", help="Torch threads per cell (default:
 GpusPerCell = typer.Option(0.0, "--gpus-per-cell", help="GPUs per Ray task.")
 
 
+def default_out(command: str):
+    """The callback of a command's --out: the folder given, or runs/COMMAND on the embedded default and
+    runs/COMMAND-NAME for `--dataset NAME` or a `--data` folder named NAME, so that runs on other data do not meet in
+    one folder (`probe grid --dataset horse21` after `probe grid`)."""
+
+    def resolve(ctx: typer.Context, out: Optional[Path]) -> Path:
+        if out is not None:
+            return out
+        # parameters given on the command line are parsed before a default --out: they are in ctx.params
+        dataset, data = ctx.params.get("dataset"), ctx.params.get("data")
+        name = dataset or (Path(data).expanduser().absolute().name if data else None)
+        return Path(f"runs/{command}-{name}" if name else f"runs/{command}")
+    return resolve
+
+
+def DefaultOut(command: str, what: str = "Output folder"):
+    """--out of a command on a dataset: default_out's folder unless given."""
+    return typer.Option(None, "--out", callback=default_out(command), show_default=False,
+                        help=f"{what} (default: runs/{command}, runs/{command}-NAME with --dataset/--data NAME).")
+
+
 def SweepOut(command: str):
-    """--out of a sweep command: runs/COMMAND by default."""
-    return typer.Option(Path(f"runs/{command}"), "--out", help="Sweep folder; a rerun resumes.")
+    """--out of a sweep command (default_out's folder); a rerun resumes it."""
+    return DefaultOut(command, "Sweep folder, resumed by a rerun")
 
 
 def RunOut(default=...):
@@ -221,7 +242,8 @@ def spec_from_options(backbone: str, checkpoint: Optional[Path], model_flags: Op
 SWEEP_AXES = {"grid": ("blocks", "steps", "size_threshold"), "layers": ("backbones", "steps", "depths"),
               "efficiency": ("backbones", "train_numbers", "seeds"), "variants": ("seeds", "draws", "inversion_steps"),
               "robustness": ("backbones", "corruptions", "severities", "seeds"),
-              "segment": ("seeds", "seed", "overwrite")}
+              "segment": ("seeds", "seed", "overwrite"),
+              "similarity": ("backbones", "blocks", "steps", "metrics", "k", "dims")}
 SPEED_ONLY = ("out", "ray", "gpus_per_cell", "cache", "quiet", "threads", "dry_run", "offload")
 
 

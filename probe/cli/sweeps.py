@@ -18,6 +18,7 @@ from probe.cli.options import (
     Data,
     DataRoot,
     Dataset,
+    DefaultOut,
     Device,
     DryRunOpt,
     EarlyBatchSize,
@@ -184,7 +185,7 @@ def kmeans(
     fit_on: str = typer.Option("image", "--fit-on", help="image (centroids per image) or all (shared centroids)."),
     noise: Optional[str] = Noise, input_activations: bool = InputActivations, image_size: Optional[int] = ImageSize,
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = typer.Option(Path("runs/kmeans"), "--out", help="Output folder (new, empty, or --overwrite)."),
+    out: Path = DefaultOut("kmeans"),
     overwrite: bool = Overwrite,
     threads: Optional[int] = TorchThreads, quiet: bool = Quiet,
 ):

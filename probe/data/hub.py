@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from probe.errors import ProbeError
+from probe.utils.extras import require
 
 _NAME = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
@@ -81,6 +82,7 @@ def hub_snapshot(repo_id: str, kind: str, *, revision: str | None = None, progre
         raise ValueError(f"kind {kind!r}: one of {sorted(PATTERNS)}")
     if not is_repo_id(repo_id):
         raise ProbeError(f"{repo_id!r} is neither a folder nor a Hugging Face Hub id (owner/name)")
+    require("huggingface_hub", purpose=f"--backbone {kind} with a hub name")
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,

@@ -191,11 +191,11 @@ def prepared_image(stem: str, image: Image.Image, labels: np.ndarray | None, res
 
 def load_labeled_split(root: Path, split: str, resolution: int, num_classes: int, ignore_label: int,
                        limit: int | None = None, at_most: int | None = None, *, keep_size: bool = False,
-                       fit: str | None = None) -> list[LabeledImage]:
+                       fit: str | None = None, option: str | None = None) -> list[LabeledImage]:
     """The first images of `split` by file name, each with its label map: `limit` of them (an error when the
-    split holds fewer), else up to `at_most` (a default that adapts to small splits), else all. `keep_size`: label
-    maps at their images' own size (else at `resolution`); `fit`: how a non-square image is made square (else it
-    is refused)."""
+    split holds fewer, naming `option`, the command's option or argument that gave `limit`), else up to `at_most`
+    (a default that adapts to small splits), else all. `keep_size`: label maps at their images' own size (else at
+    `resolution`); `fit`: how a non-square image is made square (else it is refused)."""
     _check_resolution(resolution)
     check_fit(fit)
     folder = find_split_dir(root, split)
@@ -204,8 +204,10 @@ def load_labeled_split(root: Path, split: str, resolution: int, num_classes: int
         limit = min(at_most, len(paths))
     if limit is not None:
         if limit < 1 or limit > len(paths):
-            raise ProbeError(f"{limit} images asked for but {folder} holds {len(paths)}; "
-                             f"ask for 1..{len(paths)}")
+            asked = f"{option} {limit}" if option and option.startswith("--") else \
+                f"{option}={limit}" if option else f"{limit} images asked for"
+            raise ProbeError(f"{asked}: {folder} holds {len(paths)} images; "
+                             f"{f'give {option} ' if option else 'ask for '}1..{len(paths)}")
         paths = paths[:limit]
     return [load_labeled_image(path, resolution, num_classes, ignore_label, keep_size=keep_size, fit=fit)
             for path in paths]
@@ -279,7 +281,8 @@ def infer_num_classes(root: Path) -> int:
     folder = find_split_dir(root, "train")
     label_paths = sorted(folder.glob("*.npy"))
     if not label_paths:
-        raise ProbeError(f"no .npy label maps in {folder}; add them or write {path} with one class per line")
+        raise ProbeError(f"no .npy label maps in {folder}: a labelled split needs a <stem>.npy label map (class ids "
+                         "0..K-1, 255 unlabelled) beside each image (docs/data.md)")
     highest = -1
     for label_path in label_paths:
         labels = _load_npy(label_path)
@@ -287,7 +290,8 @@ def infer_num_classes(root: Path) -> int:
         if labels.size:
             highest = max(highest, int(labels.max()))
     if highest < 0:
-        raise ProbeError(f"every label in {folder} is {UNLABELLED} (unlabelled); write {path} with one class per line")
+        raise ProbeError(f"every label in {folder} is {UNLABELLED} (unlabelled): label some pixels with class ids "
+                         f"0..K-1 in its .npy maps")
     return highest + 1
 
 

@@ -67,13 +67,15 @@ class Source:
         return [self.root]
 
     def split(self, split: str, resolution: int, limit: int | None, at_most: int | None = None,
-              root: Path | None = None, keep_size: bool | None = None) -> list[LabeledImage]:
+              root: Path | None = None, keep_size: bool | None = None, option: str | None = None
+              ) -> list[LabeledImage]:
         """The first `limit` images of a split (an error when it holds fewer), else up to `at_most`, else all.
         `root`: read the split from another folder labelled with this source's classes (`check_training_data`).
         The model input is at `resolution`; the label maps at the images' own size or at `resolution` as the
-        source's `keep_size` (or the given one) says."""
+        source's `keep_size` (or the given one) says. `option`: what gave `limit`, named when the split is short."""
         return load_labeled_split(root or self.root, split, resolution, self.num_classes, self.ignore_label, limit,
-                                  at_most, keep_size=self.keep_size if keep_size is None else keep_size, fit=self.fit)
+                                  at_most, keep_size=self.keep_size if keep_size is None else keep_size, fit=self.fit,
+                                  option=option)
 
     def check_training_data(self, folder: Path) -> None:
         """Refuse a --train-data folder (e.g. one `probe synthesize` wrote) that cannot train for these classes:
@@ -143,6 +145,7 @@ def backbone_spec(source: Source | None, spec: BackboneSpec, *, progress: bool =
     first use) and the guided-diffusion flags of its DDPM; a --data folder without --checkpoint uses the embedded
     default DDPM, said in one line."""
     check_revision(spec.kind, spec.revision)
+    spec.require_libraries()  # a missing extra is one line, before any download
     name = spec.hub_name()
     if name is not None and is_repo_id(name):
         spec = replace(spec, checkpoint=hub_snapshot(name, spec.kind, revision=spec.revision, progress=progress))

@@ -20,6 +20,7 @@ from probe.ensemble.voting import image_uncertainty, vote
 from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
 from probe.utils.outputs import atomic_write
+from probe.utils.progress import progress_console
 
 TRAINING_PARAMETERS = ("batch_size", "lr", "patience", "check_after_epoch", "max_epochs", "batched", "seed",
                        "precision", "early_batch_size")  # the constructor's arguments a manifest records
@@ -89,7 +90,8 @@ class PixelEnsemble:
                                     self.max_epochs, self.seed, self.device)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                    TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-        with Progress(*columns, disable=not self.progress, console=Console(stderr=True)) as progress:
+        console = progress_console() if self.progress else Console(stderr=True)
+        with Progress(*columns, disable=not self.progress, console=console) as progress:
             if self.batched:
                 model = StackedMLP.from_members(mlps, self.precision)
                 record = fit_batched(settings, pixels, model, self.compile, progress)

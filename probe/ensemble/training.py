@@ -200,8 +200,9 @@ def train_loop(
                     break
             if stopper.stopped.all():
                 break
-        status = f"{(~stopper.stopped).sum()}/{len(members)} active, loss {np.nanmean(record.last_loss[members]):.4f}"
-        progress.update(task, advance=1, status=status)
-        if stopper.stopped.all():
+        loss = f"loss {np.nanmean(record.last_loss[members]):.4f}"
+        if stopper.stopped.all():  # the bar ends full at the last epoch run, not at "5/100 epochs, 0 active"
+            progress.update(task, advance=1, total=epoch + 1, status=f"stopped early at epoch {epoch + 1}, {loss}")
             break
+        progress.update(task, advance=1, status=f"{(~stopper.stopped).sum()}/{len(members)} active, {loss}")
     return stopper

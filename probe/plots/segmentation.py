@@ -1,5 +1,5 @@
-"""Segmentation figures: image, ground truth and prediction side by side (`probe segment`, `probe deeplab`), and a
-segmentation network's training history."""
+"""Segmentation figures: image, ground truth and prediction side by side (`probe segment`, `probe deeplab`), a
+confusion matrix (`probe segment`), and a segmentation network's training history."""
 
 from pathlib import Path
 from typing import Sequence
@@ -60,6 +60,38 @@ def segmentation_panel(
     if present:
         fig.legend(handles=class_handles(present, class_names, np.asarray(palette)), loc="outside lower center",
                    ncol=columns, handlelength=1.0, columnspacing=1.0)
+    return save(fig, path)
+
+
+@styled
+def confusion_heatmap(matrix: pd.DataFrame, path: str | Path | None = None, title: str | None = None) -> Figure:
+    """A confusion matrix normalised by row: cell (true, predicted) is the % of the true class's pixels predicted
+    as that class (a row without pixels stays empty), class names on both axes, values written in the cells when
+    there are at most 15 classes.
+
+    Args:
+        matrix: pixel counts, rows the true classes and columns the predicted ones, labelled by class name
+            (`probe segment`'s confusion.csv read with `index_col=0`).
+        path: where to write the PNG; None writes nothing.
+        title: the title.
+
+    Returns:
+        The figure.
+    """
+    if matrix.empty:
+        raise ProbeError("confusion_heatmap got an empty matrix: pass pixel counts, rows true and columns predicted")
+    counts = matrix.astype(float)
+    shares = 100 * counts.div(counts.sum(axis=1).replace(0, np.nan), axis=0)
+    rows, columns = shares.shape
+    side = max(3.6, 1.8 + 0.32 * max(rows, columns))
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.add_subplot()
+    sns.heatmap(shares, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=max(rows, columns) <= 15, fmt=".0f",
+                annot_kws={"fontsize": 6}, linewidths=0.4, linecolor="white", square=True,
+                cbar_kws={"label": "% of the true class's pixels"})
+    ax.set(xlabel="predicted class", ylabel="true class", title=title or "")
+    ax.tick_params(axis="x", rotation=90)
+    ax.tick_params(axis="y", rotation=0)
     return save(fig, path)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from probe.errors import ProbeError, counting_files
 from probe.utils.cache import cache_root
+from probe.utils.extras import require
 from probe.utils.outputs import read_marker, update_marker, working_dir, write_json
 from probe.utils.progress import progress_bar
 from probe.version import __version__
@@ -319,12 +320,7 @@ def _finished(out: Path, cell: SweepCell) -> dict | None:
 
 
 def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ProbeError("--ray needs Ray, which is not installed: pip install -e '.[ray]' (or pip install ray)"
-                         ) from None
-    return ray
+    return require("ray", purpose="--ray")
 
 
 def _run_here(cells: list[SweepCell], work: Work, threads: int, finished: Callable[[dict], None],

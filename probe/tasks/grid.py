@@ -93,8 +93,8 @@ def grid_splits(dataset: str | None, data_root: str | None, data: str | None, si
     """The grid's train and test images at `size` (up to SPLIT_NUMBER each unless a number is given), read once per
     process: every cell of a grid (and of `probe layers`) probes the same images."""
     source = SweepData(dataset, data_root, data, fit=fit).source()
-    return (source.split("train", size, train_number, SPLIT_NUMBER),
-            source.split("test", size, test_number, SPLIT_NUMBER))
+    return (source.split("train", size, train_number, SPLIT_NUMBER, option="--train-number"),
+            source.split("test", size, test_number, SPLIT_NUMBER, option="--test-number"))
 
 
 def grid_cells(data: SweepData, options: GridOptions, seed: int) -> tuple[Backbone, list[SweepCell]]:

@@ -168,7 +168,7 @@ def run_kmeans(source: Source, spec: BackboneSpec, k: int, seed: int, fit_on: st
     backbone = build_backbone(replace(spec, seed=seed), "kmeans", source.native_size)
     # the cluster maps are at the model's input size (k-means over every pixel of each image's features)
     images = (load_images(list(image_files), backbone.image_size, fit=source.fit) if image_files
-              else source.split("test", backbone.image_size, n_images, keep_size=False))
+              else source.split("test", backbone.image_size, n_images, keep_size=False, option="--n-images"))
     store = ActivationStore(backbone, cache)
     with counting_files(lambda: store.written), \
             output_dir(out, command="kmeans", overwrite=overwrite, inputs=[*source.inputs, *image_files, cache]) as tmp:

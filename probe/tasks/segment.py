@@ -235,20 +235,63 @@ def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | N
     return Evaluation(metrics, fitted, backbone, spec, train, test, extracted)
 
 
+def disagreement_title(stem: str, uncertainty: float) -> str:
+    """A visualisation's title: the image and its uncertainty, named for what it is."""
+    return f"{stem}: ensemble disagreement {uncertainty:.3f} (Jensen-Shannon, mean of the top 10 % of pixels)"
+
+
+def confusion_table(score: SegmentationScore, class_names: Sequence[str]) -> pd.DataFrame:
+    """`score`'s confusion matrix in pixels, rows the true labels and columns the predicted ones, labelled by class
+    name; an ignore label outside the classes gets the last row and column ("ignore label 255"), one inside them is
+    its class's row."""
+    k = score.num_classes
+    labels = [str(name) for name in class_names[:k]]
+    if score.ignore_label < k:
+        return pd.DataFrame(score.confusion[:k, :k], index=labels, columns=labels)
+    labels.append(f"ignore label {score.ignore_label}")
+    return pd.DataFrame(score.confusion, index=labels, columns=labels)
+
+
+def per_image_table(test: list[LabeledImage], predictions: list[np.ndarray], num_classes: int, ignore_label: int,
+                    class_names: Sequence[str]) -> pd.DataFrame:
+    """IoU per test image and scored class (%), as probe.metrics computes it on that image alone, with its
+    intersection and union in pixels (summed over the images they give per_class.csv's IoU) and the class's true
+    and predicted pixels; `iou` is empty where the class is neither in the image's labels nor in its prediction."""
+    rows = []
+    for image, pred in zip(test, predictions):
+        score = SegmentationScore(num_classes, ignore_label)
+        score.update(pred, image.labels)
+        for c, iou in zip(score.class_ids, score.iou):
+            union = int(score.union[c])
+            rows.append({"image": image.stem, "class": class_names[c], "iou": 100 * iou if union else np.nan,
+                         "intersection": int(score.intersection[c]), "union": union,
+                         "true_pixels": int(score.confusion[c].sum()),
+                         "predicted_pixels": int(score.confusion[:, c].sum())})
+    return pd.DataFrame(rows, columns=["image", "class", "iou", "intersection", "union", "true_pixels",
+                                       "predicted_pixels"])
+
+
 def write_evaluation(evaluation: Evaluation, source: Source, out: Path) -> None:
-    """Every output of one fit into the folder `out`: metrics.json, per_class.csv, predictions/, visualizations/
-    and the ensemble/ that `probe predict` loads."""
+    """Every output of one fit into the folder `out`: metrics.json, per_class.csv, per_image.csv, confusion.csv
+    and confusion.png, predictions/, visualizations/ and the ensemble/ that `probe predict` loads."""
     metrics, fitted, backbone, spec = evaluation.metrics, evaluation.fitted, evaluation.backbone, evaluation.spec
     test, per_class = evaluation.test, metrics["per_class"]
     write_json(out / "metrics.json", metrics)
     pd.DataFrame({"class": list(per_class), "iou": list(per_class.values())}).to_csv(out / "per_class.csv", index=False)
+    per_image_table(test, fitted.predictions, source.num_classes, source.ignore_label,
+                    source.class_names).to_csv(out / "per_image.csv", index=False)
+    confusion = confusion_table(fitted.score, source.class_names)
+    confusion.to_csv(out / "confusion.csv", index_label="true \\ predicted")
+    scored = [source.class_names[c] for c in fitted.score.class_ids]
+    plots.confusion_heatmap(confusion.loc[scored, confusion.columns[:source.num_classes]], out / "confusion.png",
+                            title=f"confusion on the {len(test)} test images, % of each true class's pixels")
     (out / "predictions").mkdir()
     (out / "visualizations").mkdir()
     for image, pred, unc in zip(test, fitted.predictions, fitted.uncertainties):
         np.save(out / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
         plots.segmentation_panel(picture(image), image.labels, pred, source.class_names, source.palette,
                                  out / "visualizations" / f"{image.stem}.png", source.ignore_label,
-                                 title=f"{image.stem}  uncertainty {unc:.3f}")
+                                 title=disagreement_title(image.stem, unc))
     fitted.ensemble.save(out / "ensemble", ensemble_manifest(source.class_names, source.palette, source.ignore_label,
                                                              backbone, spec))
 
@@ -330,7 +373,7 @@ def run_predict(ensemble_dir: Path, images: list[LabeledImage], out: Path, cache
                 np.save(tmp / "predictions" / f"{image.stem}.npy", pred.astype(np.uint8))
                 plots.segmentation_panel(picture(image), None, pred, class_names, palette,
                                          tmp / "visualizations" / f"{image.stem}.png", manifest["ignore_label"],
-                                         title=f"{image.stem}  uncertainty {unc:.3f}")
+                                         title=disagreement_title(image.stem, unc))
                 records.append({"image": image.stem, "uncertainty": unc})
                 bar.advance(task)
         table = pd.DataFrame(records)

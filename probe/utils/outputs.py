@@ -64,13 +64,24 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write(Path(path), lambda p: p.write_text(text))
 
 
+def new_folder_mode() -> int:
+    """The permissions os.mkdir gives a new folder in this process: 0o777 less the umask."""
+    umask = os.umask(0o022)  # the only way to read it is to set it; put back at once
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
 def staging_folder(target: Path) -> Path:
-    """A fresh temporary folder beside `target`, named `.{name}.partial-{host}-{pid}-…`. Such folders left by
-    processes of this machine that are gone (killed with SIGKILL, a power cut) are deleted first."""
+    """A fresh temporary folder beside `target`, named `.{name}.partial-{host}-{pid}-…`, with the permissions of a
+    folder made by mkdir (new_folder_mode; not mkdtemp's 0700), since it becomes `target`: every --out gets the same
+    permissions, whether written in place (working_dir) or swapped in (output_dir). Such folders left by processes
+    of this machine that are gone (killed with SIGKILL, a power cut) are deleted first."""
     target = Path(target)
     remove_orphans(target.parent, target.name)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{socket.gethostname()}-{os.getpid()}-",
-                                 dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{socket.gethostname()}-{os.getpid()}-",
+                                    dir=target.parent))
+    staging.chmod(new_folder_mode())
+    return staging
 
 
 def remove_orphans(folder: Path, name: str | None = None) -> list[Path]:

@@ -10,11 +10,15 @@ pass of the whole 256x256 ADM UNet at num_channels 64 against 12,000 and 0.88 s,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+
+from probe.errors import ProbeError
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest: blocks up to 32 MB come from (and return to) the heap
@@ -49,18 +53,51 @@ def tune_process() -> None:
     keep_freed_memory()
 
 
-def busy_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+# What torch threads beyond the free cores cost, as measured (issue 37, 2026-12-05: an AMD EPYC's 2 cores kept at a
+# load of 2-4 by other jobs): `probe segment`'s ensemble training took 120.9 s at the default 2 threads against
+# 10.2 s with 1. The busy warning of the commands and of the API says it in these words.
+BUSY_SLOWDOWN = "segment training ran 12x slower on 2 busy cores"
+
+
+def busy_warning(threads: int, load: float | None = None, cores: int | None = None,
+                 fix: str = "--threads {free}") -> str | None:
     """One line when other work already keeps the cores busy (the 1-minute load average plus `threads` exceeds the
-    cores), suggesting fewer threads: torch threads beyond the free cores contend with it (measured here 3-6x
-    slower); None otherwise."""
+    cores), suggesting fewer threads when there are more than the free cores (`fix`, with {free} the cores left:
+    "--threads {free}" for the commands, "threads={free}" for the API): torch threads beyond the free cores contend
+    with the other work (BUSY_SLOWDOWN); None otherwise."""
     load = os.getloadavg()[0] if load is None else load
     cores = cores or os.cpu_count() or 1
     if load < 0.75 or load + threads <= cores + 0.5:
         return None
     free = max(1, cores - round(load))
+    if threads <= free:  # no fewer threads to suggest
+        return (f"the machine is busy (load average {load:.1f} on {cores} cores): this run's {threads} torch "
+                f"thread{'s share' if threads > 1 else ' shares'} the cores with the other work, so the run is "
+                "slower; run one job at a time for full speed")
     return (f"the machine is busy (load average {load:.1f} on {cores} cores) and this run starts {threads} torch "
-            f"threads: they will contend with the other work (3-6x slower measured); pass --threads {free}, or run "
-            "one job at a time")
+            f"threads: they will contend with the other work (measured: {BUSY_SLOWDOWN}); pass "
+            f"{fix.format(free=free)}, or run one job at a time")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None, fix: str = "threads={free}") -> Iterator[None]:
+    """The API's `threads=`: run the block with `threads` torch threads (None: torch's current number, all cores by
+    default), restored after; before it, a RuntimeWarning of busy_warning's line when other work already keeps the
+    cores busy."""
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ProbeError(f"threads={threads!r}: give a whole number of 1 or more (or None for all cores)")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        warning = busy_warning(torch.get_num_threads(), fix=fix)
+        if warning:
+            warnings.warn(warning, RuntimeWarning, stacklevel=4)  # the caller of the API function
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def runtime_info(device: str) -> dict:

@@ -317,7 +317,8 @@ def test_without_the_extra_the_backbone_says_how_to_install(diffusers_folders, m
     for kind in ("diffusers", "sd"):
         with pytest.raises(ProbeError) as error:
             build_backbone(BackboneSpec(kind, diffusers_folders[kind]), "segment")
-        assert str(error.value) == f'--backbone {kind} needs diffusers and transformers: pip install -e ".[diffusers]"'
+        assert str(error.value) == (f'--backbone {kind} needs diffusers, which is not installed: '
+                                    'pip install -e ".[diffusers]"')
 
 
 def run_probe(*args) -> subprocess.CompletedProcess:

@@ -396,3 +396,44 @@ def test_cache_info_fits_a_narrow_terminal_without_cutting_anything(tmp_path, mo
         assert "7 entries" in result.output
     wide = runner.invoke(app, ["cache", "info"], env={"COLUMNS": "250"}, catch_exceptions=False).output
     assert "┃ kind" in wide and "…" not in wide and all(row.backbone in wide for row in entries.itertuples())
+
+
+def test_default_out_folders_are_per_command_and_dataset_with_one_mode(tmp_path, tiny_domain, monkeypatch):
+    """runs/COMMAND on the embedded default, runs/COMMAND-NAME for --dataset NAME or a --data folder NAME (so
+    `probe grid --dataset horse21` after `probe grid` is not refused), and segment, kmeans and grid folders get the
+    permissions of a plain mkdir (segment and kmeans, swapped in from mkdtemp's staging folder, had 0700)."""
+    import os
+    import stat
+
+    import click
+
+    from probe.cli.options import default_out
+
+    resolve = default_out("grid")
+    for params, folder in (({"dataset": None, "data": None}, "runs/grid"), ({"dataset": "horse21"}, "runs/grid-horse21"),
+                           ({"data": Path("/some/where/my_data/")}, "runs/grid-my_data"), ({}, "runs/grid")):
+        context = click.Context(click.Command("grid"))
+        context.params = params
+        assert resolve(context, None) == Path(folder)
+        assert resolve(context, Path("mine")) == Path("mine")
+
+    monkeypatch.chdir(tmp_path)
+    previous = os.umask(0o027)  # not the usual 022, so a default mode cannot pass by chance
+    try:
+        small = ["--data", tiny_domain, "--backbone", "pixels", "--quiet"]
+        for command in (["segment", "--members", 1], ["kmeans", "--n-images", 1, "--k", 2],
+                        ["grid", "--members", 1, "--threads", 1]):
+            result = run(*command, *small)
+            assert result.exit_code == 0, result.output
+    finally:
+        os.umask(previous)
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert [folder.name for folder in folders] == ["grid-faces", "kmeans-faces", "segment-faces"]
+    assert {oct(stat.S_IMODE(folder.stat().st_mode)) for folder in folders} == {oct(0o750)}
+
+
+def test_kmeans_names_n_images_when_the_split_is_short(tmp_path, tiny_domain):
+    result = runner.invoke(app, ["kmeans", "--data", str(tiny_domain), "--backbone", "pixels", "--n-images", "5",
+                                 "--out", str(tmp_path / "k"), "--quiet"])
+    assert result.exit_code == 2 and not (tmp_path / "k").exists()
+    assert f"--n-images 5: {tiny_domain / 'real' / 'test'} holds 3 images; give --n-images 1..3" in result.output

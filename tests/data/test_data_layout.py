@@ -277,10 +277,31 @@ def test_ignore_label_zero_rejects_255(tmp_path: Path) -> None:
         load_labeled_split(tmp_path, "train", 2, num_classes=29, ignore_label=0)
 
 
-def test_limit_beyond_images_says_how_many(tmp_path: Path) -> None:
+def test_limit_beyond_images_says_how_many_and_names_the_option(tmp_path: Path) -> None:
     make_split(tmp_path / "train", ["a", "b"])
-    with pytest.raises(ProbeError, match=r"5 images asked for but .*train holds 2"):
+    with pytest.raises(ProbeError) as error:
         load_labeled_split(tmp_path, "train", 4, 3, 255, limit=5)
+    assert str(error.value) == f"5 images asked for: {tmp_path / 'train'} holds 2 images; ask for 1..2"
+    with pytest.raises(ProbeError) as error:
+        load_labeled_split(tmp_path, "train", 4, 3, 255, limit=3, option="--n-images")
+    assert str(error.value) == f"--n-images 3: {tmp_path / 'train'} holds 2 images; give --n-images 1..2"
+
+
+def test_a_split_without_label_maps_asks_for_them_not_for_classes_txt(tmp_path: Path) -> None:
+    # classes.txt names the classes but does not label pixels: the hint must not offer it instead of the .npy maps
+    write_sample(tmp_path / "train", "a", np.zeros((4, 4, 3), dtype=np.uint8), None)
+    with pytest.raises(ProbeError) as error:
+        infer_num_classes(tmp_path)
+    assert "classes.txt" not in str(error.value) and "a <stem>.npy label map" in str(error.value)
+    (tmp_path / "classes.txt").write_text("sky\nroad\n")
+    assert infer_num_classes(tmp_path) == 2
+    with pytest.raises(ProbeError, match=r"label map .*a\.npy missing for image .*a\.png; put a a\.npy"):
+        load_labeled_split(tmp_path, "train", 4, 2, 255)
+    (tmp_path / "classes.txt").unlink()
+    np.save(tmp_path / "train" / "a.npy", np.full((4, 4), 255, np.uint8))
+    with pytest.raises(ProbeError) as error:
+        infer_num_classes(tmp_path)
+    assert "classes.txt" not in str(error.value) and "label some pixels with class ids" in str(error.value)
 
 
 def test_shared_stem_rejected(tmp_path: Path) -> None:

@@ -483,3 +483,31 @@ def test_unchecked_epochs_run_each_gathers_batches_as_single_steps():
         assert torch.equal(fitted.model_.state_dict()[key], value), key
     assert fitted.iterations_.tolist() == [66, 66] and fitted.epochs_.tolist() == [2, 2]
     np.testing.assert_array_equal(fitted.last_loss_, losses.numpy().astype(np.float64))
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_bar_of_a_fit_stopped_early_says_so_and_ends_full(batched, monkeypatch):
+    # As above: identical pixels and lr=0 stop every member at its 23rd step, in epoch 6 of 100 (4 unchecked epochs
+    # of 4 steps, then 7 steps of 4 per epoch). The bar's last word names that epoch instead of "6/100 epochs, 0/2
+    # active"; a fit that reaches max_epochs keeps counting its active members.
+    import probe.ensemble.estimator as estimator
+
+    bars = []
+
+    class Recorded(estimator.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(estimator, "Progress", Recorded)
+    pixels = ArrayPixels(np.ones((256, 8), np.float32), np.full(256, 1))
+    fitted = PixelEnsemble(3, members=2, lr=0.0, patience=5, batched=batched, progress=False).fit(pixels)
+    assert fitted.epochs_.tolist() == [6, 6] and fitted.iterations_.tolist() == [23, 23]  # the numbers as before
+    tasks = bars[-1].tasks
+    assert len(tasks) == (1 if batched else 2)
+    for task in tasks:
+        assert (task.completed, task.total) == (6, 6)
+        assert task.fields["status"] == "stopped early at epoch 6, loss 1.0986"  # ln 3: uniform over 3 classes
+    PixelEnsemble(3, members=2, lr=0.0, patience=5, max_epochs=2, batched=batched, progress=False).fit(pixels)
+    assert [(task.completed, task.total, task.fields["status"]) for task in bars[-1].tasks][-1] == (
+        2, 2, "2/2 active, loss 1.0986" if batched else "1/1 active, loss 1.0986")

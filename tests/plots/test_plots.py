@@ -225,3 +225,32 @@ def test_a_backbone_without_steps_gives_one_column(tmp_path):
     assert [t.get_text() for t in ax.texts] == ["10.0", "20.0", "30.0", "40.0"]
     lines = plots.grid_lines(table, tmp_path / "lines.png", layer_title="ResNet sublayer").axes[0].lines
     assert [line.get_label() for line in lines] == ["no step"] and list(lines[0].get_ydata()) == [10, 20, 30, 40]
+
+
+def test_confusion_heatmap_draws_each_rows_shares(tmp_path):
+    counts = pd.DataFrame([[8, 2, 0], [1, 3, 0], [0, 0, 0]], index=NAMES[:3], columns=NAMES[:3])
+    fig = plots.confusion_heatmap(counts, tmp_path / "confusion.png", title="test set")
+    ax = fig.axes[0]
+    drawn = np.ma.filled(np.asarray(ax.collections[0].get_array(), dtype=float), np.nan).reshape(3, 3)
+    np.testing.assert_allclose(drawn[:2], [[80, 20, 0], [25, 75, 0]])
+    assert np.isnan(drawn[2]).all()  # a true class without pixels stays empty
+    assert [t.get_text() for t in ax.texts] == ["80", "20", "0", "25", "75", "0"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == NAMES[:3]
+    assert [t.get_text() for t in ax.get_xticklabels()] == NAMES[:3]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("predicted class", "true class", "test set")
+    assert_written(fig, tmp_path / "confusion.png")
+
+
+def test_pca_rgb_scales_each_component_and_the_figure_draws_it(tmp_path):
+    projections = np.stack([np.arange(12.0).reshape(3, 4), -np.arange(12.0).reshape(3, 4) / 11,
+                            np.full((3, 4), 2.0)], axis=-1)
+    rgb = plots.pca_rgb(projections)
+    np.testing.assert_array_equal(rgb[..., 0], np.round(255 * np.arange(12).reshape(3, 4) / 11))
+    np.testing.assert_array_equal(rgb[..., 1], 255 - rgb[..., 0])
+    np.testing.assert_array_equal(rgb[..., 2], 0)  # a constant component
+    fig = plots.feature_pca_figure(image(1), projections, tmp_path / "pca.png", title="000, t50_block6")
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), rgb)
+    assert fig.axes[1].images[0].get_extent() == [0, 16, 16, 0]  # stretched over the 16x16 image
+    assert_written(fig, tmp_path / "pca.png")
+    with pytest.raises(ProbeError, match=r"\(h, w, 3\)"):
+        plots.pca_rgb(np.zeros((3, 4, 2)))
