@@ -35,6 +35,7 @@ RUNS = {
     "grid": ["probe", "grid"],
     "grid_random": ["probe", "grid", "--backbone", "random"],
     "layers": ["probe", "layers", "--backbones", "ddpm,mae", "--threads", "1"],
+    "similarity": ["probe", "similarity"],
 }
 
 # (file, template): the template formatted with quoted_values(numbers) is in the file; a single space in a template
@@ -61,6 +62,10 @@ QUOTES = [
                                    "{layers_ddpm_depth:.2f}, t = {layers_ddpm_step}, {layers_ddpm_miou:.1f} %), the "
                                    "MAE stays between {layers_mae_low:.1f} and {layers_mae_miou:.1f} % (best block "
                                    "{layers_mae_block}, {layers_mae_depth:.2f})"),
+    ("docs/experiments/similarity.md", "took {similarity_seconds:.0f} s on the 2-core CPU"),
+    ("docs/experiments/similarity.md", "DDPM block {similarity_cka_a} and MAE block {similarity_cka_b} "
+                                       "({similarity_cka:.2f}); by mutual k-NN, DDPM block {similarity_knn_a} and MAE "
+                                       "block {similarity_knn_b} ({similarity_knn:.2f})"),
 ]
 
 
@@ -104,7 +109,7 @@ def segment_numbers(out: Path) -> dict:
 
 def grid_numbers(out: Path) -> dict:
     grid = read_json(out / "grid.json")
-    return {"best": grid["best"], "cells": len(grid["cells"]), "threads": grid["threads"]}
+    return {"best": grid["best"], "cells": grid["cells"], "threads": grid["threads"]}
 
 
 def layers_numbers(out: Path) -> dict:
@@ -119,8 +124,13 @@ def layers_numbers(out: Path) -> dict:
     return {"backbones": backbones, "cells": summary["cells"], "threads": summary["threads"]}
 
 
+def similarity_numbers(out: Path) -> dict:
+    summary = read_json(out / "similarity.json")
+    return {"best": {entry["metric"]: entry for entry in summary["alignment"]}, "threads": summary["threads"]}
+
+
 READERS = {"segment": segment_numbers, "segment_threads1": segment_numbers, "grid": grid_numbers,
-           "grid_random": grid_numbers, "layers": layers_numbers}
+           "grid_random": grid_numbers, "layers": layers_numbers, "similarity": similarity_numbers}
 
 
 def duration(seconds: float) -> str:
@@ -138,6 +148,7 @@ def quoted_values(numbers: dict) -> dict:
     """The values QUOTES format, by name, from docs/numbers.json's content."""
     runs = numbers["runs"]
     ddpm, mae = runs["layers"]["backbones"]["ddpm"], runs["layers"]["backbones"]["mae"]
+    cka, knn = runs["similarity"]["best"]["cka"], runs["similarity"]["best"]["mutual_knn"]
     return {
         "segment_miou": runs["segment"]["miou"], "segment_threads": runs["segment"]["threads"],
         "segment_seconds": runs["segment"]["seconds"], "segment_threads1_miou": runs["segment_threads1"]["miou"],
@@ -150,6 +161,10 @@ def quoted_values(numbers: dict) -> dict:
         "layers_ddpm_step": ddpm["step"], "layers_ddpm_miou": ddpm["miou"],
         "layers_mae_block": block(mae["layer"]), "layers_mae_depth": mae["relative_depth"],
         "layers_mae_miou": mae["miou"], "layers_mae_low": mae["lowest_miou"],
+        "similarity_seconds": runs["similarity"]["seconds"],
+        "similarity_cka_a": block(cka["layer_a"]), "similarity_cka_b": block(cka["layer_b"]),
+        "similarity_cka": cka["value"], "similarity_knn_a": block(knn["layer_a"]),
+        "similarity_knn_b": block(knn["layer_b"]), "similarity_knn": knn["value"],
     }
 
 
@@ -225,9 +240,10 @@ def main() -> None:
             run = timed(RUNS[name], work / name / "out", Path(scratch) / f"cache-{name}")
             numbers["runs"][name] = {**run, **READERS[name](work / name / "out"), **machine()}
             print(f"  {json.dumps(numbers['runs'][name])}", flush=True)
-    numbers = {"about": "written by analysis/docs_numbers.py; quoted by the docs (tests/test_docs_numbers.py)",
-               "machine": machine(), "runs": {name: numbers["runs"][name] for name in RUNS if name in numbers["runs"]}}
-    NUMBERS.write_text(json.dumps(numbers, indent=2) + "\n")
+            numbers = {"about": "written by analysis/docs_numbers.py; quoted by the docs (tests/test_docs_numbers.py)",
+                       "machine": machine(),
+                       "runs": {name: numbers["runs"][name] for name in RUNS if name in numbers["runs"]}}
+            NUMBERS.write_text(json.dumps(numbers, indent=2) + "\n")  # after each run: a failed run keeps the others
     if set(numbers["runs"]) == set(RUNS):
         write_docs(numbers)
         print(f"wrote {NUMBERS.relative_to(ROOT)} and the docs' quotes")

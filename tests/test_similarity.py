@@ -4,6 +4,7 @@ unrelated data and its errors."""
 
 import ast
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +369,15 @@ def test_neighbour_lists_give_mutual_knn():
     assert neighbour_overlap(near, nearest_neighbours(Y, 7)) == mutual_knn(X, Y, 7)
     with pytest.raises(ProbeError, match="neighbour lists of shapes"):
         neighbour_overlap(near, near[:, :3])
+
+
+def test_the_docs_table_of_chance_levels_is_what_the_metrics_give():
+    """docs/experiments/similarity.md's table (independent Gaussian X, Y of width 512, default_rng(0)) recomputes."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "experiments" / "similarity.md").read_text()
+    rows = re.findall(r"^\s*\| (\d+) \| ([-\d.]+) \| ([-\d.]+) \| ([-\d.]+) \| ([-\d.]+) \|$", page, re.M)
+    assert [int(row[0]) for row in rows] == [64, 256, 1024, 4096]
+    generator = np.random.default_rng(0)
+    for n, biased, debiased, knn, chance in rows:
+        X, Y = generator.standard_normal((int(n), 512)), generator.standard_normal((int(n), 512))
+        computed = (cka(X, Y), cka(X, Y, debiased=True), mutual_knn(X, Y, 10), 10 / (int(n) - 1))
+        assert [f"{value:.3f}" for value in computed] == [biased, debiased, knn, chance]
