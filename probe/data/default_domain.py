@@ -341,12 +341,12 @@ def _write_contents(folder: Path, size: int, counts: dict[str, int], seed: int, 
     (folder / "domain.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-def default_domain_dir(size: int = 32, seed: int = 0) -> Path:
+def default_domain_dir(size: int = 32, seed: int = 0, *, progress: bool = True) -> Path:
     """The cached labelled sets (no unlabelled pool) <cache root>/default-domain-v1-s{size}-seed{seed}, written on
     first use (safely when several processes start at once: `probe.utils.cache.publish_folder`); `probe data default`
     writes the pool too, for DDPM training. Example: default_domain_dir() / "real" / "train"
     """
     counts = _check_counts(size, seed, 0, 20, 120)
     return publish_folder(cache_root() / f"default-domain-v{VERSION}-s{size}-seed{seed}",
-                          lambda staging: _write_contents(staging, size, counts, seed, progress=True),
+                          lambda staging: _write_contents(staging, size, counts, seed, progress),
                           lambda folder: (folder / "domain.json").is_file())

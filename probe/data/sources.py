@@ -133,7 +133,7 @@ def open_source(dataset: str | None = None, data_root: Path | None = None, data:
         given = json.loads(palette_file.read_text()) if palette_file.is_file() else None
         return Source(root.name, root, classes, 255, class_palette(len(classes), given), _first_image_size(root),
                       fit=fit)
-    root = default_domain.default_domain_dir()
+    root = default_domain.default_domain_dir(progress=progress)
     return Source("default", root, list(default_domain.CLASSES), 255, default_domain.PALETTE, DEFAULT_MODEL_SIZE,
                   fit=fit)
 
