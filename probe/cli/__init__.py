@@ -1,7 +1,7 @@
 """The `probe` command: parses options, calls one function per command, prints. No logic lives here.
 
 Layout: this module holds the typer app, its sub-apps, the startup callback and the table of commands; `options`
-the shared options and checks; one module per command family (`extract`, `segment`, `sweeps`, `similarity`,
+the shared options and checks; one module per command family (`extract`, `segment`, `sweeps`, `similarity`, `runs`,
 `synthesize`, `data`, `training`). A new command: a function in its family's module, decorated with @user_errors, and one line
 in the table below."""
 
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from probe.cli import data, extract, segment, similarity, sweeps, synthesize, training
+from probe.cli import data, extract, runs, segment, similarity, sweeps, synthesize, training
 from probe.cli.options import start_work
 
 __all__ = ["app", "main", "start_work"]
@@ -49,6 +49,7 @@ app.command()(sweeps.robustness)
 app.command()(synthesize.synthesize)
 app.command()(synthesize.deeplab)
 app.command()(data.download)
+app.command()(runs.runs)
 data_app.command("default")(data.data_default)
 ddpm_app.command("train")(training.ddpm_train)
 mae_app.command("train")(training.mae_train)
