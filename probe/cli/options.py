@@ -151,7 +151,7 @@ def default_out(command: str):
 def DefaultOut(command: str, what: str = "Output folder"):
     """--out of a command on a dataset: default_out's folder unless given."""
     return typer.Option(None, "--out", callback=default_out(command), show_default=False,
-                        help=f"{what} (default: runs/{command}, runs/{command}-NAME with --dataset/--data NAME).")
+                        help=f"{what} (default: runs/{command}[-DATA]).")
 
 
 def SweepOut(command: str):

@@ -80,7 +80,7 @@ def segment(
     ray: Optional[str] = typer.Option(None, "--ray", help="With --seeds: Ray (local, auto or an address)."),
     gpus_per_cell: float = GpusPerCell,
     device: str = Device, cache: Optional[Path] = Cache,
-    out: Path = DefaultOut("segment", "Output folder, a sweep folder with --seeds"),
+    out: Path = DefaultOut("segment", "Output folder; with --seeds a sweep folder"),
     overwrite: bool = Overwrite,
     threads: Optional[int] = TorchThreads,
     quiet: bool = QuietPlan, dry_run: bool = DryRunOpt,
