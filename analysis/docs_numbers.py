@@ -36,6 +36,7 @@ RUNS = {
     "grid_random": ["probe", "grid", "--backbone", "random"],
     "layers": ["probe", "layers", "--backbones", "ddpm,mae", "--threads", "1"],
     "similarity": ["probe", "similarity"],
+    "correspond": ["probe", "correspond"],
 }
 
 # (file, template): the template formatted with quoted_values(numbers) is in the file; a single space in a template
@@ -66,6 +67,11 @@ QUOTES = [
     ("docs/experiments/similarity.md", "DDPM block {similarity_cka_a} and MAE block {similarity_cka_b} "
                                        "({similarity_cka:.2f}); by mutual k-NN, DDPM block {similarity_knn_a} and MAE "
                                        "block {similarity_knn_b} ({similarity_knn:.2f})"),
+    ("docs/experiments/correspond.md", "took {correspond_seconds:.0f} s on the 2-core CPU"),
+    ("docs/experiments/correspond.md", "the best cell is block {correspond_block} at t = {correspond_step}: PCK per "
+                                       "image {correspond_pck_005:.1f} / {correspond_pck:.1f} / "
+                                       "{correspond_pck_015:.1f} % at α = 0.05 / 0.1 / 0.15"),
+    ("docs/experiments/correspond.md", "keypoint's own position scores {correspond_same:.1f} % at α = 0.1"),
 ]
 
 
@@ -129,8 +135,16 @@ def similarity_numbers(out: Path) -> dict:
     return {"best": {entry["metric"]: entry for entry in summary["alignment"]}, "threads": summary["threads"]}
 
 
+def correspond_numbers(out: Path) -> dict:
+    metrics = read_json(out / "metrics.json")
+    return {"best": metrics["best"], "pck_image": metrics["pck_image"], "pck_point": metrics["pck_point"],
+            "same_position": metrics["same_position"]["pck_image"], "cells": len(metrics["cells"]),
+            "threads": metrics["threads"]}
+
+
 READERS = {"segment": segment_numbers, "segment_threads1": segment_numbers, "grid": grid_numbers,
-           "grid_random": grid_numbers, "layers": layers_numbers, "similarity": similarity_numbers}
+           "grid_random": grid_numbers, "layers": layers_numbers, "similarity": similarity_numbers,
+           "correspond": correspond_numbers}
 
 
 def duration(seconds: float) -> str:
@@ -149,6 +163,7 @@ def quoted_values(numbers: dict) -> dict:
     runs = numbers["runs"]
     ddpm, mae = runs["layers"]["backbones"]["ddpm"], runs["layers"]["backbones"]["mae"]
     cka, knn = runs["similarity"]["best"]["cka"], runs["similarity"]["best"]["mutual_knn"]
+    correspond = runs["correspond"]
     return {
         "segment_miou": runs["segment"]["miou"], "segment_threads": runs["segment"]["threads"],
         "segment_seconds": runs["segment"]["seconds"], "segment_threads1_miou": runs["segment_threads1"]["miou"],
@@ -165,6 +180,10 @@ def quoted_values(numbers: dict) -> dict:
         "similarity_cka_a": block(cka["layer_a"]), "similarity_cka_b": block(cka["layer_b"]),
         "similarity_cka": cka["value"], "similarity_knn_a": block(knn["layer_a"]),
         "similarity_knn_b": block(knn["layer_b"]), "similarity_knn": knn["value"],
+        "correspond_seconds": runs["correspond"]["seconds"], "correspond_block": block(correspond["best"]["block"]),
+        "correspond_step": correspond["best"]["step"], "correspond_pck": correspond["pck_image"]["0.1"],
+        "correspond_pck_005": correspond["pck_image"]["0.05"], "correspond_pck_015": correspond["pck_image"]["0.15"],
+        "correspond_same": correspond["same_position"]["0.1"],
     }
 
 

@@ -10,6 +10,7 @@ The Python API, the functions behind the `probe` command (loaded on first use: `
     segmenter.score(test)["miou"]
     table = probe.grid(probe.load_backbone(purpose="grid"), train, test)
     probe.plots.grid_heatmap(table)                         # a matplotlib Figure
+    found = probe.correspond(probe.load_backbone(purpose="grid"), "SPair-71k")   # keypoint matching per cell
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from __future__ import annotations
 import importlib
 
 from probe.errors import ProbeError
+from probe.utils.runtime import flush_subnormals
 from probe.version import __version__ as __version__
 
-__all__ = ["Backbone", "ClusterMaps", "Dataset", "ProbeError", "Segmenter", "grid", "kmeans", "load_backbone",
-           "load_dataset", "plots"]
-_API = ("Backbone", "ClusterMaps", "Dataset", "Segmenter", "grid", "kmeans", "load_backbone", "load_dataset")
+flush_subnormals()  # before torch starts a thread (each copies the setting): the commands, the API, Ray workers
+
+__all__ = ["Backbone", "ClusterMaps", "Dataset", "ProbeError", "Segmenter", "correspond", "grid", "kmeans",
+           "load_backbone", "load_dataset", "plots"]
+_API = ("Backbone", "ClusterMaps", "Dataset", "Segmenter", "correspond", "grid", "kmeans", "load_backbone",
+        "load_dataset")
 
 
 def __getattr__(name: str):

@@ -37,7 +37,16 @@ from probe.data.sources import DEFAULT_MODEL_SIZE, Source, backbone_spec, class_
 from probe.errors import ProbeError
 from probe.features.sampler import PixelSampler
 from probe.features.store import ActivationStore
-from probe.metrics import SegmentationScore
+from probe.metrics import PCK_ALPHAS, SegmentationScore
+from probe.tasks.correspond import (
+    Correspondence,
+    CorrespondOptions,
+    check_options,
+    chosen_pairs,
+    match_cell,
+    pair_inputs,
+    results,
+)
 from probe.tasks.grid import class_areas, group_means, size_groups
 from probe.tasks.kmeans import cluster_maps
 from probe.tasks.segment import ensemble_manifest, fit_and_predict, fit_ensemble, load_predictor, predict_image
@@ -48,7 +57,7 @@ ImageLike = Union[np.ndarray, Image.Image]
 Images = Union["Dataset", ImageLike, Sequence[ImageLike]]
 LabelMaps = Union[np.ndarray, Sequence[np.ndarray]]
 SPEC_OPTIONS = ("model_flags", "noise", "input_activations", "image_size", "prompt", "revision", "model_dtype",
-                "class_label", "offload")  # BackboneSpec fields that load_backbone takes as keyword options
+                "class_label", "offload", "tokens")  # BackboneSpec fields that load_backbone takes as keyword options
 FEATURES_BATCH = 4  # images per forward in Backbone.features, as `probe features` (--batch-size)
 
 
@@ -183,7 +192,9 @@ def load_dataset(name_or_folder: str | Path | None = None, split: str = "train",
             in the dataset layout (``train/`` and ``test/`` with a ``<stem>.npy`` label map beside each image,
             as ``--data``).
         split: "train" or "test".
-        number: the first `number` images by file name (the commands' choice); None: all of them.
+        number: the first `number` images by file name (the commands' choice); None: on a paper dataset its split
+            as the paper has it (Table 1, as ``probe segment``: 30 training and 20 test images of Horse-21), else
+            all of them.
         resolution: resize images (bilinear) and label maps (nearest) to this square side; None: the first
             image's size.
         progress: show download progress bars (None: in a notebook).
@@ -194,7 +205,8 @@ def load_dataset(name_or_folder: str | Path | None = None, split: str = "train",
     if split not in ("train", "test"):
         raise ProbeError(f"split {split!r}: use 'train' or 'test'")
     source = _open(name_or_folder, show_progress(progress))
-    loaded = source.split(split, resolution or source.native_size, number, keep_size=False, option="number")
+    paper = source.info.split_number(split) if source.info is not None else None
+    loaded = source.split(split, resolution or source.native_size, number, paper, keep_size=False, option="number")
     return Dataset(source.name, split, np.stack([to_uint8_image(im) for im in loaded]),
                    np.stack([im.labels for im in loaded]), list(source.class_names),
                    np.asarray(source.palette, dtype=np.uint8), source.ignore_label, [im.stem for im in loaded],
@@ -230,7 +242,8 @@ def load_backbone(kind_or_name: str = "ddpm", checkpoint: str | Path | None = No
             size sets the input of backbones without one (pixels, swav); None: the embedded default's.
         progress: show download progress bars (None: in a notebook).
         **options: the family's options, as BackboneSpec fields: model_flags, noise, input_activations,
-            image_size, prompt, revision, model_dtype, class_label, offload.
+            image_size, prompt, revision, model_dtype, class_label, offload, tokens ("modulated": a diffusion
+            transformer block's AdaLN-modulated tokens).
 
     Returns:
         The backbone.
@@ -448,6 +461,54 @@ def kmeans(backbone: Backbone, images: Images, *, k: int = 5, seed: int = 0, fit
                         for (layer, step), name in names.items()},
                        np.stack([to_uint8_image(im) for im in prepared]), [im.stem for im in prepared],
                        list(network.layers), list(network.steps), k, names)
+
+
+def correspond(backbone: Backbone, data: str | Path, *, alphas: Sequence[float] = PCK_ALPHAS,
+               threshold: str = "bbox", soft_argmax: int | None = None, pairs: int | None = None,
+               drop_massive: bool = False, cache: str | Path | None = None, threads: int | None = None,
+               progress: bool | None = None) -> Correspondence:
+    """Zero-shot semantic correspondence per cell of the backbone, as ``probe correspond`` computes it (DIFT's
+    protocol: both maps upsampled bilinearly to their images' own sizes, each source keypoint's cosine nearest
+    neighbour over the whole target map); load the backbone with ``purpose="grid"`` for every layer.
+
+    Args:
+        backbone: its cells are matched one by one.
+        data: a folder in SPair-71k's layout (``JPEGImages/<category>/``, ``PairAnnotation/test/*.json``).
+        alphas: the PCK thresholds, fractions of the base size.
+        threshold: the base size: "bbox" (the target bounding box's longer side) or "image" (the target image's).
+        soft_argmax: a window side in pixels (odd) for a soft-argmax around each nearest neighbour; None: off.
+        pairs: at most this many pairs per category, first by name; None: all.
+        drop_massive: leave out each cell's massive-activation channels (probe.features.massive) before matching;
+            ``.metrics["massive_channels"]`` names them per cell.
+        cache: the activation store's folder (None: $PROBE_CACHE/activations, shared with the commands).
+        threads: torch threads for the call, as ``--threads`` (None: torch's setting, all cores by default).
+        progress: show progress bars (None: in a notebook).
+
+    Returns:
+        ``.keypoints`` (keypoints.csv: a row per keypoint per cell), ``.grid`` (grid.csv: PCK per point and per
+        image per cell and alpha), ``.metrics`` (metrics.json's scores: the best cell's overall, per category and
+        per viewpoint, every cell's, the protocol); ``.heatmap()`` draws PCK per image per layer and step.
+    """
+    options = CorrespondOptions(alphas=list(alphas), threshold=threshold, soft_argmax=soft_argmax, pairs=pairs,
+                                drop_massive=drop_massive)
+    check_options(options)
+    folder = str(Path(data).expanduser().absolute())
+    network, progress = backbone.network, show_progress(progress)
+    chosen = chosen_pairs(folder, pairs)
+    images, keys = pair_inputs(folder, pairs, network.image_size)
+    store = ActivationStore(network, cache)
+    cells = [(layer, step) for layer in network.layers for step in network.steps]
+    matched, dropped = [], {}
+    with torch_threads(threads):
+        store.fill(images, progress=progress)
+        with progress_bar(progress) as bar:
+            task = bar.add_task("correspond: matching per cell", total=len(cells))
+            for layer, step in cells:
+                name = network.cell_name(layer, step)
+                predictions, dropped[name] = match_cell(store, chosen, keys, name, soft_argmax, drop_massive)
+                matched.append((layer, step, predictions))
+                bar.advance(task)
+    return results(chosen, matched, network, options, dropped)
 
 
 class Segmenter(BaseEstimator):

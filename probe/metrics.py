@@ -1,10 +1,12 @@
-"""Segmentation scores exactly as the authors compute them (ddpm-segmentation's compute_iou)."""
+"""Scores exactly as their authors compute them: segmentation (ddpm-segmentation's compute_iou) and keypoint
+correspondence (PCK as DIFT's eval_spair.py computes it, both averages)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from probe.errors import ProbeError
 
@@ -72,3 +74,63 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     if array.size == 0:
         raise ProbeError("mean_std got no values: pass at least one score")
     return float(array.mean()), float(array.std())
+
+
+# PCK: a predicted keypoint is correct at alpha when its distance to the true one is at most alpha x a base size.
+PCK_ALPHAS = (0.05, 0.1, 0.15)
+PCK_REFERENCE_ALPHA = 0.1  # the one that ranks cells (else the middle of those given)
+PCK_BASES = {"bbox": "the longer side of the target's bounding box, max(x2 - x1, y2 - y1)",
+             "image": "the longer side of the target image, max(width, height)"}
+
+
+def check_pck(alphas: Sequence[float], threshold: str, soft_argmax: int | None = None) -> None:
+    """Refuse, in one line, alphas outside (0, 1], a base other than PCK_BASES, or a soft-argmax window that is not
+    an odd number of pixels."""
+    if not alphas or any(not 0 < a <= 1 for a in alphas):
+        raise ProbeError(f"--alpha {','.join(map(str, alphas))}: give fractions in (0, 1], e.g. 0.05,0.1,0.15")
+    if threshold not in PCK_BASES:
+        raise ProbeError(f"--threshold {threshold!r}: use bbox (the target's bounding box, the default) or image (the "
+                         "target image)")
+    if soft_argmax is not None and (soft_argmax < 1 or soft_argmax % 2 == 0):
+        raise ProbeError(f"--soft-argmax {soft_argmax}: give an odd window side in pixels, e.g. 15")
+
+
+def parse_alphas(text: str) -> list[float]:
+    """--alpha's comma-separated fractions, checked."""
+    try:
+        alphas = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ProbeError(f"--alpha {text!r}: give comma-separated fractions, e.g. 0.05,0.1,0.15") from None
+    check_pck(alphas, "bbox")
+    return alphas
+
+
+def alpha_key(alpha: float) -> str:
+    """An alpha as tables and JSON name it: "0.1"."""
+    return format(alpha, "g")
+
+
+def reference_alpha(alphas: Sequence[float]) -> float:
+    """PCK_REFERENCE_ALPHA when given, else the middle of `alphas`."""
+    return PCK_REFERENCE_ALPHA if PCK_REFERENCE_ALPHA in alphas else sorted(alphas)[len(alphas) // 2]
+
+
+def pck_correct(table: pd.DataFrame, alpha: float) -> pd.Series:
+    """Whether each keypoint (a row with pred_x, pred_y, trg_x, trg_y, bbox_size) is correct at alpha:
+    sqrt((pred_x - trg_x)^2 + (pred_y - trg_y)^2) <= alpha * bbox_size."""
+    distance = np.sqrt((table.pred_x - table.trg_x) ** 2 + (table.pred_y - table.trg_y) ** 2)
+    return distance <= alpha * table.bbox_size
+
+
+def pck(table: pd.DataFrame, alphas: Sequence[float]) -> dict:
+    """PCK in percent of the keypoints of `table` (rows as pck_correct takes them, and their `pair`), by alpha_key:
+    `pck_point` pools every keypoint (DIFT's "per point"), `pck_image` is the mean over pairs of each pair's fraction
+    (DIFT's "per image"); with the numbers of pairs and keypoints."""
+    if table.empty:
+        raise ProbeError("pck got no keypoints: pass at least one pair")
+    scores = {"pairs": int(table.pair.nunique()), "keypoints": len(table), "pck_point": {}, "pck_image": {}}
+    for alpha in alphas:
+        hits = pck_correct(table, alpha)
+        scores["pck_point"][alpha_key(alpha)] = 100 * int(hits.sum()) / len(table)
+        scores["pck_image"][alpha_key(alpha)] = 100 * float(hits.groupby(table.pair, sort=False).mean().mean())
+    return scores

@@ -10,6 +10,15 @@ from PIL import Image
 
 # The authors' reference activations and model (tests/fixtures/README.md says how they were made).
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The fixtures' agreement with the authors' float32 features (their README): the largest absolute difference is at most
+# PARITY of the reference's mean absolute value, measured by parity_error.
+PARITY = 1e-4
+
+
+def parity_error(got, reference) -> float:
+    """max |got - reference| / mean |reference|: how far features are from the authors' (the fixtures' measure)."""
+    got, reference = np.asarray(got, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    return float(np.abs(got - reference).max() / np.abs(reference).mean())
 
 
 @pytest.fixture(scope="session")

@@ -90,3 +90,18 @@ def test_confusion_matches_sklearn_on_random_maps(ignore_label):
     expected = confusion_matrix(truth, np.concatenate([p.ravel() for p in preds]), labels=range(6))
     np.testing.assert_array_equal(score.confusion, expected)
     assert score.confusion.sum() == 2 * 9 * 11
+
+
+def test_pck_per_point_pools_keypoints_and_per_image_averages_pairs():
+    """Pair a: 1 of 2 keypoints within alpha x bbox_size, pair b: 3 of 3: per point 4/5, per image (1/2 + 1) / 2."""
+    import pandas as pd
+
+    from probe.metrics import alpha_key, pck, pck_correct, reference_alpha
+
+    table = pd.DataFrame({"pair": ["a", "a", "b", "b", "b"], "trg_x": [0, 0, 10, 10, 10], "trg_y": [0, 0, 5, 5, 5],
+                          "pred_x": [3, 6, 10, 13, 10], "pred_y": [4, 8, 5, 9, 0], "bbox_size": [50, 50, 50, 50, 50]})
+    assert pck_correct(table, 0.1).tolist() == [True, False, True, True, True]  # distances 5, 10, 0, 5, 5 vs 5
+    scores = pck(table, [0.1, 0.25])
+    assert scores["pck_point"] == {"0.1": 80.0, "0.25": 100.0} and scores["pck_image"] == {"0.1": 75.0, "0.25": 100.0}
+    assert (scores["pairs"], scores["keypoints"]) == (2, 5)
+    assert alpha_key(0.05) == "0.05" and reference_alpha([0.05, 0.1]) == 0.1 and reference_alpha([0.2, 0.3, 0.4]) == 0.3

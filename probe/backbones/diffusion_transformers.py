@@ -28,6 +28,13 @@ the deepest chosen block. Default segment cells: DiT, PixArt, SD3 the middle thi
 DiTF's block 28 of 57 (Gan et al. 2025, "Unleashing Diffusion Transformers for Visual Correspondence") at t = 260,
 both scaled to the model's depth and T.
 
+`--tokens modulated` (the AdaLN modulation DiTF gives its features, Gan et al. 2025): instead of block b's output
+residual stream, the AdaLN-modulated tokens it computes first, norm1(x) x (1 + scale) + shift with the block's
+conditioning (timestep, class / pooled prompt): the image tokens its attention reads (DiT, PixArt: attn1's input,
+PixArt's scale_shift_table applied in the block; SD3, FLUX: attn's hidden_states, the FLUX single-stream blocks'
+text tokens dropped). Same cells, same shapes; the identity records `tokens` only for `modulated`, so the default's
+cache keys are unchanged.
+
 `--model-dtype float32|bfloat16|float16`: the dtype the transformer and the text encoders compute in (the VAE stays
 float32); features reach the toolkit as float32 on the CPU. `--offload model|sequential`: accelerate's CPU offload
 (probe.backbones.latent_diffusion.offloaded), for a model larger than the GPU; same numbers, same identity.
@@ -62,19 +69,26 @@ from probe.backbones.latent_diffusion import (
     vae_scale,
 )
 from probe.backbones.noise import NoisePolicy, forward_noise, scaled_steps
-from probe.backbones.spec import DITF_BLOCK, DITF_DEPTH, DITF_STEP, GRID_STEPS, MIDDLE_STEP
+from probe.backbones.spec import DITF_BLOCK, DITF_DEPTH, DITF_STEP, GRID_STEPS, MIDDLE_STEP, TOKENS
 from probe.errors import ProbeError
 
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default guidance_scale, given to models with a guidance embedding
 
 
-def run_until_hooked(modules: dict[int, torch.nn.Module], select, forward) -> dict[int, torch.Tensor]:
-    """{key: select(module output)} for each module during `forward()`, stopped after the deepest one."""
+def run_until_hooked(modules: dict[int, torch.nn.Module], select, forward, *,
+                     inputs: bool = False) -> dict[int, torch.Tensor]:
+    """{key: select(module output)} for each module during `forward()`, stopped after the deepest one; with `inputs`,
+    {key: select(its positional args, its keyword args)} as it is called, stopped before the deepest one runs."""
     captured: dict[int, torch.Tensor] = {}
-    handles = [module.register_forward_hook(lambda m, args, out, k=k: captured.__setitem__(k, select(out)))
-               for k, module in modules.items()]
+    if inputs:
+        handles = [module.register_forward_pre_hook(
+            lambda m, args, kwargs, k=k: captured.__setitem__(k, select(args, kwargs)), with_kwargs=True)
+            for k, module in modules.items()]
+    else:
+        handles = [module.register_forward_hook(lambda m, args, out, k=k: captured.__setitem__(k, select(out)))
+                   for k, module in modules.items()]
     try:
-        run_until(modules[max(modules)], False, forward)
+        run_until(modules[max(modules)], inputs, forward)
     finally:
         for handle in handles:
             handle.remove()
@@ -96,12 +110,14 @@ class DiffusionTransformerBackbone(Backbone):
     text_parts: ClassVar[tuple[tuple[str, str], ...]] = ()  # (text_encoder*, tokenizer*) folders read
     flow: ClassVar[bool] = False
     packed: ClassVar[bool] = False  # FLUX: 2 x 2 latent patches packed into one token before the transformer
+    attention: ClassVar[str] = "attn1"  # a block's (self- or joint) attention, which reads its modulated tokens
 
     def __init__(self, *, transformer, vae, scheduler_config: dict, scheduler, files: list[Path], image_size: int,
-                 noise: NoisePolicy, dtype: str, device: str, condition: dict, describe: dict):
+                 noise: NoisePolicy, dtype: str, device: str, condition: dict, describe: dict,
+                 tokens: str = TOKENS[0]):
         self.transformer, self.vae, self.scheduler = transformer, vae, scheduler
         self.scheduler_config = scheduler_config
-        self.image_size, self.noise, self.dtype = image_size, noise, dtype
+        self.image_size, self.noise, self.dtype, self.tokens = image_size, noise, dtype, tokens
         self.device = torch.device(device)
         self.condition, self.describe = condition, describe
         self.digest = files_digest(files)
@@ -124,6 +140,10 @@ class DiffusionTransformerBackbone(Backbone):
         """A block's image tokens from its output: DiT / PixArt blocks return them; SD3 / FLUX blocks return
         (text tokens, image tokens)."""
         return output[1] if isinstance(output, tuple) else output
+
+    def modulated_tokens(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The tokens a block's attention is called with: its AdaLN-modulated image tokens."""
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
     @classmethod
     def encode_condition(cls, folder: Path, spec, dtype: torch.dtype, config) -> tuple[dict, dict]:
@@ -189,7 +209,7 @@ class DiffusionTransformerBackbone(Backbone):
                              f"takes {transformer.config.in_channels}; the folder mixes two pipelines")
         backbone = cls(transformer=transformer, vae=vae, scheduler_config=scheduler_config, scheduler=scheduler,
                        files=files, image_size=size, noise=noise, dtype=dtype, device=spec.device,
-                       condition=condition, describe=describe)
+                       condition=condition, describe=describe, tokens=spec.tokens)
         backbone.choose_cells(spec, purpose)
         return backbone
 
@@ -220,7 +240,7 @@ class DiffusionTransformerBackbone(Backbone):
     def identity(self) -> dict:
         return {"backbone": self.kind, "version": self.version, "class": self.class_name, "checkpoint": self.digest,
                 "image_size": self.image_size, "dtype": self.dtype, "noise": str(self.noise), "seed": self.noise.seed,
-                **self.describe}
+                **self.describe, **({} if self.tokens == TOKENS[0] else {"tokens": self.tokens})}
 
     def passes_per_image(self, step: int | None) -> int:
         """Transformer passes one image costs at a step: the noise draws (K for mean-of-K; forward_noise refuses DDIM
@@ -251,8 +271,13 @@ class DiffusionTransformerBackbone(Backbone):
         draws = self.noise.noises(stems, tuple(x0.shape[1:]))
         for noise in draws:
             x_t = self.x_t(x0, noise, step)
-            modules = {b: self.modules[b] for b in self.blocks}
-            captured = run_until_hooked(modules, self.image_tokens, lambda: self.forward(x_t, step))
+            if self.tokens == TOKENS[0]:
+                modules = {b: self.modules[b] for b in self.blocks}
+                captured = run_until_hooked(modules, self.image_tokens, lambda: self.forward(x_t, step))
+            else:
+                modules = {b: getattr(self.modules[b], self.attention) for b in self.blocks}
+                captured = run_until_hooked(modules, self.modulated_tokens, lambda: self.forward(x_t, step),
+                                            inputs=True)
             for b, tokens in captured.items():
                 sums[b] = tokens.float() if b not in sums else sums[b] + tokens.float()
         maps = {}
@@ -341,6 +366,7 @@ class SD3Backbone(DiffusionTransformerBackbone):
     pipeline = "Stable Diffusion 3 / 3.5"
     text_parts = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
     flow = True
+    attention = "attn"
 
     @classmethod
     def texts(cls, folder: Path) -> tuple[tuple[str, str], ...]:
@@ -387,6 +413,7 @@ class FluxBackbone(DiffusionTransformerBackbone):
     text_parts = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
     flow = True
     packed = True
+    attention = "attn"
 
     @staticmethod
     def native_size(config, scale: int) -> int:
@@ -395,6 +422,10 @@ class FluxBackbone(DiffusionTransformerBackbone):
     @staticmethod
     def block_modules(transformer) -> list[torch.nn.Module]:
         return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+
+    def modulated_tokens(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """A single-stream block's attention reads the text tokens, then the image tokens: the last grid^2."""
+        return super().modulated_tokens(args, kwargs)[:, -self.grid ** 2:]
 
     def default_cells(self, purpose: str) -> tuple[list[int], list[int]]:
         if purpose not in ("segment", "features"):

@@ -12,7 +12,7 @@ from probe.backbones.diffusers_unet import DiffusersUNetBackbone
 from probe.backbones.diffusion_transformers import DiTBackbone, FluxBackbone, PixArtBackbone, SD3Backbone
 from probe.backbones.mae import MAEBackbone
 from probe.backbones.pixels import PixelBackbone
-from probe.backbones.spec import DTYPE_BACKBONES, TEXT_BACKBONES, BackboneSpec, check_offload
+from probe.backbones.spec import DTYPE_BACKBONES, TEXT_BACKBONES, BackboneSpec, check_offload, check_tokens
 from probe.backbones.stable_diffusion import StableDiffusionBackbone
 from probe.backbones.swav import SwAVBackbone
 from probe.backbones.vision_transformers import TransformersBackbone
@@ -57,6 +57,7 @@ def build_backbone(spec: BackboneSpec, purpose: str = "segment", native_size: in
         raise ProbeError(f"--class-label: the {spec.kind} backbone takes no class label (only --backbone dit); drop "
                          "--class-label")
     check_offload(spec.kind, spec.offload)
+    check_tokens(spec.kind, spec.tokens)
     if spec.model_dtype is not None and spec.kind not in DTYPE_BACKBONES:
         raise ProbeError(f"--model-dtype: the {spec.kind} backbone computes in float32 (only --backbone "
                          f"{', '.join(DTYPE_BACKBONES)} take --model-dtype); drop --model-dtype")

@@ -17,6 +17,8 @@ OFFLOAD_BACKBONES = ("sd", "dit", "pixart", "sd3", "flux")  # take --offload
 OFFLOAD_MODES = ("model", "sequential")  # accelerate's cpu_offload_with_hook per network / cpu_offload per layer
 TEXT_BACKBONES = ("sd", "pixart", "sd3", "flux")  # take --prompt
 CLASS_BACKBONES = ("dit",)  # take --class-label
+TOKEN_BACKBONES = ("dit", "pixart", "sd3", "flux")  # take --tokens
+TOKENS = ("output", "modulated")  # --tokens: the block's output residual stream, or its AdaLN-modulated tokens
 STEP_BACKBONES = ("ddpm", "random", "diffusers", "sd", "dit", "pixart", "sd3", "flux")  # cells at a step t
 HUB_BACKBONES = ("diffusers", "sd", "transformers", "dit", "pixart", "sd3", "flux")  # --checkpoint may be a hub name
 UNET_BACKBONES = ("ddpm", "random")  # guided-diffusion UNets: take its model flags; probe synthesize samples from them
@@ -125,15 +127,18 @@ class BackboneSpec:
     model_dtype: str | None = None  # transformers, sd, dit, pixart, sd3, flux: the dtype the network computes in
     class_label: int | None = None  # dit only: the class the model is conditioned on (None: the null class)
     offload: str | None = None  # sd, dit, pixart, sd3, flux: weights kept on the CPU (OFFLOAD_MODES); same numbers
+    tokens: str = "output"  # dit, pixart, sd3, flux: which tokens of a block (TOKENS)
 
     def to_dict(self) -> dict:
         """JSON-ready, for manifests (a Path becomes a string). `revision`, `model_dtype`, `class_label` and `offload`
         are left out while unset, so the specs (and sweep cell keys) of the backbones without them stay what they were
-        before these options existed."""
+        before these options existed; so is `tokens` while it is "output"."""
         data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         for optional in ("revision", "model_dtype", "class_label", "offload"):
             if data[optional] is None:
                 del data[optional]
+        if data["tokens"] == TOKENS[0]:
+            del data["tokens"]
         return data
 
     @classmethod
@@ -211,6 +216,16 @@ def check_offload(kind: str, offload: str | None) -> None:
     if kind not in OFFLOAD_BACKBONES:
         raise ProbeError(f"--offload: the {kind} backbone loads whole onto --device (only --backbone "
                          f"{', '.join(OFFLOAD_BACKBONES)} take --offload); drop --offload")
+
+
+def check_tokens(kind: str, tokens: str) -> None:
+    """Fail on a --tokens value or a backbone that does not take it, before anything loads."""
+    if tokens not in TOKENS:
+        raise ProbeError(f"--tokens {tokens!r}: use output (the block's output) or modulated (the tokens its attention "
+                         "reads: norm1's output after the AdaLN shift and scale)")
+    if tokens != TOKENS[0] and kind not in TOKEN_BACKBONES:
+        raise ProbeError(f"--tokens {tokens}: the {kind} backbone has no AdaLN-modulated tokens (only --backbone "
+                         f"{', '.join(TOKEN_BACKBONES)} take --tokens); drop --tokens")
 
 
 def check_revision(kind: str, revision: str | None) -> None:

@@ -1,8 +1,8 @@
 """The `probe` command: parses options, calls one function per command, prints. No logic lives here.
 
 Layout: this module holds the typer app, its sub-apps, the startup callback and the table of commands; `options`
-the shared options and checks; one module per command family (`extract`, `segment`, `sweeps`, `similarity`, `runs`,
-`synthesize`, `data`, `training`). A new command: a function in its family's module, decorated with @user_errors, and one line
+the shared options and checks; one module per command family (`extract`, `segment`, `sweeps`, `similarity`,
+`correspond`, `runs`, `synthesize`, `data`, `training`). A new command: a function in its family's module, decorated with @user_errors, and one line
 in the table below."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from probe.cli import data, extract, runs, segment, similarity, sweeps, synthesize, training
+from probe.cli import correspond, data, extract, runs, segment, similarity, sweeps, synthesize, training
 from probe.cli.options import start_work
 
 __all__ = ["app", "main", "start_work"]
@@ -42,6 +42,7 @@ app.command()(sweeps.grid)
 app.command()(sweeps.layers)
 app.command()(sweeps.kmeans)
 app.command()(similarity.similarity)
+app.command()(correspond.correspond)
 app.command()(segment.predict)
 app.command()(sweeps.efficiency)
 app.command()(sweeps.variants)

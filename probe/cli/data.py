@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,7 @@ from probe.errors import ProbeError
 
 @user_errors
 def download(
-    names: Optional[list[str]] = typer.Argument(None, help="Paper datasets (horse21, ffhq34, ...) or hub models (owner/name)."),
+    names: Optional[list[str]] = typer.Argument(None, help="Datasets (horse21, spair71k, ...) or hub models (owner/name)."),
     what: str = typer.Option("data,checkpoints", "--what", help="data, checkpoints, synthetic (comma list) or all."),
     backbones: str = typer.Option("ddpm,mae,swav,swav_w2", "--backbones", help="Whose paper checkpoints --what checkpoints fetches."),
     backbone: str = typer.Option("diffusers", "--backbone", help="For a hub model: diffusers, sd, transformers, dit, pixart, sd3 or flux."),
@@ -33,6 +34,7 @@ def download(
     \b
       probe download horse21 ffhq34
       probe download horse21 --what all
+      probe download spair71k pfpascal
       probe download bedroom28 --what checkpoints --backbones ddpm,swav
       probe download google/ddpm-ema-bedroom-256
       probe download stable-diffusion-v1-5/stable-diffusion-v1-5 --backbone sd
@@ -40,10 +42,17 @@ def download(
     """
     from probe.data import fetch
     from probe.data.hub import hub_snapshot, is_repo_id
-    from probe.data.registry import CHECKPOINT_FOLDERS, lookup, published_items
+    from probe.data.registry import (
+        CHECKPOINT_FOLDERS,
+        is_pairs_dataset,
+        lookup,
+        lookup_pairs,
+        pairs_items,
+        published_items,
+    )
 
     if list_items or verify:
-        return _list_downloads(fetch, published_items()) if list_items else _verify_downloads(fetch)
+        return _list_downloads(fetch, [*published_items(), *pairs_items()]) if list_items else _verify_downloads(fetch)
     if not names:
         raise ProbeError("name what to download (e.g. probe download horse21), or pass --list or --verify")
     parts = {"data", "checkpoints", "synthetic"} if what == "all" else {w.strip() for w in what.split(",") if w.strip()}
@@ -57,7 +66,9 @@ def download(
 
     if backbone not in HUB_BACKBONES:
         raise ProbeError(f"--backbone {backbone!r}: a hub model is fetched for {', '.join(HUB_BACKBONES)}")
-    datasets = [lookup(name) for name in names if not is_repo_id(name)]  # an unknown name fails before any download
+    benchmarks = [lookup_pairs(name) for name in names if is_pairs_dataset(name)]
+    # an unknown name fails before any download
+    datasets = [lookup(name) for name in names if not is_repo_id(name) and not is_pairs_dataset(name)]
     for name in names:
         if is_repo_id(name):
             typer.echo(f"{name}: {hub_snapshot(name, backbone, revision=revision, progress=not quiet)}")
@@ -68,12 +79,15 @@ def download(
             typer.echo(f"{info.name} {kind}: {fetch.paper_checkpoint(kind, info, progress=not quiet)}")
         if "synthetic" in parts and info.synthetic:
             typer.echo(f"{info.name} synthetic: {fetch.synthetic_dataset(info, progress=not quiet)}")
+    for benchmark in benchmarks if "data" in parts else []:
+        typer.echo(f"{benchmark.name}: {fetch.pairs_dataset(benchmark, progress=not quiet)}")
 
 
 def _list_downloads(fetch, items) -> None:
     from rich.table import Table
 
-    table = Table(title=f"published under {fetch.storage_root()}")
+    mirror = os.environ.get("PROBE_MIRROR")
+    table = Table(title=f"published under {fetch.storage_root()}" + ("" if mirror else " and the benchmarks' sites"))
     for column in ("item", "state", "size", "cached at"):
         table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
     unknown = 0
@@ -115,8 +129,8 @@ def data_default(
 
 @user_errors
 def cache_info():
-    """What the cache holds: one row per backbone identity (activations), default-domain folder, downloaded dataset
-    and downloaded file.
+    """What the cache holds: one row per backbone identity (activations, with the dtype they are stored in), default-
+    domain folder, downloaded dataset and downloaded file.
 
     Example: probe cache info
     """
@@ -127,11 +141,11 @@ def cache_info():
 
     entries = cache_entries()
     table = Table(title=escape(str(cache_root())))
-    for column in ("kind", "name", "backbone", "images", "files", "size", "last used"):
+    for column in ("kind", "name", "backbone", "images", "files", "size", "dtype", "last used"):
         table.add_column(column, justify="right" if column in ("images", "files", "size") else "left", no_wrap=True)
     for row in entries.itertuples():
         table.add_row(row.kind, escape(row.name), escape(row.backbone), str(row.images), str(row.files),
-                      _size(row.bytes), _age(row.last_used))
+                      _size(row.bytes), row.dtypes, _age(row.last_used))
     screen = Console()
     if Measurement.get(screen, screen.options.update_width(10_000), table).maximum <= screen.width:
         screen.print(table)
@@ -140,7 +154,8 @@ def cache_info():
         for row in entries.itertuples():
             details = [f"backbone {row.backbone}"] if row.backbone else []
             details += [f"{row.images} images"] if row.images else []
-            details += [f"{row.files} files", _size(row.bytes), f"last used {_age(row.last_used)}"]
+            details += [f"{row.files} files", _size(row.bytes)] + ([row.dtypes] if row.dtypes else [])
+            details += [f"last used {_age(row.last_used)}"]
             typer.echo(f"{row.kind}: {row.name}\n    {', '.join(details)}")
     typer.echo(f"{len(entries)} entries, {_size(entries['bytes'].sum())} in all")
 

@@ -25,6 +25,7 @@ from probe.cli.options import (
     Quiet,
     Revision,
     Seed,
+    Tokens,
     TorchThreads,
     check_out_folder,
     check_threads,
@@ -41,7 +42,7 @@ def features(
     backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
     model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
     model_dtype: Optional[str] = ModelDtype, class_label: Optional[int] = ClassLabel,
-    offload: Optional[str] = Offload,
+    offload: Optional[str] = Offload, tokens: str = Tokens,
     blocks: Optional[str] = Blocks,
     steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps t (ddpm/random; default 50,150,250)."),
     seed: int = Seed, input_activations: bool = InputActivations, noise: Optional[str] = Noise,
@@ -74,7 +75,8 @@ def features(
     check_threads(threads)
     spec = backbone_spec(None, spec_from_options(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations,
                                      image_size, seed, device, prompt=prompt, revision=revision,
-                                     model_dtype=model_dtype, class_label=class_label, offload=offload), progress=not quiet)
+                                     model_dtype=model_dtype, class_label=class_label, offload=offload,
+                                     tokens=tokens), progress=not quiet)
     size = native_size(images)
     start_work(threads)
     from probe.backbones import build_backbone

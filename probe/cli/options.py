@@ -99,6 +99,7 @@ Prompt = typer.Option(None, "--prompt", help="sd, pixart, sd3, flux: the text pr
 ClassLabel = typer.Option(None, "--class-label", help="dit: the class (default: the null class).")
 ModelDtype = typer.Option(None, "--model-dtype", help="float32 (default), bfloat16 or float16.")
 Offload = typer.Option(None, "--offload", help="sd, dit, pixart, sd3, flux: CPU offload, model or sequential.")
+Tokens = typer.Option("output", "--tokens", help="dit, pixart, sd3, flux: a block's output or its AdaLN-modulated tokens.")
 ModelFlagsOpt = typer.Option(None, "--model-flags", help="ADM flags or a JSON file; mae: --num_heads N.")
 Blocks = typer.Option(None, "--blocks", help="Layers: 5,6,7 / 0-17 / names / all.")
 Steps = typer.Option(None, "--steps", help="Diffusion steps t (default 50,150,250).")
@@ -107,8 +108,9 @@ InputActivations = typer.Option(False, "--input-activations", help="ddpm/random:
 ImageSize = typer.Option(None, "--image-size", help="pixels, swav, transformers, dit, pixart, sd3, flux: input size.")
 
 # The probes and ensembles fitted on the features.
-TrainNumber = typer.Option(None, "--train-number", help="Labelled training images (default: up to 20).")
-TestNumber = typer.Option(None, "--test-number", help="Test images (default: up to 20).")
+TrainNumber = typer.Option(None, "--train-number", help="Labelled training images (default: the paper's split, else up to 20).")
+TestNumber = typer.Option(None, "--test-number", help="Test images (default: the paper's split, else up to 20).")
+SmallTestNumber = typer.Option(None, "--test-number", help="Test images (default: up to 20).")
 Members = typer.Option(10, "--members", help="MLPs per ensemble.")
 ProbeTrainNumber = typer.Option(None, "--train-number", help="Labelled training images per probe (default: up to 20).")
 ProbeTestNumber = typer.Option(None, "--test-number", help="Held-out images that score each probe (default: up to 20).")
@@ -176,15 +178,29 @@ def parse_kinds(text: str, checkpoint: Optional[Path] = None, option: str = "--b
             for kind, _, given in parts]
 
 
-def plan_downloads(command: str, dataset: Optional[str], data_root: Optional[Path], backbones,
-                   dry_run: bool) -> list[str]:
+def plan_downloads(command: str, dataset: Optional[str], data_root: Optional[Path], backbones, dry_run: bool,
+                   numbers: Optional[tuple] = None, paper_split: bool = True) -> list[str]:
     """The plan's downloads (probe.data.fetch.pending_downloads), which the command gives its plan; a --dry-run that
-    needs some stops here, downloading nothing."""
-    from probe.data.fetch import dry_run_before_downloads, pending_downloads
+    needs some stops here, downloading nothing, and names the images it will take from each split: `numbers`, the
+    (--train-number, --test-number) given (None each: the paper's split with `paper_split`, else up to 20; fewer
+    when the split holds fewer)."""
+    from probe.data.fetch import dry_run_before_downloads, held_images, pending_downloads
 
     items = pending_downloads(dataset, data_root, backbones)
     if dry_run and items:
-        dry_run_before_downloads(command, items, dataset)
+        images = None
+        if numbers is not None:
+            from probe.data.layout import SPLIT_NUMBER
+            from probe.data.registry import lookup
+            from probe.sweeps.plan import split_text
+
+            info = lookup(dataset)
+            held = held_images(info, data_root)
+            split = tuple(given if given is not None else
+                          min(info.split_number(name) if paper_split else SPLIT_NUMBER, holds)
+                          for given, name, holds in zip(numbers, ("train", "test"), held))
+            images = split_text({split})
+        dry_run_before_downloads(command, items, dataset, images)
     return items
 
 
@@ -220,19 +236,21 @@ def parse_ints(text: Optional[str], what: str) -> Optional[list[int]]:
 def spec_from_options(backbone: str, checkpoint: Optional[Path], model_flags: Optional[str], blocks: Optional[str],
           steps: Optional[str], noise: Optional[str], input_activations: bool, image_size: Optional[int], seed: int,
           device: str, prompt: Optional[str] = None, revision: Optional[str] = None,
-          model_dtype: Optional[str] = None, class_label: Optional[int] = None, offload: Optional[str] = None):
+          model_dtype: Optional[str] = None, class_label: Optional[int] = None, offload: Optional[str] = None,
+          tokens: str = "output"):
     """The backbone options as a BackboneSpec; the syntax of --blocks / --steps is checked before anything loads."""
-    from probe.backbones.spec import BackboneSpec, check_cell_syntax, check_offload
+    from probe.backbones.spec import BackboneSpec, check_cell_syntax, check_offload, check_tokens
 
     check_cell_syntax(blocks, "blocks")
     check_cell_syntax(steps, "steps")
     if model_dtype is not None and model_dtype not in ("float32", "bfloat16", "float16"):
         raise ProbeError(f"--model-dtype {model_dtype!r}: use float32, bfloat16 or float16")
     check_offload(backbone, offload)
+    check_tokens(backbone, tokens)
     return BackboneSpec(kind=backbone, checkpoint=checkpoint, model_flags=model_flags, layers=blocks, steps=steps,
                         noise=noise, seed=seed, input_activations=input_activations, image_size=image_size,
                         device=device, prompt=prompt, revision=revision, model_dtype=model_dtype,
-                        class_label=class_label, offload=offload)
+                        class_label=class_label, offload=offload, tokens=tokens)
 
 
 # The options of a sweep command that are not its result-determining options (probe.sweeps.runner.check_options), so a
@@ -243,7 +261,8 @@ SWEEP_AXES = {"grid": ("blocks", "steps", "size_threshold"), "layers": ("backbon
               "efficiency": ("backbones", "train_numbers", "seeds"), "variants": ("seeds", "draws", "inversion_steps"),
               "robustness": ("backbones", "corruptions", "severities", "seeds"),
               "segment": ("seeds", "seed", "overwrite"),
-              "similarity": ("backbones", "blocks", "steps", "metrics", "k", "dims")}
+              "similarity": ("backbones", "blocks", "steps", "metrics", "k", "dims"),
+              "correspond": ("blocks", "steps", "alpha", "threshold")}
 SPEED_ONLY = ("out", "ray", "gpus_per_cell", "cache", "quiet", "threads", "dry_run", "offload")
 
 
@@ -271,12 +290,14 @@ def recorded_sweep_options(command: str, parameters: dict) -> dict:
 def start_sweep(command: str, out: Path, dataset: Optional[str], data_root: Optional[Path], data: Optional[Path],
                  cache: Optional[Path], checkpoint: Optional[Path], ray: Optional[str], threads: Optional[int],
                  gpus_per_cell: float, *inputs: Optional[Path], parameters: dict, progress: bool = True,
-                 fit: Optional[str] = None, dry_run: bool = False, backbones=()):
+                 fit: Optional[str] = None, dry_run: bool = False, backbones=(), numbers: Optional[tuple] = None,
+                 paper_split: bool = True):
     """Check a sweep's folder, runner options and data options (a paper dataset fetched into the cache when no
     --data-root is given) before torch is loaded, then start the work; the sweep's data options and the downloads
     for its plan. `inputs`: other folders the sweep reads; `parameters`: the command's, by name
     (recorded_sweep_options). In-process sweeps set no thread count here: the runner gives each cell its budget.
-    `backbones`: (kind, has a checkpoint) pairs, for the plan's downloads (a --dry-run that needs some stops)."""
+    `backbones`: (kind, has a checkpoint) pairs, for the plan's downloads (a --dry-run that needs some stops, naming
+    the images of `numbers` and `paper_split`, as plan_downloads)."""
     from probe.data.sources import open_source
     from probe.sweeps.runner import check_options
     from probe.utils.outputs import check_out
@@ -284,7 +305,7 @@ def start_sweep(command: str, out: Path, dataset: Optional[str], data_root: Opti
     check_out(out, inputs=[data, data_root, checkpoint, cache, *inputs], command=command)
     check_threads(threads, gpus_per_cell)
     check_options(out, command=command, options=recorded_sweep_options(command, parameters))
-    downloads = plan_downloads(command, dataset, data_root, backbones, dry_run)
+    downloads = plan_downloads(command, dataset, data_root, backbones, dry_run, numbers, paper_split)
     source = open_source(dataset, data_root, data, progress=progress, fit=fit)
     if source.info is not None and data_root is None:
         data_root = source.root.parent

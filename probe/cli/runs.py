@@ -48,9 +48,15 @@ def seconds_of(summary: dict) -> float | None:
 def result_of(folder: Path) -> tuple[str, float | None]:
     """The run's headline number(s) from the summary file its command writes (or its first table's size), and its
     seconds."""
-    if (metrics := read(folder, "metrics.json")) and "miou" in metrics:
+    metrics = read(folder, "metrics.json")
+    if "miou" in metrics:
         spread = f" ± {metrics['miou_std']:.2f}" if "miou_std" in metrics else ""
         return f"mIoU {metrics['miou']:.2f}{spread}", seconds_of(metrics)
+    if "pck_image" in metrics:
+        best, scores = metrics["best"], metrics["pck_image"]
+        at = "" if best["step"] is None else f" t={best['step']}"
+        key = "0.1" if "0.1" in scores else next(iter(scores))
+        return f"best {best['block']}{at}: PCK@{key} per image {scores[key]:.2f}", metrics.get("seconds")
     if grid := read(folder, "grid.json"):
         best = grid["best"]
         return f"best {best['layer']} t={best['step']}: mIoU {best['miou']:.2f}", grid.get("seconds")
@@ -74,7 +80,7 @@ def backbones_of(folder: Path, argv: list[str]) -> str:
         if summary := read(folder, name):
             return ",".join(entry["label"] for entry in summary["backbones"])
     for name in ("metrics.json", "grid.json"):
-        if (summary := read(folder, name)) and "backbone" in summary.get("options", {}):
+        if (summary := read(folder, name)) and "backbone" in summary.get("options", {}):  # segment, grid, correspond
             return summary["options"]["backbone"]["kind"]
     return option(argv, "--backbone", "--backbones") or "?"
 

@@ -39,6 +39,7 @@ from probe.cli.options import (
     Seed,
     Steps,
     TestNumber,
+    Tokens,
     TorchThreads,
     TrainNumber,
     check_early_batch,
@@ -65,7 +66,7 @@ def segment(
     backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
     model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
     model_dtype: Optional[str] = ModelDtype, class_label: Optional[int] = ClassLabel,
-    offload: Optional[str] = Offload,
+    offload: Optional[str] = Offload, tokens: str = Tokens,
     blocks: Optional[str] = Blocks,
     steps: Optional[str] = Steps,
     train_number: Optional[int] = TrainNumber,
@@ -112,16 +113,19 @@ def segment(
         raise ProbeError(f"--overwrite: with several --seeds, --out {out} is a sweep folder that a rerun resumes; "
                          "to start over, delete it or choose another folder")
     spec = spec_from_options(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
-                 prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload)
+                 prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload,
+                 tokens=tokens)
     if sweep:
         sweep_data, downloads = start_sweep("segment", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                                             gpus_per_cell, train_data, parameters=parameters, progress=not quiet,
-                                            fit=fit, dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint))
+                                            fit=fit, dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint),
+                                            numbers=(train_number, test_number))
         source = sweep_data.source()
     else:
         check_out_folder(out, overwrite, data, data_root, checkpoint, cache, train_data)
         check_threads(threads)
-        downloads = plan_downloads("segment", dataset, data_root, parse_kinds(backbone, checkpoint), dry_run)
+        downloads = plan_downloads("segment", dataset, data_root, parse_kinds(backbone, checkpoint), dry_run,
+                                   (train_number, test_number))
         source = open_source(dataset, data_root, data, progress=not quiet, fit=fit)
     if train_data is not None:
         source.check_training_data(train_data)

@@ -45,6 +45,7 @@ from probe.cli.options import (
     SweepOut,
     TestNumber,
     Threads,
+    Tokens,
     TorchThreads,
     TrainNumber,
     check_early_batch,
@@ -69,7 +70,7 @@ def grid(
     backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
     model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
     model_dtype: Optional[str] = ModelDtype, class_label: Optional[int] = ClassLabel,
-    offload: Optional[str] = Offload,
+    offload: Optional[str] = Offload, tokens: str = Tokens,
     blocks: Optional[str] = Blocks,
     steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps (default: 9 from 0 to 999)."),
     train_number: Optional[int] = ProbeTrainNumber,
@@ -98,10 +99,12 @@ def grid(
     from probe.data.sources import backbone_spec
 
     spec = spec_from_options(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
-                 prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload)
+                 prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload,
+                 tokens=tokens)
     sweep_data, downloads = start_sweep("grid", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                                         gpus_per_cell, parameters=parameters, progress=not quiet, fit=fit,
-                                        dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint))
+                                        dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint),
+                                        numbers=(train_number, test_number), paper_split=False)
     import pandas as pd
 
     from probe.tasks.grid import GridOptions, run_grid
@@ -154,7 +157,8 @@ def layers(
     base = spec_from_options("ddpm", checkpoint, model_flags, None, None, None, False, None, seed, device, model_dtype=model_dtype)
     sweep_data, downloads = start_sweep("layers", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                                         gpus_per_cell, *given, parameters=parameters, progress=not quiet,
-                                        dry_run=dry_run, backbones=parse_kinds(backbones, checkpoint, "--backbones"))
+                                        dry_run=dry_run, backbones=parse_kinds(backbones, checkpoint, "--backbones"),
+                                        numbers=(train_number, test_number), paper_split=False)
     from probe.tasks.layers import parse_depths, run_layers
 
     chosen_depths = parse_depths(depths)
@@ -176,7 +180,7 @@ def kmeans(
     backbone: str = Backbone, checkpoint: Optional[Path] = Checkpoint, revision: Optional[str] = Revision,
     model_flags: Optional[str] = ModelFlagsOpt, prompt: Optional[str] = Prompt,
     model_dtype: Optional[str] = ModelDtype, class_label: Optional[int] = ClassLabel,
-    offload: Optional[str] = Offload,
+    offload: Optional[str] = Offload, tokens: str = Tokens,
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Layers, the figure's rows (default: four spread ones)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Diffusion steps, the columns (default 50,200,...,800)."),
     k: int = typer.Option(5, "--k", help="Clusters."),
@@ -204,7 +208,8 @@ def kmeans(
     check_out_folder(out, overwrite, data, data_root, checkpoint, cache, *image_files)
     check_threads(threads)
     spec = spec_from_options(backbone, checkpoint, model_flags, blocks, steps, noise, input_activations, image_size, seed, device,
-                 prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload)
+                 prompt=prompt, revision=revision, model_dtype=model_dtype, class_label=class_label, offload=offload,
+                 tokens=tokens)
     source = open_source(dataset, data_root, data, progress=not quiet, fit=fit)
     start_work(threads)
     from probe.tasks.kmeans import run_kmeans
@@ -221,7 +226,7 @@ def efficiency(
     fit: Optional[str] = Fit,
     backbones: str = BackboneList,
     checkpoint: Optional[Path] = Checkpoint, model_flags: Optional[str] = ModelFlagsOpt,
-    train_numbers: str = typer.Option("1,2,5,10,20", "--train-numbers", help="Numbers of labelled training images."),
+    train_numbers: Optional[str] = typer.Option(None, "--train-numbers", help="Training image counts (default: 1,2,5,10,20, up to a paper dataset's split)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds: each draws its subsets, noise and initialisation."),
     members: int = Members,
     early_batch_size: Optional[int] = EarlyBatchSize,
@@ -244,7 +249,7 @@ def efficiency(
     check_early_batch(early_batch_size)
     base = spec_from_options("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
     numbers, seed_list = parse_ints(train_numbers, "train-numbers"), parse_ints(seeds, "seeds")
-    if not numbers or not seed_list:
+    if numbers == [] or not seed_list:
         raise ProbeError("--train-numbers and --seeds need at least one value each")
     sweep_data, downloads = start_sweep("efficiency", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                                         gpus_per_cell, parameters=parameters, progress=not quiet, fit=fit,
@@ -298,7 +303,8 @@ def variants(
     spec = spec_from_options(backbone, checkpoint, model_flags, blocks, steps, None, False, None, 0, device)
     sweep_data, downloads = start_sweep("variants", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                                         gpus_per_cell, parameters=parameters, progress=not quiet, fit=fit,
-                                        dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint))
+                                        dry_run=dry_run, backbones=parse_kinds(backbone, checkpoint),
+                                        numbers=(train_number, None))
     from probe.experiments.variants import run_variants, variant_names
 
     table = run_variants(sweep_data, spec, variant_names(draws, inversion_steps), seed_list, out,
@@ -319,7 +325,7 @@ def robustness(
     corruptions: str = typer.Option("all", "--corruptions", help="all (ImageNet-C's 19) or a list, e.g. fog,gaussian_noise."),
     severities: str = typer.Option("1,2,3,4,5", "--severities", help="Corruption severities in 1..5: all or a comma list."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds, e.g. 0,1,2."),
-    train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images, clean (default: up to 20)."),
+    train_number: Optional[int] = typer.Option(None, "--train-number", help="Labelled training images, clean (default: the paper's split, else up to 20)."),
     test_number: Optional[int] = TestNumber,
     members: int = Members,
     early_batch_size: Optional[int] = EarlyBatchSize,
@@ -350,7 +356,8 @@ def robustness(
     base = spec_from_options("ddpm", checkpoint, model_flags, None, None, None, False, None, 0, device)
     sweep_data, downloads = start_sweep("robustness", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                                         gpus_per_cell, parameters=parameters, progress=not quiet, fit=fit,
-                                        dry_run=dry_run, backbones=parse_kinds(backbones, checkpoint, "--backbones"))
+                                        dry_run=dry_run, backbones=parse_kinds(backbones, checkpoint, "--backbones"),
+                                        numbers=(train_number, test_number))
     from probe.backbones.spec import backbone_entries
     from probe.experiments.robustness import run_robustness
 

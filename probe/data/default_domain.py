@@ -12,6 +12,7 @@ from __future__ import annotations
 import colorsys
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,21 @@ PALETTE: np.ndarray = np.array([
     [130, 110, 230],  # clothing
 ], dtype=np.uint8)
 SUPERSAMPLE = 4
-SPLIT_IDS = {"pool": 0, "train": 1, "test": 2}
+SPLIT_IDS = {"pool": 0, "train": 1, "test": 2, "pairs": 3}  # "pairs": the correspondence set's faces
 
 BACKGROUND, SKIN, HAIR, EYEBROWS, EYES, NOSE, MOUTH, EARS, NECK, CLOTHING = range(len(CLASSES))
+# The points the drawing code places exactly, left and right as the viewer sees them, each with the part it lies on.
+# A corner is taken a little inside its part (3/4 of the way from an eye's centre to its outer end, 4/5 of a mouth's
+# half-width, the chin at 9/10 of the face's half-height, an ear 3/5 of its radius beyond its centre), so that it
+# lies on the part rather than on its outline.
+KEYPOINTS: tuple[tuple[str, int], ...] = (
+    ("left pupil", EYES), ("right pupil", EYES), ("left outer eye corner", EYES), ("right outer eye corner", EYES),
+    ("left eyebrow", EYEBROWS), ("right eyebrow", EYEBROWS), ("nose tip", NOSE),
+    ("left mouth corner", MOUTH), ("right mouth corner", MOUTH), ("chin", SKIN), ("left ear", EARS),
+    ("right ear", EARS),
+)
+FACE_PARTS = (SKIN, EYEBROWS, EYES, NOSE, MOUTH)  # what the face's box bounds
+_SIDES = {-1: "left", 1: "right"}  # a side of the head frame as the viewer sees it
 # Tie-break between equally common sub-sample labels: the part that is usually on top wins.
 _TIE_RANK = np.array([0, 4, 5, 6, 7, 8, 9, 3, 1, 2], dtype=np.float32) / 100
 
@@ -150,8 +163,27 @@ class _HeadFrame:
         return (rows, cols), self.u[rows, cols], self.v[rows, cols]
 
 
+@dataclass(frozen=True)
+class Landmarks:
+    """A portrait's KEYPOINTS in pixel coordinates (x, y; pixel (i, j) has its centre at x = j, y = i): `points`
+    (len(KEYPOINTS), 2) float; `visible` (len(KEYPOINTS),) bool, whether the keypoint's part is on top at that exact
+    point (hair may cover an ear, an open mouth the nose tip); `face_box` (x1, y1, x2, y2), the box of the drawn face
+    (FACE_PARTS) in the same coordinates, its sides on the outer edges of the outermost sub-samples."""
+
+    points: np.ndarray
+    visible: np.ndarray
+    face_box: tuple[float, float, float, float]
+
+
 def render(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """One portrait: image (size, size, 3) uint8 and label map (size, size) uint8 indexing CLASSES."""
+    image, label, _ = render_with_landmarks(rng, size)
+    return image, label
+
+
+def render_with_landmarks(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.ndarray, Landmarks]:
+    """`render`'s portrait (the same draws: the same image and labels) and where its KEYPOINTS are."""
+    marks: dict[str, tuple[float, float]] = {}  # keypoint name -> head-frame (u, v)
     n = size * SUPERSAMPLE
     axis = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
     x, y = np.meshgrid(axis, axis)  # the frame spans [-1, 1]; y grows downwards
@@ -204,6 +236,9 @@ def render(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.nda
         window, wu, wv = head.crop(side * ear_u, ear_v, max(ear_ru * (1 + 2 * abs(yaw)), ear_rv))
         ear = _ellipse(wu, wv, side * ear_u, ear_v, ear_ru * (1 + 2 * side * yaw), ear_rv, side * 0.15)
         canvas.paint(ear, EARS, ear_colour, window=window)
+        reach = side * 0.6 * ear_ru * (1 + 2 * side * yaw)  # along the ear's tilted long axis, outwards
+        marks[f"{_SIDES[side]} ear"] = (side * ear_u + reach * math.cos(side * 0.15),
+                                        ear_v + reach * math.sin(side * 0.15))
 
     # Face: an egg, narrower at the jaw, darker towards its rim.
     jaw = 1 - rng.uniform(0.05, 0.25) * np.clip(v / half_h, 0, 1)
@@ -246,6 +281,10 @@ def render(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.nda
         iris_dist = (across - eye_u - side * gaze) ** 2 + (wv - eye_v) ** 2
         canvas.paint(eye & (iris_dist < (eye_rv * 0.95) ** 2), EYES, iris_colour, window=window)
         canvas.paint(eye & (iris_dist < (eye_rv * 0.45) ** 2), EYES, pupil_colour, window=window)
+        name = _SIDES[side]
+        marks[f"{name} pupil"] = (mid_u + side * eye_u + gaze, eye_v)
+        marks[f"{name} outer eye corner"] = (mid_u + side * (eye_u + 0.75 * eye_ru), eye_v)
+        marks[f"{name} eyebrow"] = (mid_u + side * brow_u, brow_v)
 
     # Nose: a darker-skin wedge with a round tip.
     nose_u = yaw * half_w * 1.3
@@ -256,6 +295,7 @@ def render(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.nda
                                (nose_u + nose_ru * 0.7, nose_v)])
             | _ellipse(wu, wv, nose_u, nose_v, nose_ru, nose_ru * 0.6))
     canvas.paint(nose, NOSE, skin * rng.uniform(0.72, 0.85), window=window)
+    marks["nose tip"] = (nose_u, nose_v)
 
     # Mouth: lips on a smile curve, sometimes open showing a dark inside and teeth.
     mouth_u = yaw * half_w * 1.2
@@ -270,6 +310,9 @@ def render(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.nda
     spread = ((wu - mouth_u) / mouth_ru) ** 2
     curve_v = wv - mouth_v + smile * spread  # height above the smile curve
     canvas.paint(spread + (curve_v / mouth_rv) ** 2 <= 1, MOUTH, lip_colour, window=window)
+    for side in (-1, 1):  # on the smile curve, where spread is 0.8 ** 2
+        marks[f"{_SIDES[side]} mouth corner"] = (mouth_u + side * 0.8 * mouth_ru, mouth_v - smile * 0.64)
+    marks["chin"] = (0.0, 0.9 * half_h)
     if open_mouth:
         inside = spread / 0.7 + (curve_v / (mouth_rv * 0.55)) ** 2 <= 1
         canvas.paint(inside, MOUTH, np.array([0.3, 0.08, 0.08], dtype=np.float32), window=window)
@@ -283,11 +326,26 @@ def render(rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.nda
     light = 1 + rng.uniform(0.04, 0.12) * (math.cos(light_angle) * small[None, :]
                                            + math.sin(light_angle) * small[:, None])
     rgb = rgb * light[..., None] + rng.normal(0, 0.012, rgb.shape)
-    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8), label
+    image = np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+    return image, label, _landmarks(canvas, [head.to_image(*marks[name]) for name, _ in KEYPOINTS])
+
+
+def _landmarks(canvas: _Canvas, frame_points: list[tuple[float, float]]) -> Landmarks:
+    """The keypoints at `frame_points` (frame coordinates in [-1, 1], KEYPOINTS' order), which of them show their
+    part on the finished canvas, and the face's box."""
+    n = canvas.size * SUPERSAMPLE
+    labels = np.array(canvas.labels, dtype=np.uint8)[canvas.layer]  # the label of every sub-sample
+    frame = np.array(frame_points, dtype=np.float64)
+    sub = np.clip(np.floor((frame + 1) / 2 * n).astype(int), 0, n - 1)  # the sub-sample holding each point
+    visible = labels[sub[:, 1], sub[:, 0]] == np.array([part for _, part in KEYPOINTS])
+    rows, cols = np.nonzero(np.isin(labels, FACE_PARTS))
+    box = (cols.min() / SUPERSAMPLE - 0.5, rows.min() / SUPERSAMPLE - 0.5,
+           (cols.max() + 1) / SUPERSAMPLE - 0.5, (rows.max() + 1) / SUPERSAMPLE - 0.5)
+    return Landmarks((frame + 1) / 2 * canvas.size - 0.5, visible, tuple(float(b) for b in box))
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """The generator of image `index` in `split` ("pool", "train" or "test"): splits never share draws."""
+    """The generator of image `index` in `split` ("pool", "train", "test" or "pairs"): splits never share draws."""
     return np.random.default_rng(np.random.SeedSequence((seed, SPLIT_IDS[split], index)))
 
 

@@ -1,19 +1,22 @@
-"""Names to verified local paths: the paper's datasets, checkpoints and synthetic datasets, downloaded into the cache
-on first use (hub models: probe.data.hub), and which of them a command still needs (pending_downloads, for its
-plan). Nothing else in the toolkit downloads; the rest only ever sees paths.
+"""Names to verified local paths: the paper's datasets, checkpoints and synthetic datasets, and the correspondence
+benchmarks (pairs_dataset), downloaded into the cache on first use (hub models: probe.data.hub), and which of them a
+command still needs (pending_downloads, for its plan). Nothing else in the toolkit downloads; the rest only ever sees
+paths.
 
 Under the cache root (probe.utils.cache.cache_root):
   downloads/<item path>        a downloaded file (checkpoints stay; an archive is deleted once unpacked), and
   downloads/<item path>.json   its record: the URL, the server's size, the SHA-256 of the first complete download
   downloads/.<file>.part       the bytes of an interrupted download; the next try asks for the rest (HTTP Range)
-  datasets/<name>/             the labelled datasets, unpacked: the data root of `--dataset NAME`
+  datasets/<name>/             the labelled datasets, unpacked: the data root of `--dataset NAME`; and the
+                               correspondence benchmarks (spair71k, pfpascal) in SPair-71k's layout
   synthetic/<name>/            the authors' synthetic datasets, unpacked
 
-The authors publish no hashes: the first complete download's SHA-256 is recorded, a file whose size or modification
-time differs from its record is hashed again, and one whose content changed is deleted and downloaded again, which
-must then match the record. One process fetches an item at a time (a lock file beside it); the others wait for it
-and use its copy. Archives are unpacked into a temporary folder that is renamed into place, and a member that would
-land outside it (an absolute path, `..`, a link out, a device) stops the unpacking.
+The authors (and the correspondence benchmarks) publish no hashes: the first complete download's SHA-256 is
+recorded, a file whose size or modification time differs from its record is hashed again, and one whose content
+changed is deleted and downloaded again, which must then match the record. One process fetches an item at a time (a
+lock file beside it); the others wait for it and use its copy. Archives (.tar.gz, .zip) are unpacked into a
+temporary folder that is renamed into place, and a member that would land outside it (an absolute path, `..`, a link
+out, a device) stops the unpacking.
 """
 
 from __future__ import annotations
@@ -27,11 +30,23 @@ import re
 import shutil
 import tarfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from probe.data.layout import IMAGE_SUFFIXES
-from probe.data.registry import DATASETS, DATASETS_ITEM, STORAGE_ROOT, DatasetInfo, Item, lookup, publishes_checkpoint
+from probe.data import proposal_flow
+from probe.data.layout import IMAGE_SUFFIXES, find_split_dir, list_images
+from probe.data.registry import (
+    DATASETS,
+    DATASETS_ITEM,
+    PAIR_DATASETS,
+    STORAGE_ROOT,
+    DatasetInfo,
+    Item,
+    PairsDatasetInfo,
+    lookup,
+    publishes_checkpoint,
+)
 from probe.errors import DryRun, ProbeError
 from probe.utils.cache import cache_root, publish_folder
 from probe.utils.outputs import staging_folder, write_json
@@ -52,6 +67,10 @@ def storage_root() -> str:
 
 
 def item_url(item: Item) -> str:
+    """Where `item` is fetched from: under $PROBE_MIRROR at its path when a mirror is set, else where it is
+    published (its own URL, or under the authors' storage)."""
+    if item.url and not os.environ.get("PROBE_MIRROR"):
+        return item.url
     return storage_root() + item.path
 
 
@@ -246,13 +265,20 @@ def fetch_file(item: Item, *, instead: str, check: Callable[[Path], None] | None
     return target
 
 
-def _unsafe(member: tarfile.TarInfo) -> str | None:
-    """Why an archive member must not be unpacked (None when it may)."""
-    path = PurePosixPath(member.name)
-    if member.name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", member.name):
+def _unsafe_path(name: str) -> str | None:
+    """Why an archive member called `name` would land outside the folder (None when it would not)."""
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
         return "has an absolute path"
-    if ".." in path.parts:
+    if ".." in PurePosixPath(name).parts:
         return "climbs out of the folder with '..'"
+    return None
+
+
+def _unsafe(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member must not be unpacked (None when it may)."""
+    problem = _unsafe_path(member.name)
+    if problem:
+        return problem
     if member.issym() or member.islnk():
         link = PurePosixPath(member.linkname)
         if member.linkname.startswith("/") or ".." in link.parts:
@@ -277,11 +303,18 @@ class _ReadProgress:
         return data
 
 
+def _refusal(archive: Path, name: str, problem: str) -> ProbeError:
+    return ProbeError(f"{archive}: member {name!r} {problem}; refusing to unpack it (this is not the published "
+                      "archive): delete the file and check PROBE_MIRROR")
+
+
 def unpack(archive: Path, into: Path, *, progress: bool = True) -> None:
-    """Unpack the .tar.gz `archive` into the folder `into` in one pass; a member that would land outside it is
-    refused with a ProbeError naming it (the caller deletes `into`)."""
+    """Unpack the .tar.gz (or .zip) `archive` into the folder `into` in one pass; a member that would land outside
+    it is refused with a ProbeError naming it (the caller deletes `into`)."""
     from probe.utils.progress import download_bar
 
+    if archive.name.endswith(".zip"):
+        return _unzip(archive, into, progress)
     with open(archive, "rb") as handle, download_bar(progress) as bar:
         task = bar.add_task(f"unpacking {archive.name}", total=archive.stat().st_size)
         reader = _ReadProgress(handle, lambda position: bar.update(task, completed=position))
@@ -290,10 +323,27 @@ def unpack(archive: Path, into: Path, *, progress: bool = True) -> None:
                 for member in tar:
                     problem = _unsafe(member)
                     if problem:
-                        raise ProbeError(f"{archive}: member {member.name!r} {problem}; refusing to unpack it (this "
-                                         "is not the published archive): delete the file and check PROBE_MIRROR")
+                        raise _refusal(archive, member.name, problem)
                     tar.extract(member, into, **_TAR_FILTER)
         except (tarfile.TarError, OSError, EOFError) as error:
+            raise ProbeError(f"{archive} cannot be unpacked ({error}): delete it and download it again") from None
+
+
+def _unzip(archive: Path, into: Path, progress: bool) -> None:
+    """`unpack` for a .zip (its links, if any, come out as small files, never as links)."""
+    from probe.utils.progress import download_bar
+
+    with download_bar(progress) as bar:
+        task = bar.add_task(f"unpacking {archive.name}", total=archive.stat().st_size)
+        try:
+            with zipfile.ZipFile(archive) as zipped:
+                for member in zipped.infolist():
+                    problem = _unsafe_path(member.filename)
+                    if problem:
+                        raise _refusal(archive, member.filename, problem)
+                    zipped.extract(member, into)
+                    bar.advance(task, member.compress_size)
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
             raise ProbeError(f"{archive} cannot be unpacked ({error}): delete it and download it again") from None
 
 
@@ -386,6 +436,72 @@ def synthetic_dataset(info: DatasetInfo, *, progress: bool = True) -> Path:
     return target
 
 
+def pairs_folder(info: PairsDatasetInfo) -> Path:
+    """Where the correspondence benchmark `info` is kept, in SPair-71k's layout: <cache>/datasets/<name>/."""
+    return datasets_root() / info.name
+
+
+def pairs_problem(folder: Path) -> str | None:
+    """What keeps `folder` from being a correspondence set in SPair-71k's layout (None when it is one): JPEGImages/
+    and at least one PairAnnotation/test/*.json."""
+    if not (folder / "JPEGImages").is_dir():
+        return f"{folder / 'JPEGImages'} is missing"
+    test = folder / "PairAnnotation" / "test"
+    if not test.is_dir() or next(test.glob("*.json"), None) is None:
+        return f"{test} holds no pair annotation (.json)"
+    return None
+
+
+def pairs_dataset(info: PairsDatasetInfo, *, progress: bool = True) -> Path:
+    """The root of the correspondence benchmark `info` in SPair-71k's layout (JPEGImages/<category>/,
+    PairAnnotation/test/*.json: what `probe correspond --dataset` reads): <cache>/datasets/<name>/, downloaded,
+    unpacked and (PF-PASCAL) converted on first use. For SPair-71k it is the archive's own SPair-71k/ folder."""
+    folder = pairs_folder(info)
+    if pairs_problem(folder) is None:
+        return folder
+    archive = info.items[0]
+    instead = (f"pass --data DIR holding a copy in SPair-71k's layout, or run `probe download {info.name}` on a "
+               f"machine with internet and copy {cache_root()} here")
+    with _locked(folder, archive.what):
+        if pairs_problem(folder) is None:
+            return folder
+        files = [fetch_file(item, instead=instead, progress=progress) for item in info.items]
+        try:
+            publish_folder(folder, lambda staging: _prepare_pairs(info, files, staging, progress),
+                           lambda path: pairs_problem(path) is None)
+        except ProbeError as error:
+            files[0].unlink()
+            _update_record(files[0], sha256=None, local=None)  # a fixed archive may be fetched
+            raise ProbeError(f"{archive.what} from {item_url(archive)}: {error}; the archive was deleted and the "
+                             "next use downloads it again (check PROBE_MIRROR)") from None
+        files[0].unlink()  # the prepared folder is what is used; the record keeps the archive's hash
+    return folder
+
+
+def _prepare_pairs(info: PairsDatasetInfo, files: list[Path], into: Path, progress: bool) -> None:
+    """Unpack `info`'s archive (files[0]) and lay its test pairs out in SPair-71k's layout in the empty folder
+    `into`: SPair-71k's own folder moved there, PF-PASCAL's converted (with its pair list, files[1])."""
+    unpacked = staging_folder(into)
+    try:
+        unpack(files[0], unpacked, progress=progress)
+        wanted = ("JPEGImages", "PairAnnotation") if info.layout == "spair" else ("JPEGImages", "Annotations")
+        root = next((folder for folder in (unpacked, *sorted(unpacked.iterdir()))
+                     if all((folder / name).is_dir() for name in wanted)), None)
+        if root is None:
+            raise ProbeError(f"it holds no folder with {' and '.join(wanted)} (at its top or one level down)")
+        if info.layout == "spair":
+            os.replace(root, into)
+        else:
+            proposal_flow.convert(root, files[1], into)
+        problem = pairs_problem(into)
+        if problem:
+            raise ProbeError(problem)
+    except ProbeError as error:  # name files as the archive has them, not by the temporary folders
+        raise ProbeError(str(error).replace(f"{unpacked}/", "").replace(f"{into}/", f"{info.name}/")) from None
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
+
+
 def paper_checkpoint(backbone: str, info: DatasetInfo, *, model_flags=None, progress: bool = True) -> Path:
     """The paper's `backbone` checkpoint for `info`, downloaded into the cache on first use; on its first download
     it must load strictly into its network (`model_flags`: the user's, else the dataset's for ddpm)."""
@@ -421,9 +537,25 @@ def pending_downloads(dataset: str | None, data_root: Path | None, backbones: It
     return items
 
 
-def dry_run_before_downloads(command: str, items: list[str], dataset: str) -> None:
-    """A --dry-run that would need downloads to plan further: print them and stop (nothing is downloaded)."""
+def held_images(info: DatasetInfo, data_root: Path | None = None) -> tuple[int, int]:
+    """(train, test) images in the splits of `info`'s copy under `data_root` (None: the cache's), or, for a split not
+    there yet, Table 1's number, which the authors' archive holds."""
+    folder = (Path(data_root) if data_root is not None else datasets_root()) / info.name
+    counts = []
+    for split, table in (("train", info.train), ("test", info.test)):
+        try:
+            counts.append(len(list_images(find_split_dir(folder, split))))
+        except ProbeError:
+            counts.append(table)
+    return counts[0], counts[1]
+
+
+def dry_run_before_downloads(command: str, items: list[str], dataset: str, images: str | None = None) -> None:
+    """A --dry-run that would need downloads to plan further: print them (and `images`, what the run will take from
+    each split) and stop (nothing is downloaded)."""
     log.info(f"plan: probe {command} needs these downloads first: {', '.join(items)}")
+    if images:
+        log.info(f"plan: {images} images")
     log.info(f"plan: cells, passes and cache size are known once they are here: probe download {dataset} "
              "--what data,checkpoints (or pass --data-root / --checkpoint)")
     raise DryRun()
@@ -434,10 +566,14 @@ def item_status(item: Item) -> dict:
     target = download_path(item)
     record = read_record(target)
     partial = partial_path(target)
+    benchmark = next((info for info in PAIR_DATASETS.values() if info.items[0] == item), None)
     if item == DATASETS_ITEM:
         where = datasets_root()
         present = [i.name for i in DATASETS.values() if dataset_problem(where / i.name, i) is None]
         state = f"unpacked: {', '.join(present)}" if present else "not downloaded"
+    elif benchmark is not None:
+        where = pairs_folder(benchmark)
+        state = "unpacked" if pairs_problem(where) is None else "not downloaded"
     elif item.archive:
         where = synthetic_folder(lookup(Path(item.path).name.removesuffix(".tar.gz")))
         state = "unpacked" if synthetic_problem(where) is None else "not downloaded"
@@ -474,4 +610,8 @@ def verify_downloads() -> list[dict]:
         folder = datasets_root() / info.name
         if folder.exists():
             rows.append({"item": info.name, "path": str(folder), "problem": dataset_problem(folder, info)})
+    for benchmark in PAIR_DATASETS.values():
+        folder = pairs_folder(benchmark)
+        if folder.exists():
+            rows.append({"item": benchmark.name, "path": str(folder), "problem": pairs_problem(folder)})
     return rows

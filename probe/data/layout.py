@@ -22,6 +22,7 @@ from probe.data.registry import DatasetInfo
 from probe.errors import ProbeError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLIT_NUMBER = 20  # images per split when no number is given, on data other than the paper's and for probe grid
 CLASSES_FILE = "classes.txt"
 UNLABELLED = 255
 FITS = ("resize", "pad")  # the ways to make a non-square image square (--fit); None refuses it

@@ -3,6 +3,9 @@ what the authors publish for them, where (`Item`: a path under their storage roo
 
 Class names and palette colours are listed in the order of the label values in the authors' released
 label maps (yandex-research/ddpm-segmentation, src/data_util.py), spelling kept as released.
+
+Also the semantic-correspondence benchmarks `probe correspond --dataset` fetches by name (PAIR_DATASETS: SPair-71k,
+PF-PASCAL), each published by its own authors (`Item.url`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ CHECKPOINT_FOLDERS = {"ddpm": ("models/ddpm_checkpoints", ".pt"), "mae": ("model
 
 @dataclass(frozen=True)
 class Item:
-    """One published file: `path` under the storage root; `what` names it for people; an archive is unpacked."""
+    """One published file: `path` under the storage root (and under a mirror's); `what` names it for people; an
+    archive is unpacked. `url`: where it is published when that is not under the storage root (a correspondence
+    benchmark, on its authors' site)."""
 
     name: str
     path: str
     what: str
+    url: str | None = None
 
     @property
     def archive(self) -> bool:
@@ -58,11 +64,18 @@ class DatasetInfo:
     model_flags: str
     palette: tuple[RGB, ...]
     synthetic: bool  # the authors publish a DDPM-produced synthetic dataset for it
+    test_up_to: int | None = None  # the authors' config's testing_number where it exceeds Table 1's test
 
     def __post_init__(self) -> None:
         if not len(self.class_names) == len(self.palette) == self.num_classes:
             raise ValueError(f"{self.name}: {len(self.class_names)} names, {len(self.palette)} colours, "
                              f"{self.num_classes} classes")
+
+    def split_number(self, split: str) -> int:
+        """How many images of `split` ("train" or "test") the paper's protocol takes, the first by name (fewer when
+        the split holds fewer): its configs' training_number and testing_number, which are Table 1's train and test
+        but for Horse-21's test, where the config asks for up to 30 of the 20 images its split holds."""
+        return self.train if split == "train" else self.test_up_to or self.test
 
     def checkpoint_item(self, backbone: str) -> Item:
         """The paper's checkpoint of `backbone` (ddpm, mae, swav, swav_w2) for this dataset."""
@@ -162,14 +175,17 @@ ADE_BEDROOM_PALETTE = (
 
 
 def _dataset(name: str, aliases: tuple[str, ...], class_names: tuple[str, ...], palette: tuple[RGB, ...],
-             ignore_label: int, train: int, test: int, checkpoint: str, synthetic: bool) -> DatasetInfo:
+             ignore_label: int, train: int, test: int, checkpoint: str, synthetic: bool,
+             test_up_to: int | None = None) -> DatasetInfo:
     return DatasetInfo(
         name=name, aliases=aliases, class_names=class_names, num_classes=len(class_names),
         ignore_label=ignore_label, train=train, test=test, checkpoint=checkpoint, model_flags=ADM_256_FLAGS,
-        palette=palette, synthetic=synthetic,
+        palette=palette, synthetic=synthetic, test_up_to=test_up_to,
     )
 
 
+# train and test: Table 1's split sizes, the numbers of images the authors' configs
+# (experiments/<name>/ddpm.json: training_number, testing_number) take from each split.
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
     # number_class 29: label 0 (background) is the ignore label, leaving the 28 classes of the name.
     _dataset("bedroom_28", ("Bedroom-28", "bedroom"), BEDROOM_CLASSES, BEDROOM_PALETTE, 0, 40, 20,
@@ -178,8 +194,9 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
              "ffhq.pt", True),
     _dataset("cat_15", ("Cat-15", "cat"), CAT_CLASSES, CAT_PALETTE, 255, 30, 20,
              "lsun_cat.pt", True),
+    # testing_number 30 in the authors' config; the split holds Table 1's 20
     _dataset("horse_21", ("Horse-21", "horse"), HORSE_CLASSES, HORSE_PALETTE, 255, 30, 20,
-             "lsun_horse.pt", True),
+             "lsun_horse.pt", True, test_up_to=30),
     _dataset("celeba_19", ("CelebA-19", "celeba"), CELEBA_CLASSES, CELEBA_PALETTE, 255, 20, 500,
              "ffhq.pt", False),
     _dataset("ade_bedroom_30", ("ADE-Bedroom-30", "ade_bedroom", "ade"), ADE_BEDROOM_CLASSES,
@@ -197,9 +214,70 @@ _BY_KEY = {_normalise(key): info for info in DATASETS.values() for key in (info.
 def lookup(name: str) -> DatasetInfo:
     """The dataset called `name`, ignoring case, '_', '-' and spaces (horse21, Horse-21, horse_21)."""
     info = _BY_KEY.get(_normalise(name))
+    if info is None and is_pairs_dataset(name):
+        raise ProbeError(f"{name!r} is a correspondence benchmark, for probe correspond; here use one of "
+                         f"{', '.join(DATASETS)}")
     if info is None:
         raise ProbeError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     return info
+
+
+@dataclass(frozen=True)
+class PairsDatasetInfo:
+    """A semantic-correspondence benchmark: `items` its published files, the archive first; `layout` "spair" (the
+    archive holds SPair-71k's own layout: JPEGImages/<category>/, PairAnnotation/test/*.json) or "proposal_flow"
+    (Proposal Flow's Annotations/<class>/*.mat and JPEGImages/, with a pair list; converted to SPair's on first use).
+    `aliases[0]` is its usual name."""
+
+    name: str
+    aliases: tuple[str, ...]
+    items: tuple[Item, ...]
+    layout: str
+
+
+# The 20 PASCAL VOC classes in the order of the class column (1-based) of Proposal Flow's pair lists.
+PASCAL_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+# Neither benchmark publishes a hash or a size: as for the authors' items, the first complete download's SHA-256 is
+# recorded and later copies must match it. A mirror (PROBE_MIRROR) holds them at their paths.
+PAIR_DATASETS: dict[str, PairsDatasetInfo] = {info.name: info for info in (
+    # the URL of DIFT's README (Tsingularity/dift), used by DIFT's eval_spair.py
+    PairsDatasetInfo("spair71k", ("SPair-71k", "spair"), (
+        Item("spair71k", "correspondence/SPair-71k.tar.gz", "SPair-71k (SPair-71k.tar.gz)",
+             "https://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"),
+    ), "spair"),
+    # the Proposal Flow archive and the test pair list of WeakAlign / NC-Net (the list DenseMatching downloads)
+    PairsDatasetInfo("pfpascal", ("PF-PASCAL", "pf_pascal"), (
+        Item("pfpascal", "correspondence/PF-dataset-PASCAL.zip", "PF-PASCAL (PF-dataset-PASCAL.zip)",
+             "https://www.di.ens.fr/willow/research/proposalflow/dataset/PF-dataset-PASCAL.zip"),
+        Item("pfpascal/test_pairs", "correspondence/test_pairs_pf_pascal.csv",
+             "PF-PASCAL's test pairs (test_pairs_pf_pascal.csv)",
+             "https://www.di.ens.fr/willow/research/cnngeometric/other_resources/test_pairs_pf_pascal.csv"),
+    ), "proposal_flow"),
+)}
+_PAIRS_BY_KEY = {_normalise(key): info for info in PAIR_DATASETS.values() for key in (info.name, *info.aliases)}
+
+
+def is_pairs_dataset(name: str) -> bool:
+    """Whether `name` names a correspondence benchmark (spair71k, SPair-71k, pfpascal, PF-PASCAL, ...)."""
+    return _normalise(name) in _PAIRS_BY_KEY
+
+
+def lookup_pairs(name: str) -> PairsDatasetInfo:
+    """The correspondence benchmark called `name`, ignoring case, '_', '-' and spaces (spair71k, SPair-71k)."""
+    info = _PAIRS_BY_KEY.get(_normalise(name))
+    if info is None:
+        raise ProbeError(f"unknown correspondence dataset {name!r}; known: {', '.join(PAIR_DATASETS)} (or --data "
+                         "DIR, a folder in SPair-71k's layout)")
+    return info
+
+
+def pairs_items() -> list[Item]:
+    """Every file the correspondence benchmarks publish."""
+    return [item for info in PAIR_DATASETS.values() for item in info.items]
 
 
 def publishes_checkpoint(backbone: str) -> bool:

@@ -14,7 +14,7 @@ from probe.data.sources import Source, backbone_spec
 from probe.ensemble import BATCH_SIZE, EARLY_BATCH_SIZE
 from probe.sweeps.data import SweepData
 from probe.sweeps.plan import Extraction
-from probe.tasks.segment import SPLIT_NUMBER, Evaluation, SegmentOptions, evaluate, training_images
+from probe.tasks.segment import Evaluation, SegmentOptions, evaluate, scored_images, training_images
 
 
 def segment_config(data: SweepData, spec: BackboneSpec, *, train_number: int | None, test_number: int | None = None,
@@ -83,8 +83,9 @@ def segment_extractions(cells: list, corrupted: bool = False) -> list[Extraction
             splits[train_key] = training_images(source, options, resolution, cell.seed)
         test_key = (repr(config["data"]), resolution, "test", options.test_number)
         if test_key not in splits:
-            splits[test_key] = source.split("test", resolution, options.test_number, SPLIT_NUMBER)
-        extractions.append(Extraction(backbone, splits[train_key] + splits[test_key], data.cache))
+            splits[test_key] = scored_images(source, options, resolution)
+        train, test = splits[train_key], splits[test_key]
+        extractions.append(Extraction(backbone, train + test, data.cache, split=(len(train), len(test))))
         if corrupted:
             repeats = len(config["corruptions"]) * len(config["severities"])
             extractions.append(Extraction(backbone, splits[test_key], data.cache, temporary=True, repeats=repeats))

@@ -5,6 +5,8 @@ bilinear interpolation's (align_corners=False), so gathering equals full upsampl
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -167,12 +169,14 @@ class StoredMaps:
     """One feature's maps of several images as the store holds them, (N_images, C, h, w) float16 in memory-mapped
     files: PixelSampler copies them image by image into its channels-last groups, so that no stack of them is ever
     made (at the paper's shape with 20 training images, the stacks and the concatenation of the groups held 600 MB
-    at once beside the 240 MB of groups)."""
+    at once beside the 240 MB of groups). `dtype` is float32 when the store kept one of them in float32 (a map
+    float16 would overflow), so that the values come back as stored."""
 
     def __init__(self, store: ActivationStore, images: list[LabeledImage], name: str) -> None:
         self.store, self.images, self.name = store, images, name
-        self.shape = (len(images), *store.read(images[0], name).shape)
-        self.dtype = torch.float16
+        arrays = [store.read(image, name) for image in images]
+        self.shape = (len(images), *arrays[0].shape)
+        self.dtype = torch.float32 if any(a.dtype == np.float32 for a in arrays) else torch.float16
 
     def copy_into(self, channels_last: torch.Tensor) -> None:
         """Write the maps into (N_images, h, w, C) `channels_last`, one image at a time."""
@@ -182,9 +186,10 @@ class StoredMaps:
 
 def channels_last(maps: list[torch.Tensor | StoredMaps]) -> torch.Tensor:
     """(N, C_1 + C_2 + ..., h, w) of maps of one native size concatenated along the channels, as one channels-last
-    (N, h, w, C) tensor, each written straight into its channels."""
+    (N, h, w, C) tensor of the widest of their dtypes, each written straight into its channels."""
     images, _, height, width = maps[0].shape
-    group = torch.empty(images, height, width, sum(m.shape[1] for m in maps), dtype=maps[0].dtype)
+    dtype = functools.reduce(torch.promote_types, [m.dtype for m in maps])
+    group = torch.empty(images, height, width, sum(m.shape[1] for m in maps), dtype=dtype)
     start = 0
     for m in maps:
         channels = group[..., start:start + m.shape[1]]

@@ -13,10 +13,12 @@ Tables are tidy pandas DataFrames. One module per family of figures:
 - kmeans.py: k-means cluster maps per image, layer and step;
 - synthesis.py: training images beside generated samples, `probe synthesize`'s preview;
 - experiments.py: efficiency and robustness lines, mean ± std bars over seeds;
-- similarity.py: `probe similarity`'s heatmaps of a metric between cells and its alignment plot.
+- similarity.py: `probe similarity`'s heatmaps of a metric between cells and its alignment plot;
+- correspondence.py: `probe correspond`'s matches, source and target side by side.
 """
 
 from probe.plots.common import DPI, colorize
+from probe.plots.correspondence import MatchPanel, correspondence_figure
 from probe.plots.experiments import efficiency_lines, robustness_lines, seed_bars
 from probe.plots.features import feature_pca_figure, pca_rgb
 from probe.plots.grids import NO_STEP, grid_heatmap, grid_lines, grid_matrix, layer_depth_lines
@@ -26,8 +28,8 @@ from probe.plots.similarity import alignment_lines, similarity_heatmap, similari
 from probe.plots.synthesis import samples_figure, synthesis_preview
 
 __all__ = [
-    "DPI", "NO_STEP", "alignment_lines", "colorize", "confusion_heatmap", "efficiency_lines", "feature_pca_figure",
-    "grid_heatmap", "grid_lines", "grid_matrix", "kmeans_figure", "layer_depth_lines", "pca_rgb", "robustness_lines",
-    "samples_figure", "seed_bars", "segmentation_panel", "similarity_heatmap", "similarity_matrix", "synthesis_preview",
-    "training_history",
+    "DPI", "MatchPanel", "NO_STEP", "alignment_lines", "colorize", "confusion_heatmap", "correspondence_figure",
+    "efficiency_lines", "feature_pca_figure", "grid_heatmap", "grid_lines", "grid_matrix", "kmeans_figure",
+    "layer_depth_lines", "pca_rgb", "robustness_lines", "samples_figure", "seed_bars", "segmentation_panel",
+    "similarity_heatmap", "similarity_matrix", "synthesis_preview", "training_history",
 ]

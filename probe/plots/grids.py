@@ -15,21 +15,22 @@ from probe.plots.common import require_columns, save, styled
 NO_STEP = "-"  # the column label of a backbone without diffusion steps
 
 
-def grid_matrix(table: pd.DataFrame, group: str = "all") -> pd.DataFrame:
-    """The mIoU of `group` as a layers x steps matrix: rows in depth order (`layer_index`), columns by step (one
-    column labelled "-" for a backbone without steps). A table with a `class` column (probe.grid's) contributes its
-    group means, the rows whose class is empty."""
-    require_columns(table, ["layer", "layer_index", "step", "group", "miou"])
+def grid_matrix(table: pd.DataFrame, group: str | None = "all", value: str = "miou") -> pd.DataFrame:
+    """The `value` (mIoU) of `group` as a layers x steps matrix: rows in depth order (`layer_index`), columns by step
+    (one column labelled "-" for a backbone without steps). A table with a `class` column (probe.grid's) contributes
+    its group means, the rows whose class is empty. `group` None: a table without groups (one row per cell)."""
+    require_columns(table, ["layer", "layer_index", "step", value, *(["group"] if group is not None else [])])
     if "class" in table.columns:
         table = table[table["class"].isna()]
-    rows = table[table["group"] == group]
+    rows = table if group is None else table[table["group"] == group]
     if rows.empty:
-        groups = sorted(table["group"].unique())
-        raise ProbeError(f"group {group!r} not in the table (groups: {groups}): pass one of them")
+        groups = sorted(table["group"].unique()) if group is not None else []
+        raise ProbeError(f"group {group!r} not in the table (groups: {groups}): pass one of them" if group is not None
+                         else "the table is empty: pass one row per (layer, step)")
     rows = rows.assign(step=rows["step"].astype("object").where(rows["step"].notna(), NO_STEP))
     order = rows.drop_duplicates("layer").sort_values("layer_index")["layer"].tolist()
     try:
-        matrix = rows.pivot(index="layer", columns="step", values="miou")
+        matrix = rows.pivot(index="layer", columns="step", values=value)
     except ValueError:
         raise ProbeError(f"group {group!r} has several rows for one (layer, step): aggregate the table first") from None
     steps = sorted(matrix.columns, key=lambda t: (t == NO_STEP, t if t != NO_STEP else 0))
@@ -45,6 +46,8 @@ def grid_heatmap(
     vmin: float | None = None,
     vmax: float | None = None,
     layer_title: str = "decoder block",
+    value: str = "miou",
+    value_label: str = "mIoU, %",
 ) -> Figure:
     """mIoU per (layer, step) of one class group as an annotated heatmap, the deepest layer at the top (paper
     Fig 2). Pass the same vmin/vmax to the all/small/large heatmaps to draw them on one colour scale.
@@ -52,22 +55,24 @@ def grid_heatmap(
     Args:
         table: `probe.grid`'s table, or `probe grid`'s grid.csv (columns layer, layer_index, step, group, miou).
         path: where to write the PNG; None writes nothing.
-        group: the class group drawn: all, small or large.
+        group: the class group drawn: all, small or large; None for a table without groups.
         title: the title (default: "<group> classes").
         vmin: the lower end of the colour scale (default: the group's lowest mIoU).
         vmax: the upper end of the colour scale.
         layer_title: the rows' axis label.
+        value: the column drawn (another score per cell, e.g. `probe correspond`'s pck_image).
+        value_label: the colour bar's label.
 
     Returns:
         The figure (shown in a notebook as an image).
     """
-    matrix = grid_matrix(table, group)
+    matrix = grid_matrix(table, group, value)
     width = max(4.6, 2.2 + 0.5 * matrix.shape[1])  # small grids keep room for the title and the axis labels
     fig = Figure(figsize=(width, max(2.6, 0.9 + 0.24 * matrix.shape[0])), layout="constrained")
     ax = fig.add_subplot()
     sns.heatmap(
         matrix.astype(float), ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=True, fmt=".1f",
-        annot_kws={"fontsize": 6.5}, linewidths=0.5, linecolor="white", cbar_kws={"label": "mIoU, %"},
+        annot_kws={"fontsize": 6.5}, linewidths=0.5, linecolor="white", cbar_kws={"label": value_label},
     )
     stepless = list(matrix.columns) == [NO_STEP]
     ax.set(xlabel="(no diffusion step)" if stepless else "diffusion step t", ylabel=layer_title)

@@ -39,7 +39,8 @@ log = logging.getLogger("probe")
 class Extraction:
     """One backbone's activations of some images in one store folder. `steps`: the steps extracted (None: all of
     the backbone's); `temporary`: a store deleted after each use (robustness's corrupted copies), extracted
-    `repeats` times over images like these (never cached, so the images stand in for their copies' shapes)."""
+    `repeats` times over images like these (never cached, so the images stand in for their copies' shapes);
+    `split`: how many of the images train and how many test a cell, named on the plan."""
 
     backbone: object
     images: list
@@ -47,6 +48,7 @@ class Extraction:
     steps: list | None = None
     temporary: bool = False
     repeats: int = 1
+    split: tuple[int, int] | None = None
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Plan:
     cache_dir: Path = field(default_factory=Path)
     free_bytes: int = 0
     downloads: list[str] = field(default_factory=list)
+    splits: set[tuple[int, int]] = field(default_factory=set)  # (train, test) images of the cells
     temporary_what: str = "corrupted copies"  # what the temporary store holds
     temporary_when: str = "deleted as scored"  # and when it goes
 
@@ -86,7 +89,8 @@ class Plan:
         every = self.images * max(1, self.steps) + self.temporary_images * max(1, self.steps)
         per = (f" ({self.images} images x {self.steps} steps)" if self.diffusion and self.steps and
                self.passes == every and not self.temporary_images else "")
-        lines = [f"plan: {self.command}, {cells}, {images}, {self.passes:,} {kind} to compute{per}",
+        each = f"; {split_text(self.splits)} images{' per cell' if self.cells > 1 else ''}" if self.splits else ""
+        lines = [f"plan: {self.command}, {cells}, {images}, {self.passes:,} {kind} to compute{per}{each}",
                  f"plan: activation cache {gigabytes(self.total_bytes)} ({gigabytes(self.write_bytes)} to write, "
                  f"{gigabytes(self.cached_bytes)} cached) in {self.cache_dir}, {gigabytes(self.free_bytes)} free"]
         if self.temporary_bytes:
@@ -105,6 +109,15 @@ class Plan:
                 f"({gigabytes(self.cached_bytes)} of its {gigabytes(self.total_bytes)} cached already) but that disk "
                 f"has {gigabytes(self.free_bytes)} free: pass --cache DIR on a disk with room, or compute fewer cells "
                 "(fewer --blocks, --steps, --seeds, --backbones or images)")
+
+
+def split_text(splits: set[tuple[int, int]]) -> str:
+    """"30 train + 20 test" of one (train, test) split; "1, 5 or 30 train + 20 test" of several."""
+    def either(numbers: set[int]) -> str:
+        ordered = [str(n) for n in sorted(numbers)]
+        return ordered[0] if len(ordered) == 1 else f"{', '.join(ordered[:-1])} or {ordered[-1]}"
+
+    return f"{either({train for train, _ in splits})} train + {either({test for _, test in splits})} test"
 
 
 def gigabytes(nbytes: float) -> str:
@@ -168,6 +181,8 @@ def make_plan(command: str, cells: int, todo: int, extractions: list[Extraction]
         chosen = backbone.steps if extraction.steps is None else extraction.steps
         plan.diffusion = plan.diffusion or any(t is not None for t in backbone.steps)
         steps.update(t for t in chosen if t is not None)
+        if extraction.split is not None:
+            plan.splits.add(extraction.split)
         if extraction.temporary:
             size = sum(npy_bytes(shapes[n]) for t in chosen for n in backbone.names_for_step(t))
             plan.temporary_bytes = max(plan.temporary_bytes, size * len(extraction.images))

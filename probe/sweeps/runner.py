@@ -37,6 +37,7 @@ from probe.utils.cache import cache_root
 from probe.utils.extras import require
 from probe.utils.outputs import read_marker, update_marker, working_dir, write_json
 from probe.utils.progress import progress_bar
+from probe.utils.runtime import tune_process
 from probe.version import __version__
 
 log = logging.getLogger("probe")
@@ -286,9 +287,10 @@ def _end_run(marker: dict, status: str) -> None:
 
 
 def run_cell(work: Work, spec: dict, key: str, threads: int) -> dict:
-    """One cell with `threads` torch threads: its record."""
+    """One cell with `threads` torch threads (the process tuned as the `probe` command tunes it): its record."""
     import torch
 
+    tune_process()  # a Ray worker is not started by the probe command
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -29,7 +29,7 @@ from probe.errors import ProbeError
 from probe.metrics import SegmentationScore
 from probe.models.checkpoint import resolve_device
 from probe.models.deeplabv3 import DeepLabConfig, DeepLabV3
-from probe.tasks.segment import SPLIT_NUMBER
+from probe.tasks.segment import split_number
 from probe.utils.outputs import atomic_write, check_out, output_dir, working_dir, write_json
 from probe.utils.progress import progress_bar
 from probe.utils.runtime import runtime_info
@@ -47,8 +47,8 @@ class DeepLabOptions:
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
-    val_number: int | None = None  # real training images that pick the epoch (None: all)
-    test_number: int | None = None  # real test images, the first N by name (None: up to SPLIT_NUMBER)
+    val_number: int | None = None  # real training images that pick the epoch (None: the paper's split, else all)
+    test_number: int | None = None  # real test images, the first N by name (None: up to segment's split_number)
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
@@ -159,8 +159,12 @@ def run_deeplab(train_data: Path, source: Source, options: DeepLabOptions, out: 
         raise ProbeError(f"{len(folder)} training images in {train_data} < --batch-size {options.batch_size}: "
                          "give a smaller --batch-size or more images")
     # DeepLabV3 predicts at its input size: the label maps at that size, whatever the source keeps for the ensemble
-    val = source.split("train", folder.resolution, options.val_number, keep_size=False)
-    test = source.split("test", folder.resolution, options.test_number, SPLIT_NUMBER, keep_size=False)
+    # the real sets of `probe segment` on a paper dataset: its training split picks the epoch, its test split scores
+    paper_train = source.info.split_number("train") if source.info is not None else None
+    val = source.split("train", folder.resolution, options.val_number, paper_train, keep_size=False,
+                       option="--val-number")
+    test = source.split("test", folder.resolution, options.test_number, split_number(source, "test"),
+                        keep_size=False, option="--test-number")
     device = resolve_device(options.device)
     if out.is_dir():
         _check_run(out, options, train_data, source, resume)
@@ -204,7 +208,7 @@ def run_deeplab(train_data: Path, source: Source, options: DeepLabOptions, out: 
     write_json(out / "model" / "manifest.json", manifest)
     metrics = {"miou": 100 * scorer.miou, "per_class": per_class, "best_epoch": int(best["epoch"]),
                "val_miou": float(best["val_miou"]), "epochs": len(table), "train_images": len(folder),
-               "val_images": len(val), "test_images": [im.stem for im in test],
+               "val_images": len(val), "test_number": len(test), "test_images": [im.stem for im in test],
                "epoch_seconds": float(table["train_seconds"].mean()), "dataset": source.name,
                "trained_on": str(train_data), "options": asdict(options), "runtime": runtime_info(options.device)}
     write_json(out / "metrics.json", metrics)

@@ -15,13 +15,13 @@ import pandas as pd
 
 from probe import plots
 from probe.backbones import Backbone, BackboneSpec, build_backbone
-from probe.data.layout import LabeledImage
+from probe.data.layout import SPLIT_NUMBER, LabeledImage
 from probe.errors import ProbeError, counting_files
 from probe.features.store import ActivationStore
 from probe.sweeps.data import SweepData
 from probe.sweeps.plan import Extraction
 from probe.sweeps.runner import SweepCell, finish_sweep, run_sweep
-from probe.tasks.segment import SPLIT_NUMBER, fit_and_predict, resolved_spec
+from probe.tasks.segment import fit_and_predict, resolved_spec
 from probe.utils.outputs import atomic_write, write_json
 
 
@@ -111,10 +111,12 @@ def grid_cells(data: SweepData, options: GridOptions, seed: int) -> tuple[Backbo
     return backbone, cells
 
 
-def grid_extraction(backbone: Backbone, todo: list[SweepCell], images: list[LabeledImage], cache) -> Extraction:
-    """What the grid cells `todo` extract: every grid layer of `backbone` at their steps (grid_work), over `images`."""
+def grid_extraction(backbone: Backbone, todo: list[SweepCell], images: list[LabeledImage], cache,
+                    split: tuple[int, int] | None = None) -> Extraction:
+    """What the grid cells `todo` extract: every grid layer of `backbone` at their steps (grid_work), over `images`
+    (`split`: how many of them train and test each probe, named on the plan)."""
     steps = {cell.config["step"] for cell in todo}
-    return Extraction(backbone, images, cache, steps=[t for t in backbone.steps if t in steps])
+    return Extraction(backbone, images, cache, steps=[t for t in backbone.steps if t in steps], split=split)
 
 
 def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray: str | None = None,
@@ -134,7 +136,8 @@ def run_grid(data: SweepData, options: GridOptions, seed: int, out: Path, *, ray
     groups, cut = size_groups(areas, options.size_threshold)
     records = run_sweep(cells, grid_work, out, command="grid", ray=ray, threads=threads, gpus_per_cell=gpus_per_cell,
                         progress=progress, options=sweep_options, dry_run=dry_run, downloads=downloads,
-                        extractions=lambda todo: [grid_extraction(backbone, todo, train + test, data.cache)])
+                        extractions=lambda todo: [grid_extraction(backbone, todo, train + test, data.cache,
+                                                                  (len(train), len(test)))])
     index = {name: c for c, name in enumerate(source.class_names)}
     per_class = pd.DataFrame([
         {"layer": r["config"]["layer"], "layer_index": backbone.layer_index(r["config"]["layer"]),

@@ -89,7 +89,7 @@ def run_layers(data: SweepData, entries: list[tuple[str, BackboneSpec]], seed: i
             if mine:
                 train, test = grid_splits(data.dataset, data.data_root, data.data, backbone.image_size,
                                           train_number, test_number, data.fit)
-                chosen.append(grid_extraction(backbone, mine, train + test, data.cache))
+                chosen.append(grid_extraction(backbone, mine, train + test, data.cache, (len(train), len(test))))
         return chosen
 
     records = run_sweep([cell for _, _, cells in grids for cell in cells], grid_work, out, command="layers", ray=ray,

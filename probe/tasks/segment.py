@@ -14,7 +14,7 @@ import pandas as pd
 
 from probe import plots
 from probe.backbones import Backbone, BackboneSpec, build_backbone
-from probe.data.layout import LabeledImage
+from probe.data.layout import SPLIT_NUMBER, LabeledImage
 from probe.data.sources import Source, picture
 from probe.ensemble import EARLY_BATCH_SIZE, PixelEnsemble, training_rule
 from probe.errors import ProbeError, counting_files
@@ -27,7 +27,6 @@ from probe.utils.runtime import runtime_info
 
 log = logging.getLogger("probe")
 
-SPLIT_NUMBER = 20  # images per split when --train-number / --test-number are not given (fewer if the split is smaller)
 PAPER_MIN_PIXELS = 20  # the authors drop a class from an image's training labels below 20 pixels at 256x256
 
 
@@ -53,6 +52,13 @@ def sizes_note(model_size: int, images: list[LabeledImage]) -> str | None:
     if all(size == (model_size, model_size) for size in sizes):
         return None
     return f"the model saw {model_size}x{model_size}, predictions at {size_text(sizes)} (width x height)"
+
+
+def split_number(source: Source, split: str) -> int:
+    """How many images of `split` a run takes when --train-number / --test-number are not given (fewer when the split
+    holds fewer): the paper's split on a paper dataset (DatasetInfo.split_number: Table 1, the authors' configs), else
+    SPLIT_NUMBER."""
+    return source.info.split_number(split) if source.info is not None else SPLIT_NUMBER
 
 
 def drop_small_annotations(labels: np.ndarray, ignore_label: int, min_pixels: int) -> np.ndarray:
@@ -139,7 +145,7 @@ def predict_image(ensemble: PixelEnsemble, sampler: PixelSampler, band_pixels: i
 @dataclass
 class SegmentOptions:
     backbone: BackboneSpec = field(default_factory=BackboneSpec)  # its seed is replaced by each run's seed
-    train_number: int | None = None  # None: up to SPLIT_NUMBER
+    train_number: int | None = None  # None: up to split_number's
     test_number: int | None = None
     members: int = 10
     batched: bool = True
@@ -172,19 +178,26 @@ class Evaluation:
 
 
 def training_images(source: Source, options: SegmentOptions, resolution: int, seed: int) -> list[LabeledImage]:
-    """The first `train_number` images of the train split by name (the authors' choice), or with `train_draw` that
-    many drawn without replacement by a generator seeded by `seed` (in name order). The train split is the
-    source's, or that of the `train_data` folder."""
+    """The first `train_number` images of the train split by name (the authors' choice; by default split_number's),
+    or with `train_draw` that many drawn without replacement by a generator seeded by `seed` (in name order). The
+    train split is the source's, or that of the `train_data` folder."""
     root = Path(options.train_data) if options.train_data else None
+    default = split_number(source, "train")
     if not options.train_draw:
-        return source.split("train", resolution, options.train_number, SPLIT_NUMBER, root=root)
+        return source.split("train", resolution, options.train_number, default, root=root, option="--train-number")
     pool = source.split("train", resolution, None, root=root)
-    number = options.train_number or min(SPLIT_NUMBER, len(pool))
+    number = options.train_number or min(default, len(pool))
     if not 1 <= number <= len(pool):
-        raise ProbeError(f"{number} training images asked for but the train split of {root or source.name} holds "
-                         f"{len(pool)}; ask for 1..{len(pool)}")
+        raise ProbeError(f"--train-number {number}: the train split of {root or source.name} holds {len(pool)} "
+                         f"images; give --train-number 1..{len(pool)}")
     chosen = np.sort(np.random.default_rng(seed).choice(len(pool), size=number, replace=False))
     return [pool[i] for i in chosen]
+
+
+def scored_images(source: Source, options: SegmentOptions, resolution: int) -> list[LabeledImage]:
+    """The first `test_number` images of the test split by name (by default split_number's)."""
+    return source.split("test", resolution, options.test_number, split_number(source, "test"),
+                        option="--test-number")
 
 
 def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | None = None, progress: bool = True,
@@ -197,7 +210,7 @@ def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | N
     backbone = backbone or build_backbone(spec, "segment", source.native_size)
     resolution = backbone.image_size
     train = training_images(source, options, resolution, seed)
-    test = source.split("test", resolution, options.test_number, SPLIT_NUMBER)
+    test = scored_images(source, options, resolution)
     store = ActivationStore(backbone, cache)
     with counting_files(lambda: store.written):
         started = time.perf_counter()
@@ -215,12 +228,15 @@ def evaluate(source: Source, options: SegmentOptions, seed: int, cache: Path | N
         "per_class": per_class,
         "uncertainty": float(np.mean(fitted.uncertainties)),
         "seconds": {"extraction": extraction, **fitted.seconds},
+        "extraction": asdict(extracted),  # what the fill computed, and the maps stored in float32 (never inf)
         "training_pixels": fitted.training_pixels,
         "ensemble_iterations": fitted.ensemble.iterations_.tolist(),
         "precision": fitted.ensemble.precision,
         "runtime": runtime_info(spec.device),
         "dataset": source.name,
         "trained_on": options.train_data or source.name,
+        "train_number": len(train),
+        "test_number": len(test),
         "model_input_size": [resolution, resolution],
         "label_size": label_size(train + test),
         "fit": source.fit,
@@ -315,11 +331,11 @@ def run_segment(source: Source, options: SegmentOptions, seed: int, out: Path, c
     from probe.sweeps.plan import Extraction, announce, make_plan
 
     backbone = build_backbone(replace(options.backbone, seed=seed), "segment", source.native_size)
-    images = (training_images(source, options, backbone.image_size, seed)
-              + source.split("test", backbone.image_size, options.test_number, SPLIT_NUMBER))
-    announce(make_plan("segment", 1, 1, [Extraction(backbone, images, cache)], downloads=downloads), dry_run,
-             show=progress)
-    del images
+    train = training_images(source, options, backbone.image_size, seed)
+    test = scored_images(source, options, backbone.image_size)
+    extraction = Extraction(backbone, train + test, cache, split=(len(train), len(test)))
+    announce(make_plan("segment", 1, 1, [extraction], downloads=downloads), dry_run, show=progress)
+    del train, test, extraction
     inputs = [*source.inputs, cache, options.train_data]
     with output_dir(out, command="segment", overwrite=overwrite, inputs=inputs) as tmp:
         evaluation = evaluate(source, options, seed, cache, progress, backbone=backbone, release=True)

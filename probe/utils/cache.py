@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("probe")
 
 IDENTITY_FILE = "identity.json"
+FLOAT32_FILE = "float32_maps.txt"  # an activation store's maps kept in float32, one "<image key>/<cell>" a line
 STALE_SECONDS = 24 * 3600  # a temporary folder this old belongs to a run that was killed
 
 
@@ -95,10 +96,21 @@ def _describe(identity: dict) -> str:
     return " ".join([kind, *details])
 
 
+def stored_dtypes(folder: Path) -> str:
+    """What an activation folder stores its maps in: "float16", or "float16, N maps float32" when some held values
+    beyond float16's range (listed in FLOAT32_FILE)."""
+    try:
+        wide = len(set((folder / FLOAT32_FILE).read_text().split()))
+    except FileNotFoundError:
+        wide = 0
+    return f"float16, {wide} map{'s' if wide != 1 else ''} float32" if wide else "float16"
+
+
 def cache_entries(root: Path | None = None) -> pd.DataFrame:
     """One row per cached item: activation folders (one per backbone identity), default-domain folders, the
     downloaded datasets and synthetic datasets (unpacked) and downloaded files (checkpoints, partial downloads),
-    with their size, file count and last use. The downloads' records (their first SHA-256) are not items: they stay."""
+    with their size, file count, last use and (activations) stored dtypes. The downloads' records (their first
+    SHA-256) are not items: they stay."""
     import pandas as pd
 
     root = Path(root) if root is not None else cache_root()
@@ -114,7 +126,8 @@ def cache_entries(root: Path | None = None) -> pd.DataFrame:
         files, size, newest = _usage(folder)
         images = sum(1 for p in folder.iterdir() if p.is_dir())
         rows.append({"kind": "activations", "name": folder.name, "backbone": _describe(identity), "images": images,
-                     "files": files, "bytes": size, "last_used": newest, "path": str(folder)})
+                     "files": files, "bytes": size, "last_used": newest, "path": str(folder),
+                     "dtypes": stored_dtypes(folder)})
     for folder in sorted(root.glob("default-domain-*")) if root.is_dir() else []:
         files, size, newest = _usage(folder)
         rows.append({"kind": "default domain", "name": folder.name, "backbone": "", "images": 0, "files": files,
@@ -133,7 +146,8 @@ def cache_entries(root: Path | None = None) -> pd.DataFrame:
             kind = "partial download" if path.name.endswith(".part") else "download"
             rows.append({"kind": kind, "name": str(path.relative_to(downloads)), "backbone": "", "images": 0,
                          "files": 1, "bytes": stat.st_size, "last_used": stat.st_mtime, "path": str(path)})
-    return pd.DataFrame(rows, columns=["kind", "name", "backbone", "images", "files", "bytes", "last_used", "path"])
+    return pd.DataFrame(rows, columns=["kind", "name", "backbone", "images", "files", "bytes", "last_used", "path",
+                                       "dtypes"]).fillna({"dtypes": ""})
 
 
 def clear_cache(root: Path | None = None, older_than_days: float | None = None) -> pd.DataFrame:

@@ -2,10 +2,11 @@
 the toolkit runs a function through torch.compile (`Compiled`).
 
 Neither changes what is computed, only how fast: subnormal floats are flushed to zero (Adam's moments of weights whose
-gradient vanishes otherwise decay through the slow subnormal range) and glibc keeps freed memory for reuse instead of
-returning every large block to the system (torch frees and allocates the same large buffers in every UNet pass and
-every training step; at glibc's defaults each reuse faults its pages in again: 210,000 page faults and 1.14 s per
-pass of the whole 256x256 ADM UNet at num_channels 64 against 12,000 and 0.88 s, three processes each alternated).
+gradient vanishes otherwise decay through the slow subnormal range; set when probe is imported, so every entry point,
+the API and a sweep's Ray workers have it) and glibc keeps freed memory for reuse instead of returning every large
+block to the system (torch frees and allocates the same large buffers in every UNet pass and every training step; at
+glibc's defaults each reuse faults its pages in again: 210,000 page faults and 1.14 s per pass of the whole 256x256
+ADM UNet at num_channels 64 against 12,000 and 0.88 s, three processes each alternated).
 """
 
 from __future__ import annotations
@@ -23,16 +24,40 @@ from probe.errors import ProbeError
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest: blocks up to 32 MB come from (and return to) the heap
 TRIM_THRESHOLD = 1024 * 1024 * 1024  # free memory at the heap's top kept up to 1 GB before it goes back to the system
+FLUSH_BITS = 0x8040  # the x86-64 SSE control register's flush-to-zero (bit 15) and denormals-are-zero (bit 6)
 
 _freed_memory_kept = False
 
 
-def flush_subnormals() -> None:
-    """Treat subnormal floats (below 1.2e-38) as zero on the CPU, for the whole process. Call it before torch
-    starts its worker threads, which copy the setting when they are created."""
-    import torch
+class _FloatEnvironment(ctypes.Structure):
+    """glibc's fenv_t on x86-64: the x87 environment (28 bytes), then the SSE control register (MXCSR)."""
 
-    torch.set_flush_denormal(True)
+    _fields_ = [("x87", ctypes.c_ubyte * 28), ("mxcsr", ctypes.c_uint32)]
+
+
+def _set_flush_bits() -> bool:
+    """Set FLUSH_BITS in this thread's SSE control register through glibc's fegetenv / fesetenv, without torch;
+    False where that does not apply (not x86-64 Linux with glibc)."""
+    if platform.machine() not in ("x86_64", "AMD64") or platform.libc_ver()[0] != "glibc":
+        return False
+    libm = ctypes.CDLL("libm.so.6")
+    environment = _FloatEnvironment()
+    if libm.fegetenv(ctypes.byref(environment)) != 0:
+        return False
+    environment.mxcsr |= FLUSH_BITS
+    return libm.fesetenv(ctypes.byref(environment)) == 0
+
+
+def flush_subnormals() -> None:
+    """Treat subnormal floats (below 1.2e-38) as zero on the CPU in this thread and every thread started after it.
+    A thread copies the setting when it is created and torch's worker threads are created once, so `import probe`
+    calls this before torch can start any: on x86-64 Linux through the control register, without importing torch;
+    elsewhere through torch (torch.set_flush_denormal) once torch is imported, which the commands and the API call
+    again before their work."""
+    if not _set_flush_bits() and "torch" in sys.modules:
+        import torch
+
+        torch.set_flush_denormal(True)
 
 
 def keep_freed_memory() -> bool:
@@ -48,7 +73,8 @@ def keep_freed_memory() -> bool:
 
 
 def tune_process() -> None:
-    """Both settings above; the `probe` command calls this once its options are checked, before any work."""
+    """Both settings above, as the `probe` command has them: for processes it does not start (a sweep's Ray workers,
+    the benchmarks)."""
     flush_subnormals()
     keep_freed_memory()
 
@@ -82,13 +108,14 @@ def busy_warning(threads: int, load: float | None = None, cores: int | None = No
 @contextlib.contextmanager
 def torch_threads(threads: int | None, fix: str = "threads={free}") -> Iterator[None]:
     """The API's `threads=`: run the block with `threads` torch threads (None: torch's current number, all cores by
-    default), restored after; before it, a RuntimeWarning of busy_warning's line when other work already keeps the
-    cores busy."""
+    default), restored after, subnormals flushed (flush_subnormals); before it, a RuntimeWarning of busy_warning's
+    line when other work already keeps the cores busy."""
     import torch
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ProbeError(f"threads={threads!r}: give a whole number of 1 or more (or None for all cores)")
     previous = torch.get_num_threads()
+    flush_subnormals()  # as at import: this thread and the torch threads started from here on
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -100,14 +127,22 @@ def torch_threads(threads: int | None, fix: str = "threads={free}") -> Iterator[
         torch.set_num_threads(previous)
 
 
-def runtime_info(device: str) -> dict:
-    """What the arithmetic ran on, for metrics files: device, torch threads, whether this process flushes
-    subnormals (measured: a subnormal times one is zero when it does) and keeps freed memory, torch's version."""
+def subnormals_flushed() -> bool:
+    """Whether every torch thread flushes subnormals, measured: a product of subnormals long enough for torch to split
+    it over all its threads comes out all zero only when each of them flushes. The subnormals are made from their bits
+    (a float conversion in a flushing thread would give zeros)."""
     import torch
 
-    tiny = torch.tensor([1e-39], dtype=torch.float32)
-    return {"device": str(device), "threads": torch.get_num_threads(),
-            "subnormals_flushed": bool((tiny * torch.ones(1)).item() == 0.0),
+    tiny = torch.full((torch.get_num_threads() * 2 ** 17,), 2 ** 20, dtype=torch.int32).view(torch.float32)  # 1.5e-39
+    return bool((tiny * 1.5 == 0).all())
+
+
+def runtime_info(device: str) -> dict:
+    """What the arithmetic ran on, for metrics files: device, torch threads, whether every torch thread of this
+    process flushes subnormals (subnormals_flushed) and whether it keeps freed memory, torch's version."""
+    import torch
+
+    return {"device": str(device), "threads": torch.get_num_threads(), "subnormals_flushed": subnormals_flushed(),
             "freed_memory_kept": _freed_memory_kept, "torch": torch.__version__}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, PARITY, parity_error
 from test_diffusers import changed_weights, diffusers_folders  # noqa: F401 (a fixture): tiny diffusers model folders
 from test_transformers_backbones import transformers_folders, transformers_models  # noqa: F401 (fixtures)
 from test_latent_diffusion import SIZE as LATENT_SIZE, pipelines  # noqa: F401 (a fixture): tiny DiT ... FLUX folders
@@ -130,12 +130,13 @@ def test_random_weights_come_from_the_seed_alone():
 
 
 def parity(arrays: dict, reference: np.lib.npyio.NpzFile, cells: dict[str, str]) -> None:
-    """Every reference array equals the cell it names, within 1e-4 of its mean absolute value."""
+    """Every reference array equals the cell it names: max |diff| at most PARITY (1e-4) of its mean |value|."""
     for ref_name, cell in cells.items():
         ref = reference[ref_name][0]
         got = np.asarray(arrays[cell])
         assert got.shape == ref.shape, cell
-        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).mean(), cell
+        error = parity_error(got, ref)
+        assert error <= PARITY, (cell, error)
 
 
 @pytest.mark.parametrize("kind,fixture,spec", [

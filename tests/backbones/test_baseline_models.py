@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, PARITY, parity_error
 from PIL import Image
 
 from probe.errors import ProbeError
@@ -31,7 +31,8 @@ def assert_matches_reference(name: str, features: dict) -> None:
     for cell, layer in cells.items():
         want, got = reference[cell], features[layer].numpy()
         assert got.shape == want.shape, cell
-        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).mean(), cell
+        error = parity_error(got, want)  # max |diff| / mean |ref|
+        assert error <= PARITY, (cell, error)
 
 
 def mae_state() -> dict:

@@ -152,9 +152,10 @@ def on_grid(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(len(tokens), -1, side, side)
 
 
-def reference(name: str, folder: Path, x: torch.Tensor, t: int, prompt: str = "", class_label=None):
-    """Every block's image tokens on the (C, h, w) grid (SDXL: every up-block layer's output), the pipeline's
-    own steps: its encode_prompt, latents by its rule, x_t by its scheduler's formula, its denoiser hooked."""
+def pipeline_run(name: str, folder: Path, x: torch.Tensor, t: int, prompt: str = "", class_label=None):
+    """(denoiser, its blocks, the selector of a block's image tokens from its output, its forward `run`), by the
+    pipeline's own steps: its encode_prompt, latents by its rule, x_t by its scheduler's formula (SDXL: the UNet,
+    no blocks)."""
     pipe = PIPELINES[name].from_pretrained(folder)
     with torch.no_grad():
         mean = pipe.vae.encode(x).latent_dist.mean
@@ -170,14 +171,12 @@ def reference(name: str, folder: Path, x: torch.Tensor, t: int, prompt: str = ""
             latents, noise, torch.full((b,), t, dtype=torch.long))
     with torch.no_grad():
         if name == "sdxl":
-            from test_diffusers import hooked_up_layers
-
             embeds, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
             ids = pipe._get_add_time_ids((SIZE, SIZE), (0, 0), (SIZE, SIZE), embeds.dtype,
                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
-            return hooked_up_layers(pipe.unet, lambda: pipe.unet(
+            return pipe.unet, None, None, lambda: pipe.unet(
                 x_t, t, encoder_hidden_states=embeds.expand(b, -1, -1),
-                added_cond_kwargs={"text_embeds": pooled.expand(b, -1), "time_ids": ids.expand(b, -1)}))
+                added_cond_kwargs={"text_embeds": pooled.expand(b, -1), "time_ids": ids.expand(b, -1)})
         model = pipe.transformer
         if name == "dit":
             label = model.config.num_embeds_ada_norm if class_label is None else class_label
@@ -208,6 +207,17 @@ def reference(name: str, folder: Path, x: torch.Tensor, t: int, prompt: str = ""
                                 txt_ids=text_ids, img_ids=image_ids)
             blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
             select = lambda out: out[1]  # noqa: E731
+    return model, blocks, select, run
+
+
+def reference(name: str, folder: Path, x: torch.Tensor, t: int, prompt: str = "", class_label=None):
+    """Every block's image tokens on the (C, h, w) grid (SDXL: every up-block layer's output), the pipeline's
+    own steps (pipeline_run) with its denoiser hooked."""
+    model, blocks, select, run = pipeline_run(name, folder, x, t, prompt, class_label)
+    if blocks is None:
+        from test_diffusers import hooked_up_layers
+
+        return hooked_up_layers(model, run)
     return [on_grid(tokens) for tokens in hooked(blocks, select, run)]
 
 

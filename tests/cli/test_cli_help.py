@@ -39,6 +39,7 @@ def test_an_option_shared_by_commands_has_one_help():
     assert helps["--device"] == {"cpu or cuda."}
     assert helps["--early-batch-size"] == {"Batch of epochs 0-3: 64 (authors', default) or 128."}
     # only where the option means something else: synthesize's --seed, ddpm sample's and layers' --checkpoint,
-    # segment's --ray (with --seeds)
+    # segment's --ray (with --seeds), correspond's --dataset (correspondence benchmarks)
     varying = {option for option, texts in helps.items() if len(texts) > 1}
-    assert varying == {"--seed", "--checkpoint", "--ray"}
+    assert varying == {"--seed", "--checkpoint", "--ray", "--dataset"}
+    assert len(helps["--dataset"]) == 2

@@ -264,3 +264,49 @@ def test_sampler_upsamples_to_each_images_own_size():
     uniform = PixelSampler(maps, (48, 64))  # one non-square size for all images
     assert (uniform.height, uniform.width) == (48, 64) and uniform.row_offset is None
     assert torch.equal(uniform.image_features(0, slice(0, 48)), sampler.image_features(0, slice(0, 48)))
+
+
+def test_a_map_beyond_float16s_range_is_kept_in_float32_and_read_back(tmp_path, caplog, monkeypatch):
+    """Issue 33: float16 turns |x| >= 65520 into inf. A map holding a planted 1e5 is stored in float32, named in the
+    store's list, the fill's record and `probe cache info`, and the sampler gives its values back."""
+    from typer.testing import CliRunner
+
+    from probe.cli import app
+    from probe.utils.cache import FLOAT32_FILE
+
+    imgs = images(2)
+    imgs[1].image[0, 3, 4] = 1e5
+    imgs[1].image[2, 7, 7] = -2.5e5
+    store = ActivationStore(PixelBackbone(32), tmp_path / "cache" / "activations")  # the test's cache (conftest)
+    filled = store.fill(imgs, progress=False)
+    wide = f"{image_key(imgs[1])}/rgb3x3"
+    assert filled.float32_maps == [wide] == store.float32_maps()
+    assert (store.root / FLOAT32_FILE).read_text() == wide + "\n"
+    assert store.read(imgs[0], "rgb3x3").dtype == np.float16  # the others stay float16
+    stored = store.read(imgs[1], "rgb3x3")
+    assert stored.dtype == np.float32 and np.isfinite(stored).all()
+    assert stored.max() == 1e5 and stored.min() == -2.5e5
+    assert np.array_equal(stored, PixelBackbone(32).features(torch.from_numpy(imgs[1].image[None]), ["x"], None)
+                          ["rgb3x3"][0].numpy())  # float32: the activation itself
+    warnings = [r.getMessage() for r in caplog.records if "beyond float16's range" in r.getMessage()]
+    assert len(warnings) == 1 and wide in warnings[0] and "kept in float32" in warnings[0]
+
+    sampler = PixelSampler.from_store(store, imgs, ["rgb3x3"], 32)
+    features = sampler.gather(np.array([1, 1, 0]), np.array([3, 7, 3]), np.array([4, 7, 4]))
+    assert torch.isfinite(features).all()
+    assert features[0].max() == 1e5 and features[1].min() == -2.5e5 and features[2].abs().max() <= 1
+    assert torch.equal(sampler.image_features(1, slice(3, 4))[4], features[0])  # the banded path reads the same
+
+    again = store.fill(imgs, progress=False)  # cached: nothing computed, the map still named
+    assert (again.files, again.float32_maps) == (0, [wide])
+    monkeypatch.setenv("COLUMNS", "250")
+    info = CliRunner().invoke(app, ["cache", "info"])
+    assert info.exit_code == 0 and "float16, 1 map float32" in info.output, info.output
+
+
+def test_the_overflow_check_keeps_float16_up_to_its_largest_value():
+    from probe.features.store import stored_array
+
+    assert stored_array(np.array([[[65504.0, -65519.0]]], dtype=np.float32)).dtype == np.float16  # rounds to 65504
+    assert stored_array(np.array([[[65520.0]]], dtype=np.float32)).dtype == np.float32  # would round to inf
+    assert stored_array(np.array([[[np.inf, 1.0]]], dtype=np.float32)).dtype == np.float16  # an inf stays an inf

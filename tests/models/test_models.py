@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, PARITY, parity_error
 from probe.errors import ProbeError
 from probe.models import UNet, load_model
 from probe.models.flags import ModelFlags, infer_flags, parse_flags, resolve_flags
@@ -45,7 +45,15 @@ def test_fixture_parity_every_step_and_block():
     for name, act in acts.items():
         ref = reference[name]
         assert act.shape == ref.shape, name
-        assert np.abs(act.numpy() - ref).max() <= 1e-4 * np.abs(ref).mean(), name
+        error = parity_error(act.numpy(), ref)  # max |diff| / mean |ref|, in the UNet's default (channels-last) layout
+        assert error <= PARITY, (name, error)
+
+
+def test_the_unet_computes_in_the_authors_layout():
+    """load_model keeps torch's default (contiguous) layout, as the authors' extractor: channels-last convolutions and
+    GroupNorm moved the features up to 2e-4 (max |diff| / mean |ref|) off theirs on an AMD EPYC (issue 33)."""
+    model = load_model(FIXTURES / META["checkpoint"], META["flags"])
+    assert all(parameter.is_contiguous() for parameter in model.unet.parameters())
 
 
 def test_decoder_stops_after_last_requested_block():
@@ -66,7 +74,8 @@ def test_decoder_stops_after_last_requested_block():
         handle.remove()
     assert ran == [0, 1, 2, 3, 4, 5]
     for name in ("t50_block2", "t50_block5"):
-        assert np.abs(acts[name].numpy() - reference[name]).max() <= 1e-4 * np.abs(reference[name]).mean(), name
+        error = parity_error(acts[name].numpy(), reference[name])
+        assert error <= PARITY, (name, error)
 
 
 def test_hooks_removed_after_extraction():
@@ -100,7 +109,6 @@ def test_state_dict_round_trip_and_inference(tmp_path, name):
     unet = UNet(flags).eval()
     path = tmp_path / "model.pt"
     torch.save(unet.state_dict(), path)
-    unet.to(memory_format=torch.channels_last)  # as load_model lays it out: the same kernels, the same rounding
     loaded = load_model(path, {"image_size": flags.image_size, "num_heads": flags.num_heads,
                                "num_head_channels": flags.num_head_channels,
                                "num_heads_upsample": flags.num_heads_upsample,

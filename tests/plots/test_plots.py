@@ -254,3 +254,36 @@ def test_pca_rgb_scales_each_component_and_the_figure_draws_it(tmp_path):
     assert_written(fig, tmp_path / "pca.png")
     with pytest.raises(ProbeError, match=r"\(h, w, 3\)"):
         plots.pca_rgb(np.zeros((3, 4, 2)))
+
+
+def test_grid_heatmap_of_another_score_without_groups(tmp_path):
+    """`probe correspond`'s heatmap: one row per cell, the value column and the colour bar's label given."""
+    table = grid_table().query("group == 'all'").drop(columns=["group", "miou"]).assign(pck_image=np.arange(12.0))
+    fig = plots.grid_heatmap(table, tmp_path / "pck.png", group=None, value="pck_image", value_label="PCK, %",
+                             title="PCK")
+    matrix = plots.grid_matrix(table, None, "pck_image")
+    np.testing.assert_allclose(np.asarray(fig.axes[0].collections[0].get_array()).reshape(matrix.shape),
+                               matrix.to_numpy())
+    assert matrix.loc["block10", 250] == 10.0 and fig.axes[1].get_ylabel() == "PCK, %"
+    assert_written(fig, tmp_path / "pck.png")
+    with pytest.raises(ProbeError, match=r"lacks columns \['pck_point'\]"):
+        plots.grid_matrix(table, None, "pck_point")
+
+
+def test_correspondence_figure_draws_a_line_per_keypoint_coloured_by_its_verdict(tmp_path):
+    source, target = image(1, 16)[:12], image(2, 20)
+    canvas = plots.correspondence.side_by_side(source, target)
+    assert canvas.shape == (20, 36, 3) and (canvas[12:, :16] == 255).all()
+    assert (canvas[:12, :16] == source).all() and (canvas[:, 16:] == target).all()
+    panel = plots.MatchPanel(source, target, np.array([[1, 2], [5, 6], [10, 3]]), np.array([[4, 4], [9, 9], [0, 19]]),
+                             np.array([[4, 5], [2, 2], [0, 19]]), np.array([True, False, True]), "pair")
+    fig = plots.correspondence_figure([panel, panel], tmp_path / "matches.png", title="matches")
+    ax = fig.axes[0]
+    lines = [line for line in ax.lines if line.get_linestyle() == "-"]
+    assert [line.get_color() for line in lines] == ["#2ca02c", "#d62728", "#2ca02c"]
+    np.testing.assert_array_equal(lines[1].get_xdata(), [5, 9 + 16])  # the target drawn right of the source
+    assert ax.get_title() == "pair: 2/3 correct" and len(fig.axes) == 2
+    assert_written(fig, tmp_path / "matches.png")
+    with pytest.raises(ProbeError, match="3 source keypoints but 2 predictions"):
+        plots.correspondence_figure([plots.MatchPanel(source, target, panel.source_points, panel.predicted[:2],
+                                                      panel.truth, panel.correct, "bad")])

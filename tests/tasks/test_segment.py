@@ -82,3 +82,29 @@ def test_confusion_png_and_visualisation_titles(segmented):
     title = disagreement_title("000", 0.1234)
     assert title == "000: ensemble disagreement 0.123 (Jensen-Shannon, mean of the top 10 % of pixels)"
     assert "uncertainty" not in title
+
+
+def test_metrics_json_records_the_maps_kept_in_float32(tiny_domain, tmp_path):
+    """A backbone whose activations reach 1e5 (beyond float16's range): the fit scores finite features and
+    metrics.json's extraction record names every map the store kept in float32 (issue 33)."""
+    from probe.backbones.pixels import PixelBackbone
+    from probe.data.sources import open_source
+    from probe.tasks.segment import SegmentOptions, evaluate
+
+    class Loud(PixelBackbone):
+        def features(self, images, stems, step):
+            return {name: 1e5 * a for name, a in super().features(images, stems, step).items()}
+
+    source = open_source(data=tiny_domain, progress=False)
+    options = SegmentOptions(train_number=2, test_number=1, members=1)
+    evaluation = evaluate(source, options, 0, tmp_path / "cache", progress=False, backbone=Loud(32))
+    record = evaluation.metrics["extraction"]
+    assert evaluation.metrics["train_images"] == ["000", "001"] and (record["files"], record["image_steps"]) == (3, 3)
+    assert record["float32_maps"] == sorted(f"{key}/rgb3x3" for key in record_keys(evaluation))
+    assert np.isfinite(evaluation.metrics["miou"]) and evaluation.metrics["features"]["dim"] == 27
+
+
+def record_keys(evaluation) -> list[str]:
+    from probe.features.store import image_key
+
+    return [image_key(im) for im in evaluation.train + evaluation.test]
