@@ -68,7 +68,7 @@ QUOTES = [
                                        "({similarity_cka:.2f}); by mutual k-NN, DDPM block {similarity_knn_a} and MAE "
                                        "block {similarity_knn_b} ({similarity_knn:.2f})"),
     ("docs/experiments/correspond.md", "took {correspond_seconds:.0f} s on the 2-core CPU"),
-    ("docs/experiments/correspond.md", "the best cell is block {correspond_block} at t = {correspond_step}: PCK per "
+    ("docs/experiments/correspond.md", "best cell is block {correspond_block} at t = {correspond_step}: PCK per "
                                        "image {correspond_pck_005:.1f} / {correspond_pck:.1f} / "
                                        "{correspond_pck_015:.1f} % at α = 0.05 / 0.1 / 0.15"),
     ("docs/experiments/correspond.md", "keypoint's own position scores {correspond_same:.1f} % at α = 0.1"),

@@ -53,8 +53,12 @@ def test_a_changed_number_is_found_and_the_script_rewrites_it(script, numbers, t
     changed["runs"]["grid"]["best"]["miou"] += 0.3
     changed["runs"]["layers"]["seconds"] += 61
     missing = script.missing_quotes(changed)
-    assert len(missing) == 4 and all(m.startswith(("docs/experiments/grid.md", "docs/embedded-default.md",
-                                                   "docs/experiments/layers.md")) for m in missing)
+    before, after = script.quoted_values(numbers), script.quoted_values(changed)
+    moved = [f"{name}: {template.format(**after)}" for name, template in script.QUOTES
+             if template.format(**after) != template.format(**before)]  # the quotes that hold the changed values
+    assert missing == moved and len(moved) >= 3
+    assert all(m.startswith(("docs/experiments/grid.md", "docs/embedded-default.md", "docs/experiments/layers.md"))
+               for m in missing)
     # the rewrite puts the new values in, keeps the text's own line breaks, and then nothing is missing
     for name in {name for name, _ in script.QUOTES}:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
