@@ -102,3 +102,15 @@ def read_metrics(out: Path) -> dict:
 
 def label_maps(folder: Path) -> dict[str, np.ndarray]:
     return {p.stem: np.load(p) for p in sorted(folder.glob("*.npy"))}
+
+
+@pytest.fixture()
+def mirror(storage, monkeypatch):
+    """A server on 127.0.0.1 serving the requesting module's `storage` folder (the download tests), named by
+    PROBE_MIRROR."""
+    from http_mirror import Mirror
+
+    server = Mirror(storage)
+    monkeypatch.setenv("PROBE_MIRROR", server.url)
+    yield server
+    server.close()

@@ -103,6 +103,7 @@ Tokens = typer.Option("output", "--tokens", help="dit, pixart, sd3, flux: a bloc
 ModelFlagsOpt = typer.Option(None, "--model-flags", help="ADM flags or a JSON file; mae: --num_heads N.")
 Blocks = typer.Option(None, "--blocks", help="Layers: 5,6,7 / 0-17 / names / all.")
 Steps = typer.Option(None, "--steps", help="Diffusion steps t (default 50,150,250).")
+GridSteps = typer.Option(None, "--steps", help="Diffusion steps (default: 9 from 0 to 999).")  # a layer x t sweep
 Noise = typer.Option(None, "--noise", help="shared, per-image, mean-of-K or ddim-inversion.")
 InputActivations = typer.Option(False, "--input-activations", help="ddpm/random: each block's input, not its output.")
 ImageSize = typer.Option(None, "--image-size", help="pixels, swav, transformers, dit, pixart, sd3, flux: input size.")

@@ -42,6 +42,18 @@ SPECS = {
 }
 
 
+def built_spec(kind: str, request) -> BackboneSpec:
+    """SPECS[kind]'s spec with its checkpoint: the hub families' folders come from their session fixtures."""
+    spec, _ = SPECS[kind]
+    if kind in ("diffusers", "sd"):
+        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("diffusers_folders")[kind]})
+    if kind == "transformers":
+        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("transformers_folders")["dinov2"]})
+    if kind in ("dit", "pixart", "sd3", "flux"):
+        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("pipelines")[kind]})
+    return spec
+
+
 def test_every_registered_backbone_has_a_contract_test_instance():
     from probe.backbones.spec import BACKBONE_KINDS
 
@@ -56,13 +68,7 @@ def modules_of(backbone) -> list[torch.nn.Module]:
 
 @pytest.mark.parametrize("kind", sorted(SPECS))
 def test_backbone_contract(tmp_path, kind, request):
-    spec, native = SPECS[kind]
-    if kind in ("diffusers", "sd"):
-        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("diffusers_folders")[kind]})
-    if kind == "transformers":
-        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("transformers_folders")["dinov2"]})
-    if kind in ("dit", "pixart", "sd3", "flux"):
-        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("pipelines")[kind]})
+    spec, native = built_spec(kind, request), SPECS[kind][1]
     backbone = build_backbone(spec, "segment", native)
     assert backbone.kind == kind and backbone.identity["backbone"] == kind and "version" in backbone.identity
     assert json.loads(json.dumps(backbone.identity)) == backbone.identity  # JSON as it is: cache keys, manifests

@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from http_mirror import Mirror
 from probe.data import fetch
 from probe.data.pairs import read_pairs
 from probe.data.registry import PAIR_DATASETS, lookup, lookup_pairs
@@ -109,14 +108,6 @@ def storage(tmp_path_factory) -> Path:
     pf_zip(root / PF_PATH)
     (root / PF_PAIRS_PATH).write_text(PF_PAIRS)
     return root
-
-
-@pytest.fixture()
-def mirror(storage, monkeypatch):
-    server = Mirror(storage)
-    monkeypatch.setenv("PROBE_MIRROR", server.url)
-    yield server
-    server.close()
 
 
 def digest(path: Path) -> str:

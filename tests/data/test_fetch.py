@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from http_mirror import Mirror
 from probe.data import fetch
 from probe.data.registry import lookup
 from probe.errors import ProbeError
@@ -67,14 +66,6 @@ def storage(tmp_path_factory) -> Path:
              labels=np.zeros((2, 8, 8), np.uint8), uncertainty=np.zeros(2))
     archive(root / "synthetic-datasets/ddpm/horse_21.tar.gz", synthetic)
     return root
-
-
-@pytest.fixture()
-def mirror(storage, monkeypatch):
-    server = Mirror(storage)
-    monkeypatch.setenv("PROBE_MIRROR", server.url)
-    yield server
-    server.close()
 
 
 def probe(*args, cwd: Path | None = None, **env) -> subprocess.CompletedProcess:

@@ -19,7 +19,7 @@ from probe.data.pairs import read_pairs
 from probe.features.store import ActivationStore
 from probe.tasks.correspond import FREE_INPUT_SIZE, CorrespondOptions, pair_inputs, run_correspond
 from spair_layout import write_image, write_pair, write_spair_folder
-from test_backbones import SPECS
+from test_backbones import SPECS, built_spec
 from test_diffusers import diffusers_folders  # noqa: F401 (a fixture): tiny diffusers model folders
 from test_latent_diffusion import pipelines  # noqa: F401 (a fixture): tiny DiT ... FLUX folders
 from test_transformers_backbones import transformers_folders, transformers_models  # noqa: F401 (fixtures)
@@ -184,13 +184,7 @@ def test_matches_equal_full_upsampling_and_a_brute_force_argmax(tmp_path):
 @pytest.mark.parametrize("kind", sorted(SPECS))
 def test_every_backbone_family_runs_it(tmp_path, kind, request):
     """The small instances tests/backbones builds of every registered family, on one pair of odd-sized images."""
-    spec, _ = SPECS[kind]
-    if kind in ("diffusers", "sd"):
-        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("diffusers_folders")[kind]})
-    if kind == "transformers":
-        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("transformers_folders")["dinov2"]})
-    if kind in ("dit", "pixart", "sd3", "flux"):
-        spec = BackboneSpec(**{**vars(spec), "checkpoint": request.getfixturevalue("pipelines")[kind]})
+    spec = built_spec(kind, request)
     folder = write_spair_folder(tmp_path / "spair", categories=("cat",), pairs_per_category=1, keypoints=3)
     found = run_correspond(folder, spec, CorrespondOptions(alphas=[0.1]), 0, tmp_path / "out", threads=1,
                            progress=False)
