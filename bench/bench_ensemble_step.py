@@ -47,8 +47,8 @@ class SampledPixels:
         self.where = (rng.integers(4, size=count), rng.integers(256, size=count), rng.integers(256, size=count))
         self.labels = rng.integers(classes, size=count)
 
-    def features(self, idx: np.ndarray) -> torch.Tensor:
-        return self.sampler.gather(*(a[idx] for a in self.where))
+    def features(self, idx: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.sampler.gather(*(a[idx] for a in self.where), dtype)
 
     def compile(self) -> None:
         self.sampler.compile()
@@ -74,8 +74,8 @@ def compare_rules(args) -> dict:
 
 
 def phase_split(args) -> dict:
-    """ms per step in each phase: gathering the batch's features from native maps of the paper's sizes (the
-    sampler, as many batches per call as in fit) and the step itself (forward, backward and Adam in one function,
+    """ms per step in each phase: gathering every member's batch of features from native maps of the paper's sizes
+    (the sampler, as many batches per call as in fit) and the step itself (forward, backward and Adam in one function,
     compiled unless --eager)."""
     generator = torch.Generator().manual_seed(0)
     sampler = paper_sampler(args.dim, generator)
@@ -87,18 +87,23 @@ def phase_split(args) -> dict:
     if not args.eager:
         sampler.compile()
     rng = np.random.default_rng(0)
-    batch = args.batch_size
-    labels = torch.from_numpy(rng.integers(args.classes, size=batch))
+    batch, members = args.batch_size, args.members
+    labels = torch.from_numpy(rng.integers(args.classes, size=(members, batch)))
     seconds = dict.fromkeys(("gather", "step"), 0.0)
-    per_call = max(1, GATHER_PIXELS // batch)
-    for x in sampler.gather(*(rng.integers(n, size=per_call * batch) for n in (4, 256, 256))).split(batch):
+    per_call = max(1, GATHER_PIXELS // (batch * members))  # batches of each member per call, as in fit
+    pixels = members * per_call * batch
+
+    def gather() -> tuple[torch.Tensor, ...]:
+        features = sampler.gather(rng.integers(4, size=pixels), rng.integers(256, size=pixels),
+                                  rng.integers(256, size=pixels), model[0].products)
+        return features.view(members, per_call * batch, -1).split(batch, 1)
+
+    for x in gather():
         step.run([(x, labels)], 1e-3)  # compiles the gather and the step, untimed
     for i in range(args.steps):
         started = time.perf_counter()
         if i % per_call == 0:
-            pixels = per_call * batch
-            batches = sampler.gather(rng.integers(4, size=pixels), rng.integers(256, size=pixels),
-                                     rng.integers(256, size=pixels)).split(batch)
+            batches = gather()
         x = batches[i % per_call]
         gathered = time.perf_counter()
         step.run([(x, labels)], 1e-3)[0].numpy()

@@ -26,6 +26,14 @@ TRAINING_PARAMETERS = ("batch_size", "lr", "patience", "check_after_epoch", "max
                        "precision", "early_batch_size")  # the constructor's arguments a manifest records
 
 
+def member_first(value: torch.Tensor, shape: torch.Size | None) -> torch.Tensor:
+    """A saved Linear weight in StackedLinear's (M, in, out) layout: files written before 2026-12-06 hold it as
+    (in, M, out)."""
+    if value.ndim == 3 and shape is not None and value.shape != shape and value.movedim(1, 0).shape == shape:
+        return value.movedim(1, 0)
+    return value
+
+
 class PixelEnsemble:
     """Ensemble of pixel-classifier MLPs: majority-vote labels and Jensen-Shannon uncertainty.
 
@@ -124,7 +132,7 @@ class PixelEnsemble:
         if dim != self.dim_:
             raise ProbeError(f"features of dimension {dim} given, the ensemble was trained on {self.dim_}")
         first = self.model_[0]
-        return first.weight.detach().view(self.dim_, -1), first.products
+        return first.shared_weight().detach(), first.products
 
     def predict_products(self, products: torch.Tensor, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
         """As `predict`, from the first layer's (N, members * hidden) float32 products of the features (its
@@ -184,7 +192,8 @@ class PixelEnsemble:
         try:
             state = torch.load(weights_path, map_location=device, weights_only=True)
             model = StackedMLP(ensemble.members, config["dim"], ensemble.num_classes, ensemble.precision).to(device)
-            model.load_state_dict(state)
+            shapes = {key: value.shape for key, value in model.state_dict().items()}
+            model.load_state_dict({key: member_first(value, shapes.get(key)) for key, value in state.items()})
         except Exception as error:  # torch.load raises many types for a damaged file
             raise ProbeError(f"{weights_path}: missing or damaged ({error}); run the training again") from None
         ensemble.model_ = model.eval()

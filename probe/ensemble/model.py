@@ -58,27 +58,34 @@ def new_member(dim: int, num_classes: int, generator: torch.Generator) -> nn.Seq
 
 
 class StackedLinear(nn.Module):
-    """M independent Linear layers: weight (in, M, out), bias (M, out); activations are (B, M, features).
+    """M independent Linear layers: weight (M, in, out), bias (M, out); activations are (B, M, features).
 
-    The member axis sits in the middle so that a shared (B, in) input needs one (B, in) x (in, M * out)
-    product on a view of the weight: the input is never copied per member. With `products` bfloat16 that
-    product (and so its weight gradient) runs on bfloat16 copies of input and weight, accumulating in
-    float32; the parameters stay float32."""
+    Member first, so that training, where each member has its own batch, multiplies (M, B, in) by the weight as
+    it lies (one batched product, and Adam's pass over contiguous memory). A (B, in) input shared by all members
+    (prediction) is multiplied once by the weight laid out as (in, M * out) (`shared_weight`). With `products`
+    bfloat16 these products (and so the weight gradient) run on bfloat16 copies of input and weight, accumulating
+    in float32; the parameters stay float32."""
 
     def __init__(self, members: int, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(in_features, members, out_features))
+        self.weight = nn.Parameter(torch.zeros(members, in_features, out_features))
         self.bias = nn.Parameter(torch.zeros(members, out_features))
         self.products = torch.float32
 
+    def shared_weight(self) -> torch.Tensor:
+        """The weight as (in, M * out): column block m is member m's weight, for an input shared by all members."""
+        members, fan_in, fan_out = self.weight.shape
+        return self.weight.transpose(0, 1).reshape(fan_in, members * fan_out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in) shared by all members, or (B, M, in) one per member -> (B, M, out)."""
-        fan_in, members, fan_out = self.weight.shape
+        members, _, fan_out = self.weight.shape
         if x.ndim == 2:
-            flat = x.to(self.products) @ self.weight.view(fan_in, members * fan_out).to(self.products)
+            flat = x.to(self.products) @ self.shared_weight().to(self.products)
             flat = flat + self.bias.view(-1)  # float32 bias: also the cast back from bfloat16, in one pass
             return flat.view(len(x), members, fan_out)
-        return torch.bmm(x.transpose(0, 1), self.weight.transpose(0, 1)).transpose(0, 1) + self.bias
+        products = torch.bmm(x.transpose(0, 1).to(self.products), self.weight.to(self.products))
+        return products.transpose(0, 1) + self.bias
 
 
 class StackedBatchNorm(nn.Module):
@@ -100,7 +107,8 @@ class StackedBatchNorm(nn.Module):
 
 
 class StackedMLP(nn.Sequential):
-    """M member MLPs as one network; its state_dict keys match a member's nn.Sequential.
+    """M member MLPs as one network; its state_dict keys match a member's nn.Sequential, and entry [m] of each of
+    its tensors is member m's (a Linear weight transposed: (in, out)).
 
     `precision` bfloat16 computes the first layer's products (nearly all of the network's arithmetic) in
     bfloat16; everything else, and every parameter, stays float32."""
@@ -134,12 +142,7 @@ class StackedMLP(nn.Sequential):
         stacked = cls(len(mlps), first[0].in_features, first[-1].out_features, precision).to(first[0].weight.device)
         states = [mlp.state_dict() for mlp in mlps]
         with torch.no_grad():
-            for key, target in stacked.member_state().items():
+            for key, target in stacked.state_dict().items():
                 value = torch.stack([state[key] for state in states])
                 target.copy_(value.transpose(1, 2) if value.ndim == 3 else value)  # Linear (out, in) -> (in, out)
         return stacked
-
-    def member_state(self) -> dict[str, torch.Tensor]:
-        """The state dict as views with the member axis first: entry [m] is member m's tensor."""
-        weights = {f"{name}.weight" for name, module in self.named_modules() if isinstance(module, StackedLinear)}
-        return {key: value.movedim(1, 0) if key in weights else value for key, value in self.state_dict().items()}

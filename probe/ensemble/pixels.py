@@ -17,8 +17,8 @@ class TrainingPixels(Protocol):
     dim: int
     labels: np.ndarray
 
-    def features(self, idx: np.ndarray) -> torch.Tensor:
-        """(len(idx), dim) float32 features of the pixels `idx`."""
+    def features(self, idx: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(len(idx), dim) features of the pixels `idx` as `dtype` (the float32 features, cast)."""
         ...
 
     def compile(self) -> None:
@@ -39,8 +39,8 @@ class ArrayPixels:
             )
         self.dim = int(self._features.shape[1])
 
-    def features(self, idx: np.ndarray) -> torch.Tensor:
-        return self._features[torch.as_tensor(idx)].float()
+    def features(self, idx: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self._features[torch.as_tensor(idx)].float().to(dtype)
 
     def compile(self) -> None:
         """Nothing to compile: the features are rows of a tensor in memory."""

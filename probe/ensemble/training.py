@@ -2,10 +2,11 @@
 
 `train_loop` is the authors' loop: a fresh shuffle per epoch, full batches only, Adam, and per-member early stopping
 (`EarlyStopping`), optionally with larger batches in the epochs that rule does not check (`early_batch_size`).
-`fit_sequential` trains the members one after another with torch's own modules and their own shuffles (the
-reference); `fit_batched` trains them all at once as one stacked network on one shared batch sequence, which is the
-same algorithm, gathers each batch of features once and is several times faster; its step (forward, backward and
-Adam) is written out in step.py so that torch.compile can fuse it. Both take the rule's `TrainingSettings` and return
+`fit_sequential` trains the members one after another with torch's own modules (the reference); `fit_batched` trains
+them all at once as one stacked network, several times faster; its step (forward, backward and Adam) is written out in
+step.py so that torch.compile can fuse it. Either way member m shuffles the pixels every epoch with its own generator
+(`member_generators(seed, m)`), as the authors' fresh DataLoader per member does, so both strategies run the same
+algorithm: with float32 products they reach the same weights up to float rounding. Both take the rule's `TrainingSettings` and return
 a `FitRecord` of what the fit did.
 """
 
@@ -24,9 +25,10 @@ from probe.ensemble.model import StackedMLP, member_generators
 from probe.ensemble.pixels import TrainingPixels
 from probe.ensemble.step import StackedStep
 
-GATHER_PIXELS = 1024  # pixels (whole batches, at least one) fetched in one `features` call: 16 batches of 64.
-# Larger calls are slower per pixel with the store's sampler (measured at the paper's shape: 13 us per pixel at 1024,
-# 34 at 4096), so batches larger than 64 are fetched fewer at a time.
+GATHER_PIXELS = 1024  # pixels (whole batches of every member, at least one each) fetched in one `features` call:
+# 16 batches of 64 of one member, one batch of each of 10. Larger calls are slower per pixel with the store's sampler
+# (measured at the paper's shape: 13 us per pixel at 1024, 34 at 4096), so batches larger than 64 are fetched fewer
+# at a time.
 COMPILE_FROM_STEPS = 2_000  # fits whose unchecked epochs take this many steps compile theirs (by default): compiling
 # takes 2-15 s (less once torch's cache holds the shape); the compiled step saves about 5 ms a step at the paper's shape
 
@@ -86,20 +88,23 @@ class EarlyStopping:
         return newly
 
 
-def gathers(pixels: TrainingPixels, order: np.ndarray, batch_size: int, device: str) -> Iterator[list[tuple]]:
-    """The (features, labels) batches in `order`, as lists of the batches of one `pixels.features` call: about
-    GATHER_PIXELS pixels (whole batches) per call."""
-    gather = batch_size * max(1, GATHER_PIXELS // batch_size)
-    for start in range(0, len(order), gather):
-        idx = order[start : start + gather]
-        features = pixels.features(idx).to(device)
+def gathers(pixels: TrainingPixels, orders: np.ndarray, batch_size: int, device: str,
+            dtype: torch.dtype) -> Iterator[list[tuple]]:
+    """The batches of (M, n) `orders` (member m's pixels in row m), as lists of (features (M, batch, D) in `dtype`,
+    labels (M, batch)): member m's batch at [m]; each list is the batches of one `pixels.features` call of about
+    GATHER_PIXELS pixels (whole batches of every member)."""
+    members = len(orders)
+    gather = batch_size * max(1, GATHER_PIXELS // (batch_size * members))
+    for start in range(0, orders.shape[1], gather):
+        idx = orders[:, start : start + gather]
+        features = pixels.features(idx.reshape(-1), dtype).to(device).view(*idx.shape, -1)
         labels = torch.from_numpy(pixels.labels[idx]).to(device, torch.long)
-        yield list(zip(features.split(batch_size), labels.split(batch_size)))
+        yield list(zip(features.split(batch_size, 1), labels.split(batch_size, 1)))
 
 
 def fit_batched(settings: TrainingSettings, pixels: TrainingPixels, model: StackedMLP, compile: bool | None,
                 progress: Progress) -> FitRecord:
-    """Train all members of `model` at once on one shared batch sequence; each member keeps its own early stopping.
+    """Train all members of `model` at once, each on its own shuffles and with its own early stopping.
     `compile`: run the step through torch.compile (None: when the unchecked epochs take COMPILE_FROM_STEPS steps)."""
     model.train()
     steps = (settings.check_after_epoch + 1) * (len(pixels.labels) // (settings.early_batch_size
@@ -108,20 +113,22 @@ def fit_batched(settings: TrainingSettings, pixels: TrainingPixels, model: Stack
     step = StackedStep(model, compile)
     if compile:
         pixels.compile()
-    snapshot = {key: value.clone() for key, value in model.member_state().items()}
+    snapshot = {key: value.clone() for key, value in model.state_dict().items()}
 
     def freeze(stopped: np.ndarray) -> None:
         rows = torch.from_numpy(stopped).to(settings.device)
-        for key, value in model.member_state().items():
+        for key, value in model.state_dict().items():
             snapshot[key][rows] = value[rows]
 
-    record = FitRecord.start(model[0].weight.shape[1])  # StackedLinear's weight: (in, members, out)
-    stopper = train_loop(settings, pixels, np.random.default_rng(settings.seed), step.run, record,
-                         np.arange(len(record.epochs)), freeze, progress, "members")
+    record = FitRecord.start(model[0].weight.shape[0])  # StackedLinear's weight: (members, in, out)
+    members = np.arange(len(record.epochs))
+    rngs = [member_generators(settings.seed, member)[1] for member in members]
+    stopper = train_loop(settings, pixels, rngs, step.run, record, members, freeze, progress, "members",
+                         features_dtype=model[0].products)
     record.compiled = step.compiled
     rows = torch.from_numpy(stopper.stopped).to(settings.device)
     with torch.no_grad():
-        for key, value in model.member_state().items():
+        for key, value in model.state_dict().items():
             value[rows] = snapshot[key][rows]  # undo the Adam steps taken after a member stopped
     return record
 
@@ -151,28 +158,30 @@ def fit_member(settings: TrainingSettings, pixels: TrainingPixels, mlp: nn.Seque
         optimizer.step()
         return loss.detach().view(1)
 
-    rng = member_generators(settings.seed, member)[1]
-    train_loop(settings, pixels, rng, lambda batches, lr: [step(x, y, lr) for x, y in batches], record,
+    rngs = [member_generators(settings.seed, member)[1]]
+    train_loop(settings, pixels, rngs, lambda batches, lr: [step(x[0], y[0], lr) for x, y in batches], record,
                np.array([member]), lambda stopped: None, progress, f"member {member}")
 
 
 def train_loop(
     settings: TrainingSettings,
     pixels: TrainingPixels,
-    rng: np.random.Generator,
+    rngs: list[np.random.Generator],
     run: Callable[[list[tuple[torch.Tensor, torch.Tensor]], float], list[torch.Tensor]],
     record: FitRecord,
     members: np.ndarray,
     on_stop: Callable[[np.ndarray], None],
     progress: Progress,
     description: str,
+    features_dtype: torch.dtype = torch.float32,
 ) -> EarlyStopping:
     """The authors' loop for `members` trained together by `run(batches, lr)` (one Adam step per (x, y) batch, in
-    order -> each step's losses of the members):
-    a fresh shuffle per epoch, full batches only, per-member early stopping; fills the iterations, epochs and
+    order -> each step's losses of the members; x[m], y[m] member m's batch):
+    a fresh shuffle per epoch and member (from its generator in `rngs`), full batches only, per-member early stopping; fills the iterations, epochs and
     last_loss of `record` for them. The unchecked epochs take batches of `settings.early_batch_size` (if set) at a
     learning rate scaled to match; no member stops in them, so the batches of one gather run back to back and their
-    losses are read once, after the last."""
+    losses are read once, after the last. The batches' features come as `features_dtype`: the dtype the first
+    layer's products take them in (rounded once, in the gather)."""
     stopper = EarlyStopping(len(members), settings.patience, settings.check_after_epoch)
     task = progress.add_task(description, total=settings.max_epochs, status="")
     for epoch in range(settings.max_epochs):
@@ -181,8 +190,8 @@ def train_loop(
         lr = settings.lr * (batch_size / settings.batch_size)
         steps_per_epoch = len(pixels.labels) // batch_size
         record.epochs[members[~stopper.stopped]] += 1
-        order = rng.permutation(len(pixels.labels))[: steps_per_epoch * batch_size]
-        for batches in gathers(pixels, order, batch_size, settings.device):
+        orders = np.stack([rng.permutation(len(pixels.labels))[: steps_per_epoch * batch_size] for rng in rngs])
+        for batches in gathers(pixels, orders, batch_size, settings.device, features_dtype):
             if not checked:
                 losses = run(batches, lr)[-1]
                 record.iterations[members] += len(batches)

@@ -78,9 +78,8 @@ class PixelSampler:
         self.columns = [[(int(offset), int(starts[i]), maps[i].shape[1])
                          for i, offset in zip(group, np.cumsum([0] + [maps[i].shape[1] for i in group]))]
                         for group in members]
-        in_groups = torch.cat([torch.arange(start, start + channels) for group in self.columns
-                               for _, start, channels in group])  # feature index of each group column, in order
-        self.group_columns = torch.argsort(in_groups)  # the group column of each feature
+        self.feature_slices = sorted((start, g, offset, channels) for g, group in enumerate(self.columns)
+                                     for offset, start, channels in group)  # each map's columns, in feature order
         self._gather = self._gathered
 
     @classmethod
@@ -90,9 +89,11 @@ class PixelSampler:
         to `size`, by default each image's own (LabeledImage.grid: its label map's size, or its padded canvas)."""
         return cls([StoredMaps(store, images, n) for n in names], [im.grid for im in images] if size is None else size)
 
-    def gather(self, image_index: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> torch.Tensor:
-        """(N, dim) float32 features of pixels (image_index[k], ys[k], xs[k])."""
-        return self._gather(*(torch.as_tensor(a, dtype=torch.long) for a in (image_index, ys, xs)))
+    def gather(self, image_index: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(N, dim) features of pixels (image_index[k], ys[k], xs[k]), computed in float32 and returned as `dtype`
+        (bfloat16: rounded once, as casting the float32 features would)."""
+        return self._gather(*(torch.as_tensor(a, dtype=torch.long) for a in (image_index, ys, xs)), dtype)
 
     def compile(self) -> None:
         """Gather through torch.compile from now on (for the number of pixels of the next call; other numbers run as
@@ -101,7 +102,7 @@ class PixelSampler:
         rounding."""
         self._gather = Compiled(self._gathered, True, "gathering features")
 
-    def _gathered(self, img: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _gathered(self, img: torch.Tensor, y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         values = []
         ty = y if self.row_offset is None else y + self.row_offset[img]  # where each pixel's taps are
         tx = x if self.col_offset is None else x + self.col_offset[img]
@@ -117,9 +118,10 @@ class PixelSampler:
             top = at(y0, x0) * wx0 + at(y0, x1) * wx1
             bottom = at(y1, x0) * wx0 + at(y1, x1) * wx1
             values.append(top.mul_(hy0).add_(bottom.mul_(hy1)))
-        if torch.compiler.is_compiling():  # compiled, one loop writes each feature from its group's column
-            return torch.cat(values, 1)[:, self.group_columns]
-        features = torch.empty(len(img), self.dim)  # eagerly, copying each map's columns into place is faster
+        if torch.compiler.is_compiling():  # compiled, the maps' columns are written in place as one loop
+            return torch.cat([values[g][:, offset:offset + channels].to(dtype)
+                              for _, g, offset, channels in self.feature_slices], 1)
+        features = torch.empty(len(img), self.dim, dtype=dtype)  # eagerly, copying each map's columns into place is faster
         for group, columns in zip(values, self.columns):
             place(features, columns, group)
         return features
@@ -260,8 +262,8 @@ class StorePixels:
         self.image_index, self.ys, self.xs = (np.concatenate(a).astype(np.int32) for a in (image_index, ys, xs))
         self.labels = np.concatenate(kept).astype(np.int64)
 
-    def features(self, idx: np.ndarray) -> torch.Tensor:
-        return self.sampler.gather(self.image_index[idx], self.ys[idx], self.xs[idx])
+    def features(self, idx: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.sampler.gather(self.image_index[idx], self.ys[idx], self.xs[idx], dtype)
 
     def compile(self) -> None:
         self.sampler.compile()

@@ -130,7 +130,7 @@ def test_early_batches_follow_a_hand_written_reference(batched, tmp_path):
     ensemble = PixelEnsemble(4, members=1, early_batch_size=128, check_after_epoch=0, max_epochs=2, batched=batched,
                              progress=False).fit(ArrayPixels(features, labels))
     mlp = new_member(12, 4, member_generators(0, 0)[0])
-    rng = np.random.default_rng(0) if batched else member_generators(0, 0)[1]  # the batched ensemble's shared shuffles
+    rng = member_generators(0, 0)[1]  # member 0's own shuffles, in either mode
     optimizer = torch.optim.Adam(mlp.parameters())
     x, y = torch.from_numpy(features), torch.from_numpy(labels)
     for lr, batch in ((2e-3, 128), (1e-3, 64)):
@@ -148,16 +148,17 @@ def test_early_batches_follow_a_hand_written_reference(batched, tmp_path):
     assert (loaded.early_batch_size, loaded.early_batch_size_) == (128, 128)
 
 
-@pytest.mark.parametrize(("batch_size", "call_sizes"), [(64, [1024, 1024, 1024, 1024, 64]), (256, [1024] * 4),
-                                                      (600, [600] * 6)])
-def test_training_fetches_about_1024_pixels_per_features_call(batch_size, call_sizes):
-    # One epoch of 4160 pixels: full batches only, fetched in calls of whole batches of about GATHER_PIXELS
-    # (larger calls are slower per pixel with the store's sampler).
+@pytest.mark.parametrize(("members", "batch_size", "call_sizes"),
+                         [(1, 64, [1024, 1024, 1024, 1024, 64]), (1, 256, [1024] * 4), (1, 600, [600] * 6),
+                          (4, 64, [1024] * 16 + [256]), (10, 64, [640] * 65), (3, 600, [1800] * 6)])
+def test_training_fetches_about_1024_pixels_per_features_call(members, batch_size, call_sizes):
+    # One epoch of 4160 pixels: full batches only, fetched in calls of whole batches of every member of about
+    # GATHER_PIXELS in all (larger calls are slower per pixel with the store's sampler), at least one batch each.
     pixels = ArrayPixels(*separable_problem(4160, seed=0))
     sizes = []
     features = pixels.features
-    pixels.features = lambda idx: sizes.append(len(idx)) or features(idx)
-    PixelEnsemble(4, members=1, batch_size=batch_size, max_epochs=1, progress=False).fit(pixels)
+    pixels.features = lambda idx, dtype: sizes.append(len(idx)) or features(idx, dtype)
+    PixelEnsemble(4, members=members, batch_size=batch_size, max_epochs=1, progress=False, compile=False).fit(pixels)
     assert sizes == call_sizes
 
 
@@ -185,25 +186,39 @@ def test_jensen_shannon_and_uncertainty_against_numpy():
     assert PixelEnsemble.uncertainty(np.array([0.1, 0.7, 0.3])) == pytest.approx(0.7)  # fewer than 10 pixels
 
 
-@pytest.mark.parametrize("max_epochs", [1, 5])
-def test_batched_and_unbatched_take_the_same_steps(max_epochs):
-    # 64 pixels and batch 64: every step of either mode sees the same batch (in another order).
-    features, labels = separable_problem(64, seed=1)
-    fitted = [
-        PixelEnsemble(4, members=3, max_epochs=max_epochs, batched=batched, progress=False).fit(
-            ArrayPixels(features, labels)
-        )
-        for batched in (True, False)
-    ]
-    batched, unbatched = (ensemble.model_.state_dict() for ensemble in fitted)
+@pytest.mark.parametrize("compile", [False, True])
+def test_batched_and_sequential_fits_reach_the_same_weights(compile):
+    # The authors' algorithm either way: member m shuffles the 320 pixels every epoch with its own generator, 5 batches
+    # of 64 an epoch, 6 epochs (2 of them checked). With float32 products the stacked fit and torch's modules one
+    # member after another take the same steps, so they reach the same weights and losses up to float rounding.
+    features, labels = separable_problem(320, seed=1)
+    fitted = [PixelEnsemble(4, members=3, max_epochs=6, batched=batched, precision="float32", progress=False,
+                            compile=compile if batched else None).fit(ArrayPixels(features, labels))
+              for batched in (True, False)]
+    batched, sequential = (ensemble.model_.state_dict() for ensemble in fitted)
     for key in batched:
-        torch.testing.assert_close(batched[key], unbatched[key], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(fitted[0].last_loss_, fitted[1].last_loss_, rtol=1e-5)
-    assert fitted[0].iterations_.tolist() == fitted[1].iterations_.tolist() == [max_epochs] * 3
-    moved = (batched["0.weight"] - StackedMLP.from_members(
-        [new_member(12, 4, member_generators(0, m)[0]) for m in range(3)]
-    ).state_dict()["0.weight"]).abs().max()
-    assert moved > 1e-4  # training changed the weights, so the comparison above is not vacuous
+        torch.testing.assert_close(batched[key], sequential[key], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fitted[0].last_loss_, fitted[1].last_loss_, rtol=1e-4)
+    assert fitted[0].iterations_.tolist() == fitted[1].iterations_.tolist() == [30] * 3
+    initial = StackedMLP.from_members([new_member(12, 4, member_generators(0, m)[0]) for m in range(3)]).state_dict()
+    assert (batched["0.weight"] - initial["0.weight"]).abs().max() > 1e-3  # training moved the weights
+
+
+def test_members_train_on_their_own_shuffles():
+    # Member m of a stacked fit is the 1-member fit whose shuffles come from member m's generator: its weights do not
+    # depend on the other members, and members with the same initial weights still end apart (other orders).
+    features, labels = separable_problem(320, seed=1)
+    team = PixelEnsemble(4, members=3, max_epochs=3, progress=False).fit(ArrayPixels(features, labels))
+    reference = StackedMLP.from_members([new_member(12, 4, member_generators(0, 2)[0])]).train()
+    step, rng = StackedStep(reference, compile=False), member_generators(0, 2)[1]
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    for _ in range(3):
+        for idx in torch.from_numpy(rng.permutation(320)).split(64):
+            step(x[idx][None], y[idx][None], 1e-3)
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(team.model_.state_dict()[key][2], value[0], rtol=1e-5, atol=1e-7)
+    orders = [member_generators(0, m)[1].permutation(320) for m in range(3)]
+    assert not np.array_equal(orders[0], orders[1])
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
@@ -265,14 +280,14 @@ def test_long_fits_compile_by_default(monkeypatch):
 
 
 def test_batched_member_keeps_its_parameters_from_the_step_it_stopped():
-    # The shared batch sequence depends on the seed only, so member 0 of a 4-member run sees the same
-    # batches as a 1-member run; after it stops, the others' steps must not move it.
+    # Member 0's shuffles depend on (seed, 0) only, so member 0 of a 4-member run sees the same batches as a
+    # 1-member run; after it stops, the others' steps must not move it.
     settings = dict(patience=5, check_after_epoch=0, max_epochs=40, progress=False)
     team = PixelEnsemble(3, members=4, **settings).fit(noise_problem())
     alone = PixelEnsemble(3, members=1, **settings).fit(noise_problem())
     assert team.iterations_[0] == alone.iterations_[0] < team.iterations_.max()
-    for key, value in alone.model_.member_state().items():
-        torch.testing.assert_close(team.model_.member_state()[key][0], value[0])
+    for key, value in alone.model_.state_dict().items():
+        torch.testing.assert_close(team.model_.state_dict()[key][0], value[0])
 
 
 def test_both_modes_learn_a_separable_problem_equally_well():
@@ -321,6 +336,21 @@ def test_save_load_round_trip(tmp_path, precision):
         np.testing.assert_array_equal(before, after)
 
 
+def test_an_ensemble_saved_with_the_member_axis_second_loads(tmp_path):
+    # Files written before 2026-12-06 hold each Linear weight as (in, M, out); they load into (M, in, out).
+    features, labels = separable_problem(512, seed=0)
+    ensemble = PixelEnsemble(4, members=3, max_epochs=1, progress=False).fit(ArrayPixels(features, labels))
+    ensemble.save(tmp_path, {})
+    state = torch.load(tmp_path / "weights.pt")
+    assert state["0.weight"].shape == (3, 12, 128)
+    torch.save({key: value.movedim(0, 1) if value.ndim == 3 else value for key, value in state.items()},
+               tmp_path / "weights.pt")
+    loaded = PixelEnsemble.load(tmp_path)[0]
+    test_features = separable_problem(300, seed=2)[0]
+    for before, after in zip(ensemble.predict(test_features), loaded.predict(test_features)):
+        np.testing.assert_array_equal(before, after)
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(ProbeError, match="manifest.json"):
         PixelEnsemble.load(tmp_path / "nowhere")
@@ -359,14 +389,14 @@ def test_bfloat16_products_round_the_factors_and_keep_float32_parameters():
     exact = layer(x)
     layer.products = torch.bfloat16
     out = layer(x)
-    products = torch.einsum("bi,imo->bmo", x.bfloat16().float(), layer.weight.bfloat16().float())
+    products = torch.einsum("bi,mio->bmo", x.bfloat16().float(), layer.weight.bfloat16().float())
     assert out.dtype == torch.float32 and out.shape == (20, 3, 6)
     error = (out - layer.bias - products).abs()
     assert torch.all(error <= products.abs() * 2 ** -8 + 1e-5)  # float32 sums of rounded factors, rounded once
     assert 1e-3 < (out - exact).abs().max().item() < 0.5
     out.sum().backward()
     assert layer.weight.grad.dtype == torch.float32
-    torch.testing.assert_close(layer.weight.grad, x.bfloat16().float().sum(0)[:, None, None].expand(40, 3, 6),
+    torch.testing.assert_close(layer.weight.grad, x.bfloat16().float().sum(0)[None, :, None].expand(3, 40, 6),
                                rtol=2 ** -8, atol=0.0)
 
 
@@ -469,15 +499,16 @@ def test_a_sampler_over_the_store_files_equals_one_over_stacked_maps(tmp_path):
 def test_unchecked_epochs_run_each_gathers_batches_as_single_steps():
     # Epochs 0..3 check no loss, so the loop runs the batches of one gather back to back and reads the losses once:
     # the same steps, bit for bit, as stepping batch by batch with the same shuffles (33 batches of 64 per epoch,
-    # fetched in gathers of 16, 16 and 1 batches).
+    # fetched in gathers of 8 batches of each member, four times, then 1).
     features, labels = separable_problem(33 * 64, seed=4)
     fitted = PixelEnsemble(4, members=2, max_epochs=2, progress=False, compile=False).fit(
         ArrayPixels(features, labels))
     model = StackedMLP.from_members([new_member(12, 4, member_generators(0, m)[0]) for m in range(2)]).train()
-    step, rng = StackedStep(model, compile=False), np.random.default_rng(0)
+    step, rngs = StackedStep(model, compile=False), [member_generators(0, m)[1] for m in range(2)]
     x, y = torch.from_numpy(features), torch.from_numpy(labels)
     for _ in range(2):
-        for idx in torch.from_numpy(rng.permutation(len(labels))).split(64):
+        orders = torch.from_numpy(np.stack([rng.permutation(len(labels)) for rng in rngs]))
+        for idx in orders.split(64, 1):
             losses = step(x[idx], y[idx], 1e-3)
     for key, value in model.state_dict().items():
         assert torch.equal(fitted.model_.state_dict()[key], value), key
