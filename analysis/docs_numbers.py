@@ -37,12 +37,13 @@ RUNS = {
     "layers": ["probe", "layers", "--backbones", "ddpm,mae", "--threads", "1"],
     "similarity": ["probe", "similarity"],
     "correspond": ["probe", "correspond"],
+    "layers_correspondence": ["probe", "layers", "--task", "correspondence", "--backbones", "ddpm,mae", "--threads", "1"],
 }
 
 # (file, template): the template formatted with quoted_values(numbers) is in the file; a single space in a template
 # matches any run of whitespace (a quote may break across lines), and each template ends with literal text.
 QUOTES = [
-    ("README.md", "to run; mIoU {segment_miou:.2f}; results in"),
+    ("README.md", "install not counted: {segment_seconds:.0f} s to run; mIoU {segment_miou:.2f}; results in"),
     ("docs/getting-started.md", "to run; mIoU {segment_miou:.2f}; results in"),
     ("docs/notebooks.md", '# {{"miou": {segment_miou:.2f}, "per_class"'),
     ("docs/sweeps.md", "(`docs/numbers.json`) gave {segment_miou:.2f} with {segment_threads} threads and "
@@ -57,6 +58,11 @@ QUOTES = [
     ("docs/embedded-default.md", "DDPM best at block {layers_ddpm_block} (relative depth {layers_ddpm_depth:.2f}, "
                                  "t = {layers_ddpm_step}): {layers_ddpm_miou:.1f} %; MAE best at block "
                                  "{layers_mae_block} ({layers_mae_depth:.2f}): {layers_mae_miou:.1f} %"),
+    ("docs/experiments/layers.md", "the default 9 steps, {lc_seconds:.0f} s on one thread at a load average of "
+                                   "{lc_load:.1f}): the DDPM matches best at block {lc_ddpm_block} (relative depth "
+                                   "{lc_ddpm_depth:.2f}, t = {lc_ddpm_step}, PCK per image {lc_ddpm_pck:.1f} %), the "
+                                   "MAE at block {lc_mae_block} ({lc_mae_depth:.2f}, {lc_mae_pck:.1f} %); the same "
+                                   "position scores {lc_same:.1f} %"),
     ("docs/experiments/layers.md", "9 steps; {layers_cells} probes, {layers_duration} on one thread of the 2-core "
                                    "CPU at a load average of {layers_load:.1f})"),
     ("docs/experiments/layers.md", "the DDPM peaks at block {layers_ddpm_block} (relative depth "
@@ -142,9 +148,15 @@ def correspond_numbers(out: Path) -> dict:
             "threads": metrics["threads"]}
 
 
+def layers_correspondence_numbers(out: Path) -> dict:
+    summary = read_json(out / "layers.json")
+    return {"backbones": {entry["label"]: entry["best_layer"] for entry in summary["backbones"]},
+            "same_position": summary["backbones"][0]["same_position"]["pck_image"]["0.1"]}
+
+
 READERS = {"segment": segment_numbers, "segment_threads1": segment_numbers, "grid": grid_numbers,
            "grid_random": grid_numbers, "layers": layers_numbers, "similarity": similarity_numbers,
-           "correspond": correspond_numbers}
+           "correspond": correspond_numbers, "layers_correspondence": layers_correspondence_numbers}
 
 
 def duration(seconds: float) -> str:
@@ -184,7 +196,17 @@ def quoted_values(numbers: dict) -> dict:
         "correspond_step": correspond["best"]["step"], "correspond_pck": correspond["pck_image"]["0.1"],
         "correspond_pck_005": correspond["pck_image"]["0.05"], "correspond_pck_015": correspond["pck_image"]["0.15"],
         "correspond_same": correspond["same_position"]["0.1"],
+        **correspondence_layers_values(runs["layers_correspondence"]),
     }
+
+
+def correspondence_layers_values(run: dict) -> dict:
+    """The `lc_*` values of `probe layers --task correspondence`'s run."""
+    ddpm, mae = run["backbones"]["ddpm"], run["backbones"]["mae"]
+    return {"lc_seconds": run["seconds"], "lc_load": run["load_average"]["mean"], "lc_same": run["same_position"],
+            "lc_ddpm_block": block(ddpm["layer"]), "lc_ddpm_depth": ddpm["relative_depth"],
+            "lc_ddpm_step": ddpm["step"], "lc_ddpm_pck": ddpm["pck_image"], "lc_mae_block": block(mae["layer"]),
+            "lc_mae_depth": mae["relative_depth"], "lc_mae_pck": mae["pck_image"]}
 
 
 def pattern(template: str) -> re.Pattern:

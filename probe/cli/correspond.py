@@ -39,6 +39,32 @@ from probe.cli.options import (
 from probe.errors import ProbeError
 
 
+def check_pairs_source(dataset: Optional[str], data: Optional[Path]) -> None:
+    """Refuse --dataset and --data together, before anything loads."""
+    if dataset is not None and data is not None:
+        raise ProbeError("give --dataset or --data, not both")
+
+
+def pairs_folder(dataset: Optional[str], data: Optional[Path], progress: bool) -> Path:
+    """The folder of pairs in SPair-71k's layout to match: --dataset's benchmark (downloaded on first use), --data, or
+    the embedded default's faces (drawn into the cache on first use); its annotations read, so that a bad one or a
+    missing image is one line before anything loads."""
+    from probe.data.pairs import read_pairs
+
+    check_pairs_source(dataset, data)
+    if dataset is not None:
+        from probe.data.fetch import pairs_dataset
+        from probe.data.registry import lookup_pairs
+
+        data = pairs_dataset(lookup_pairs(dataset), progress=progress)
+    if data is None:
+        from probe.data.default_pairs import default_pairs_folder
+
+        data = default_pairs_folder(progress=progress)
+    read_pairs(data)
+    return data
+
+
 @user_errors
 def correspond(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="spair71k or pfpascal, fetched on first use."),
@@ -79,11 +105,10 @@ def correspond(
           --steps 261 --noise mean-of-8
     """
     parameters = {**locals(), "ray": None}  # the command's parameters by name, for recorded_sweep_options (no Ray)
-    from probe.data.pairs import check_per_category, read_pairs
+    from probe.data.pairs import check_per_category
     from probe.metrics import alpha_key, check_pck, parse_alphas
 
-    if dataset is not None and data is not None:
-        raise ProbeError("give --dataset or --data, not both")
+    check_pairs_source(dataset, data)
     alphas = parse_alphas(alpha)
     check_pck(alphas, threshold, soft_argmax)
     check_per_category(pairs)
@@ -96,16 +121,7 @@ def correspond(
     check_out(out, inputs=[data, checkpoint, cache], command="correspond")
     check_threads(threads)
     check_sweep_options(out, command="correspond", options=recorded_sweep_options("correspond", parameters))
-    if dataset is not None:  # a benchmark by name, downloaded on first use
-        from probe.data.fetch import pairs_dataset
-        from probe.data.registry import lookup_pairs
-
-        data = pairs_dataset(lookup_pairs(dataset), progress=not quiet)
-    if data is None:  # the embedded default's correspondence set, drawn into the cache on first use
-        from probe.data.default_pairs import default_pairs_folder
-
-        data = default_pairs_folder(progress=not quiet)
-    read_pairs(data)  # a bad annotation or a missing image is one line, before anything loads
+    data = pairs_folder(dataset, data, progress=not quiet)
     start_work()
     from probe.data.sources import backbone_spec
     from probe.tasks.correspond import CorrespondOptions, run_correspond

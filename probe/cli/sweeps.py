@@ -4,6 +4,7 @@ robustness (sweeps of probe segment fits)."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import typer
@@ -120,6 +121,49 @@ def grid(
     typer.echo(f"best cell: {best.layer}{at}, mIoU {best.miou:.2f}%  -> {out}")
 
 
+def at_step(step) -> str:
+    """", t=50" for a layers.csv row's step, "" for a backbone without steps (None or pandas' NA)."""
+    return "" if step is None or str(step) == "<NA>" else f", t={step}"
+
+
+def correspondence_layers(parameters: dict, base, given: list[Path]) -> None:
+    """`probe layers --task correspondence` with the command's `parameters` (by name)."""
+    from probe.backbones.spec import backbone_entries
+    from probe.cli.correspond import check_pairs_source, pairs_folder
+    from probe.data.pairs import check_per_category
+    from probe.sweeps.runner import check_options as check_sweep_options
+    from probe.utils.outputs import check_out
+
+    p = SimpleNamespace(**parameters)
+    segmentation_only = {"--data-root": p.data_root, "--train-number": p.train_number,
+                         "--test-number": p.test_number, "--depths": p.depths, "--ray": p.ray}
+    named = [name for name, value in segmentation_only.items() if value is not None]
+    if named:
+        raise ProbeError(f"{', '.join(named)}: for --task segmentation; correspondence takes --dataset spair71k or "
+                         "pfpascal, --data or neither (the embedded faces)")
+    check_pairs_source(p.dataset, p.data)
+    check_per_category(p.pairs)
+    check_out(p.out, inputs=[p.data, p.checkpoint, p.cache, *given], command="layers")
+    check_threads(p.threads)
+    sweep_options = recorded_sweep_options("layers", parameters)
+    check_sweep_options(p.out, command="layers", options=sweep_options)
+    folder = pairs_folder(p.dataset, p.data, progress=not p.quiet)
+    start_work()
+    from probe.data.sources import backbone_spec
+    from probe.tasks.correspond import CorrespondOptions
+    from probe.tasks.layers import run_correspondence_layers
+
+    entries = [(label, backbone_spec(None, spec, progress=not p.quiet)) for label, spec in
+               backbone_entries(p.backbones, base, p.steps, p.model_dtype, p.image_size, p.offload)]
+    table = run_correspondence_layers(folder, entries, CorrespondOptions(pairs=p.pairs), p.seed, p.out,
+                                      cache=p.cache, threads=p.threads, progress=not p.quiet,
+                                      sweep_options=sweep_options, dry_run=p.dry_run)
+    best = table.sort_values("pck_image", ascending=False, kind="stable").drop_duplicates("backbone")
+    typer.echo(" | ".join(f"{row.backbone}: best {row.layer} (depth {row.relative_depth:.2f}"
+                          f"{at_step(row.step)}) PCK@0.1 {row.pck_image:.1f}"
+                          for row in best.itertuples()) + f"  -> {p.out}/layers.png")
+
+
 @user_errors
 def layers(
     dataset: Optional[str] = Dataset, data_root: Optional[Path] = DataRoot, data: Optional[Path] = Data,
@@ -133,6 +177,8 @@ def layers(
     train_number: Optional[int] = ProbeTrainNumber,
     test_number: Optional[int] = ProbeTestNumber,
     members: int = ProbeMembers,
+    task: str = typer.Option("segmentation", "--task", help="segmentation (probe grid's probe) or correspondence (probe correspond's PCK)."),
+    pairs: Optional[int] = typer.Option(None, "--pairs", help="correspondence: at most N pairs per category."),
     seed: int = Seed, device: str = Device, cache: Optional[Path] = Cache,
     ray: Optional[str] = Ray, threads: Optional[int] = Threads, gpus_per_cell: float = GpusPerCell,
     out: Path = SweepOut("layers"),
@@ -141,7 +187,9 @@ def layers(
     """One figure across models: probe grid's per-layer probe for each backbone in one resumable sweep, then mIoU
     per layer against relative depth (layer index / (layers - 1)), one line per backbone; a diffusion backbone's
     point is its best step t at that layer. --image-size goes to transformers, dit, pixart, sd3 and flux;
-    --model-dtype and --offload to the backbones that take them.
+    --model-dtype and --offload to the backbones that take them. --task correspondence runs probe correspond per
+    backbone instead (--dataset spair71k or pfpascal, or --data, default the embedded faces) and plots PCK per image
+    at alpha 0.1.
 
     Examples:
 
@@ -149,6 +197,9 @@ def layers(
       probe layers --backbones ddpm,mae --steps 0,50,200
       probe layers --backbones ddpm,mae,transformers=facebook/dinov2-small
       probe layers --dataset horse21 --backbones ddpm,mae,swav --ray local
+      probe layers --task correspondence --backbones ddpm,mae
+      probe layers --task correspondence --dataset spair71k --pairs 20 \\
+          --backbones sd=stabilityai/stable-diffusion-2-1,transformers=facebook/dinov2-base
     """
     parameters = dict(locals())  # the command's parameters by name, for recorded_sweep_options
     from probe.backbones.spec import backbone_entries, check_cell_syntax
@@ -156,6 +207,12 @@ def layers(
     check_cell_syntax(steps, "steps")
     given = [Path(part.partition("=")[2].strip()) for part in backbones.split(",") if "=" in part]
     base = spec_from_options("ddpm", checkpoint, model_flags, None, None, None, False, None, seed, device, model_dtype=model_dtype)
+    if task not in ("segmentation", "correspondence"):
+        raise ProbeError(f"--task {task!r}: use segmentation or correspondence")
+    if task == "correspondence":
+        return correspondence_layers(parameters, base, given)
+    if pairs is not None:
+        raise ProbeError("--pairs is for --task correspondence")
     sweep_data, downloads = start_sweep("layers", out, dataset, data_root, data, cache, checkpoint, ray, threads,
                                         gpus_per_cell, *given, parameters=parameters, progress=not quiet,
                                         dry_run=dry_run, backbones=parse_kinds(backbones, checkpoint, "--backbones"),
@@ -170,7 +227,7 @@ def layers(
                        dry_run=dry_run, downloads=downloads)
     best = table.sort_values("miou", ascending=False, kind="stable").drop_duplicates("backbone")
     typer.echo(" | ".join(f"{row.backbone}: best {row.layer} (depth {row.relative_depth:.2f}"
-                          f"{'' if row.step is None or str(row.step) == '<NA>' else f', t={row.step}'}) "
+                          f"{at_step(row.step)}) "
                           f"mIoU {row.miou:.1f}" for row in best.itertuples()) + f"  -> {out}/layers.png")
 
 

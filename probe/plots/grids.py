@@ -100,10 +100,12 @@ def grid_lines(table: pd.DataFrame, path: str | Path, group: str = "all", title:
 
 
 @styled
-def layer_depth_lines(table: pd.DataFrame, path: str | Path, title: str | None = None) -> Figure:
-    """Per-layer mIoU against relative depth (0 = a backbone's first layer, 1 = its last), one line per backbone in
-    the table's order (`probe layers`; a diffusion backbone's rows are its best step per layer)."""
-    require_columns(table, ["backbone", "relative_depth", "miou"])
+def layer_depth_lines(table: pd.DataFrame, path: str | Path, title: str | None = None, value: str = "miou",
+                      value_label: str = "mIoU, %") -> Figure:
+    """Per-layer `value` (mIoU; `probe layers --task correspondence`: PCK) against relative depth (0 = a backbone's
+    first layer, 1 = its last), one line per backbone in the table's order (`probe layers`; a diffusion backbone's
+    rows are its best step per layer)."""
+    require_columns(table, ["backbone", "relative_depth", value])
     if table.empty:
         raise ProbeError("layer_depth_lines got an empty table: pass one row per (backbone, layer)")
     names = list(dict.fromkeys(table["backbone"]))
@@ -112,10 +114,10 @@ def layer_depth_lines(table: pd.DataFrame, path: str | Path, title: str | None =
     for name, colour in zip(names, sns.color_palette("colorblind", len(names))):
         rows = table[table["backbone"] == name].sort_values("relative_depth")
         stepped = "step" in rows and rows["step"].notna().any()
-        ax.plot(rows["relative_depth"], rows["miou"].astype(float), marker="o", markersize=3, color=colour,
+        ax.plot(rows["relative_depth"], rows[value].astype(float), marker="o", markersize=3, color=colour,
                 label=f"{name} (best t)" if stepped else name)
-    ax.set(xlabel="relative depth: layer index / (layers - 1)", ylabel="mIoU, %", xlim=(-0.03, 1.03),
-           title=textwrap.fill(title or "mIoU of a probe per layer", 70))
+    ax.set(xlabel="relative depth: layer index / (layers - 1)", ylabel=value_label, xlim=(-0.03, 1.03),
+           title=textwrap.fill(title or f"{value_label} per layer", 70))
     ax.grid(axis="y", linewidth=0.4, alpha=0.5)
     fig.legend(loc="outside right center", title="backbone")
     return save(fig, path)

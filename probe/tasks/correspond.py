@@ -291,6 +291,7 @@ class Correspondence:
     grid: pd.DataFrame
     metrics: dict = field(default_factory=dict)
     layer_title: str = "layer"
+    layer_count: int = 1  # the backbone's layers (Backbone.all_layers), of which layer_index counts
 
     def heatmap(self, path: str | Path | None = None):
         """PCK per image at the reference alpha (probe.metrics.reference_alpha) per layer and step, drawn as `probe
@@ -321,7 +322,7 @@ def results(pairs: Sequence[Pair], cells: Sequence[tuple[str, int | None, dict]]
                          for (block, t), rows in grid.groupby(["block", "step"], sort=False, dropna=False)]}
     if options.drop_massive:
         metrics["massive_channels"] = massive
-    return Correspondence(keypoints, grid, metrics, backbone.layer_title)
+    return Correspondence(keypoints, grid, metrics, backbone.layer_title, len(backbone.all_layers))
 
 
 def cell_rows(keypoints: pd.DataFrame, layer: str, step: int | None) -> pd.DataFrame:

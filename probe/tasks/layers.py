@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,12 +23,15 @@ from probe import plots
 from probe.backbones import BackboneSpec, build_backbone
 from probe.data.sources import backbone_spec
 from probe.errors import ProbeError
+from probe.metrics import alpha_key, reference_alpha
 from probe.sweeps.data import SweepData
 from probe.sweeps.runner import finish_sweep, run_sweep
+from probe.tasks.correspond import CorrespondOptions, run_correspond
 from probe.tasks.grid import GridOptions, grid_cells, grid_extraction, grid_splits, grid_work
-from probe.utils.outputs import atomic_write, write_json
+from probe.utils.outputs import atomic_write, working_dir, write_json
 
 CELL_COLUMNS = ["backbone", "kind", "layer", "layer_index", "layers", "relative_depth", "step", "miou"]
+CORRESPONDENCE_COLUMNS = [*CELL_COLUMNS[:-1], "alpha", "pck_image", "pck_point"]
 
 
 def parse_depths(text: str | None) -> list[float] | None:
@@ -52,9 +55,9 @@ def at_depths(spec: BackboneSpec, depths: list[float] | None, seed: int, native_
     return replace(spec, layers=",".join(str(i) for i in sorted({round(d * (total - 1)) for d in depths})))
 
 
-def best_steps(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (backbone, layer): the step with the highest mIoU (the smallest such step on a tie)."""
-    ordered = cells.assign(_order=range(len(cells))).sort_values(["miou", "step"], ascending=[False, True],
+def best_steps(cells: pd.DataFrame, value: str = "miou") -> pd.DataFrame:
+    """One row per (backbone, layer): the step with the highest `value` (the smallest such step on a tie)."""
+    ordered = cells.assign(_order=range(len(cells))).sort_values([value, "step"], ascending=[False, True],
                                                                    na_position="first", kind="stable")
     best = ordered.drop_duplicates(["backbone", "layer"]).sort_values("_order")
     return best.drop(columns="_order").reset_index(drop=True)
@@ -128,7 +131,48 @@ def run_layers(data: SweepData, entries: list[tuple[str, BackboneSpec]], seed: i
     return best
 
 
-def _best(rows: pd.DataFrame) -> dict:
-    top = rows.sort_values("miou", ascending=False, kind="stable").iloc[0]
+def _best(rows: pd.DataFrame, value: str = "miou") -> dict:
+    top = rows.sort_values(value, ascending=False, kind="stable").iloc[0]
     return {"layer": top.layer, "relative_depth": float(top.relative_depth),
-            "step": None if pd.isna(top.step) else int(top.step), "miou": float(top.miou)}
+            "step": None if pd.isna(top.step) else int(top.step), value: float(top[value])}
+
+
+def run_correspondence_layers(folder: Path, entries: list[tuple[str, BackboneSpec]], options: CorrespondOptions,
+                              seed: int, out: Path, *, cache: str | Path | None = None, threads: int | None = None,
+                              progress: bool = True, sweep_options: dict | None = None,
+                              dry_run: bool = False) -> pd.DataFrame:
+    """`probe layers --task correspondence`: `probe correspond` for each backbone over the pairs of `folder`, each a
+    resumable sweep in out/<label>/ with all of its outputs; then PCK per image (and per point) at the reference alpha
+    per layer against relative depth, a diffusion backbone's point its best step by PCK per image: layers_cells.csv,
+    layers.csv, layers.png and layers.json in `out`; returns layers.csv's table."""
+    started = time.time()
+    alpha = reference_alpha(options.alphas)
+    parts = []
+    runs = {}
+    if not dry_run:
+        working_dir(out, command="layers")
+    for label, spec in entries:
+        found = run_correspond(folder, spec, options, seed, out / label, cache=cache, threads=threads,
+                               progress=progress, sweep_options=sweep_options, dry_run=dry_run)
+        depth = found.layer_count
+        rows = found.grid[found.grid.alpha == alpha].rename(columns={"block": "layer"})
+        parts.append(rows.assign(backbone=label, kind=spec.kind, layers=depth,
+                                 relative_depth=rows.layer_index / (depth - 1) if depth > 1 else 0.0))
+        runs[label] = {"kind": spec.kind, "folder": label, "best": found.metrics["best"],
+                       "pck_image": found.metrics["pck_image"], "same_position": found.metrics["same_position"]}
+    cells_table = pd.concat(parts, ignore_index=True)[CORRESPONDENCE_COLUMNS]
+    best = best_steps(cells_table, "pck_image")
+    atomic_write(out / "layers_cells.csv", lambda p: cells_table.to_csv(p, index=False))
+    atomic_write(out / "layers.csv", lambda p: best.to_csv(p, index=False))
+    plots.layer_depth_lines(best, out / "layers.png", value="pck_image",
+                            value_label=f"PCK per image @{alpha_key(alpha)} ({options.threshold}), %",
+                            title=f"correspondence per layer on {Path(folder).name} (diffusion backbones: their best t)")
+    write_json(out / "layers.json", {
+        "task": "correspondence", "dataset": Path(folder).name, "data": str(folder), "seed": seed, "alpha": alpha,
+        "options": asdict(options), "relative_depth": "layer_index / (layers - 1)",
+        "backbones": [{"label": label, **run, "best_layer": _best(best[best.backbone == label], "pck_image")}
+                      for label, run in runs.items()],
+        "seconds": round(time.time() - started, 1),
+    })
+    finish_sweep(out, ["layers_cells.csv", "layers.csv", "layers.png", "layers.json", *runs])
+    return best

@@ -195,3 +195,46 @@ def test_every_backbone_family_runs_it(tmp_path, kind, request):
     assert 0 <= found.metrics["pck_image"]["0.1"] <= 100
     assert (tmp_path / "out" / "matches.png").is_file()
     assert (tmp_path / "out" / "grid.png").is_file() == (len(cells) > 1)
+
+
+def test_layers_task_correspondence_plots_each_backbones_best_step_per_layer(tmp_path):
+    # `probe layers --task correspondence`: probe correspond per backbone into out/<label>/, then per layer the best
+    # step's PCK per image at alpha 0.1 against relative depth, one line per backbone.
+    folder = write_spair_folder(tmp_path / "spair", categories=("cat", "dog"), pairs_per_category=2, keypoints=5)
+    out = tmp_path / "layers"
+    args = ["layers", "--task", "correspondence", "--data", folder, "--backbones", "ddpm,mae", "--steps", "50,200",
+            "--threads", 1, "--quiet", "--out", out]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    cells = pd.read_csv(out / "layers_cells.csv")
+    best = pd.read_csv(out / "layers.csv")
+    for label, layers in (("ddpm", 18), ("mae", 12)):
+        grid = pd.read_csv(out / label / "grid.csv")
+        at_01 = grid[grid.alpha == 0.1]
+        mine = cells[cells.backbone == label]
+        assert len(mine) == len(at_01) == layers * (2 if label == "ddpm" else 1)
+        np.testing.assert_allclose(mine.pck_image, at_01.pck_image)
+        np.testing.assert_allclose(mine.relative_depth, at_01.layer_index / (layers - 1))
+        rows = best[best.backbone == label]
+        expected = at_01.groupby("block", sort=False).pck_image.max()
+        assert len(rows) == layers
+        np.testing.assert_allclose(rows.set_index("layer").pck_image[expected.index], expected)
+        assert (out / label / "matches.png").is_file() and (out / label / "keypoints.csv").is_file()
+    summary = json.loads((out / "layers.json").read_text())
+    assert summary["task"] == "correspondence" and summary["alpha"] == 0.1
+    top = best[best.backbone == "mae"].sort_values("pck_image", ascending=False, kind="stable").iloc[0]
+    assert summary["backbones"][1]["best_layer"]["pck_image"] == pytest.approx(top.pck_image)
+    assert Image.open(out / "layers.png").size[0] > 300
+    assert f"mae: best {top.layer} (depth {top.relative_depth:.2f}) PCK@0.1 {top.pck_image:.1f}" in result.output
+
+    again = run(*args)  # resumed: every backbone's cells reused
+    assert again.exit_code == 0, again.output
+    for label in ("ddpm", "mae"):
+        assert json.loads((out / label / "probe-run.json").read_text())["runs"][-1]["computed"] == []
+    pd.testing.assert_frame_equal(pd.read_csv(out / "layers.csv"), best)
+
+    refused = run("layers", "--task", "correspondence", "--train-number", 5, "--out", tmp_path / "other")
+    assert refused.exit_code == 2
+    assert "--train-number: for --task segmentation; correspondence takes --dataset spair71k" in refused.output
+    assert run("layers", "--task", "depth", "--out", tmp_path / "other").exit_code == 2
+    assert "--pairs is for --task correspondence" in run("layers", "--pairs", 3, "--out", tmp_path / "other").output
