@@ -198,8 +198,8 @@ def layers(
       probe layers --backbones ddpm,mae,transformers=facebook/dinov2-small
       probe layers --dataset horse21 --backbones ddpm,mae,swav --ray local
       probe layers --task correspondence --backbones ddpm,mae
-      probe layers --task correspondence --dataset spair71k --pairs 20 \\
-          --backbones sd=stabilityai/stable-diffusion-2-1,transformers=facebook/dinov2-base
+      probe layers --task correspondence --dataset spair71k \\
+          --pairs 20 --backbones sd=stabilityai/stable-diffusion-2-1,mae
     """
     parameters = dict(locals())  # the command's parameters by name, for recorded_sweep_options
     from probe.backbones.spec import backbone_entries, check_cell_syntax
