@@ -99,6 +99,7 @@ def test_option_mistakes_are_answered_before_torch_is_imported(args, words, tmp_
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_kmeans_prints_no_faiss_loader_lines_unless_verbose(tmp_path):
     args = ["kmeans", "--backbone", "pixels", "--n-images", "1", "--k", "2", "--threads", "1", "--quiet"]
     quiet = probe(*args, "--out", tmp_path / "k1")

@@ -205,6 +205,7 @@ def test_ctrl_c_during_training_keeps_the_activations(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_file_is_recomputed_through_the_command(tmp_path):
     cache = tmp_path / "cache"
     first = probe("segment", *SMALL, "--out", tmp_path / "first", cache=cache)
@@ -219,6 +220,7 @@ def test_a_damaged_cache_file_is_recomputed_through_the_command(tmp_path):
     assert "recomputing it" in warnings[0] and metrics(tmp_path / "first")["miou"] == clean
 
 
+@pytest.mark.slow
 def test_every_entry_point_runs_the_same_start_up(tmp_path):
     """The console script and `python -m probe` both flush subnormals and keep freed memory (README's timings were
     taken that way)."""
@@ -247,6 +249,7 @@ def test_cache_info_and_clear_commands(tmp_path):
     one_error_line(probe("cache", "clear", "--older-than", "-1", cache=cache), "--older-than -1")
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_sweep_keeps_its_finished_cells_and_the_rerun_computes_the_rest(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "grid"
     grid = ["grid", "--data", tmp_path / "faces", "--checkpoint", FIXTURES / "adm_tiny32.pt", "--model-flags",

@@ -29,6 +29,7 @@ def efficiency(tiny_domain, out, *extra):
                "--threads", 1, "--out", out, "--quiet", *extra)
 
 
+@pytest.mark.slow
 def test_efficiency_table_figure_and_resume(tmp_path, tiny_domain, caplog):
     out = tmp_path / "eff"
     result = efficiency(tiny_domain, out)
@@ -93,6 +94,7 @@ def test_efficiency_on_ray_equals_in_process(tmp_path, tiny_domain):
     assert (here / "table.md").read_text() == (there / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_variants_table_and_the_shared_variant_is_probe_segment(tmp_path, tiny_domain):
     model = ["--checkpoint", FIXTURES / "adm_tiny32.pt", "--model-flags", FIXTURES / "adm_tiny32.json",
              "--blocks", "2,5", "--steps", "50", "--members", 1]

@@ -30,6 +30,7 @@ def robustness(data, out, *extra):
                "--seeds", 0, "--members", 1, "--threads", 1, "--out", out, "--quiet", *extra)
 
 
+@pytest.mark.slow
 def test_robustness_table_equals_segment_resumes_and_repeats(tmp_path, tiny_domain, caplog):
     out = tmp_path / "rob"
     result = robustness(tiny_domain, out)

@@ -94,6 +94,7 @@ def _files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.parent.name in ("train", "dropped")}
 
 
+@pytest.mark.slow
 def test_synthesize_writes_a_dataset_that_predict_reproduces(tmp_path, ensembles):
     out = tmp_path / "synth"
     options = SynthesizeOptions(n=6, sampler="ddim:2", chunk_size=4, drop_uncertain=0.34)
