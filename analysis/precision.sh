@@ -33,18 +33,16 @@ for run, name in runs.items():
             ours, theirs = np.load(path), np.load(reference / path.name)
             agree, total = agree + int((ours == theirs).sum()), total + ours.size
         rows.append({"run": name, "precision": metrics["precision"], "seed": seed,
-                     "miou": metrics["miou"], "agreement_with_sequential": agree / total,
-                     "training_seconds": metrics["seconds"]["training"]})
+                     "miou": metrics["miou"], "agreement_with_sequential": agree / total})
 table = pd.DataFrame(rows)
 table.to_csv(results / "seeds.csv", index=False)
 sequential = table[table.run == runs["sequential"]].set_index("seed").miou
 lines = ["| run | products | mIoU, % (seeds 0, 1, 2) | mean | mean gap to sequential | pixels agreeing with "
-         "sequential | training, s (mean) |", "|---|---|---|---|---|---|---|"]
+         "sequential |", "|---|---|---|---|---|---|"]
 for name, group in table.groupby("run", sort=False):
     gap = (group.set_index("seed").miou - sequential).mean()
     lines.append(f"| {name} | {group.precision.iloc[0]} | {', '.join(f'{v:.2f}' for v in group.miou)} | "
-                 f"{group.miou.mean():.2f} | {gap:+.2f} | {100 * group.agreement_with_sequential.mean():.1f} % | "
-                 f"{group.training_seconds.mean():.1f} |")
+                 f"{group.miou.mean():.2f} | {gap:+.2f} | {100 * group.agreement_with_sequential.mean():.1f} % |")
 (results / "table.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -29,7 +29,6 @@ def executed(tmp_path_factory):
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
-@pytest.mark.slow
 def test_the_tour_shows_the_segmenters_miou_and_its_figures(executed):
     shown = "\n".join(text_of(cell) for cell in executed)
     assert not [output for cell in executed for output in cell.outputs if output.output_type == "error"]

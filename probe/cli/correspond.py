@@ -46,12 +46,11 @@ def check_pairs_source(dataset: Optional[str], data: Optional[Path]) -> None:
 
 
 def pairs_folder(dataset: Optional[str], data: Optional[Path], progress: bool) -> Path:
-    """The folder of pairs in SPair-71k's layout to match: --dataset's benchmark (downloaded on first use), --data, or
+    """(After check_pairs_source.) The folder of pairs in SPair-71k's layout to match: --dataset's benchmark (downloaded on first use), --data, or
     the embedded default's faces (drawn into the cache on first use); its annotations read, so that a bad one or a
     missing image is one line before anything loads."""
     from probe.data.pairs import read_pairs
 
-    check_pairs_source(dataset, data)
     if dataset is not None:
         from probe.data.fetch import pairs_dataset
         from probe.data.registry import lookup_pairs

@@ -6,8 +6,8 @@
 them all at once as one stacked network, several times faster; its step (forward, backward and Adam) is written out in
 step.py so that torch.compile can fuse it. Either way member m shuffles the pixels every epoch with its own generator
 (`member_generators(seed, m)`), as the authors' fresh DataLoader per member does, so both strategies run the same
-algorithm: with float32 products they reach the same weights up to float rounding. Both take the rule's `TrainingSettings` and return
-a `FitRecord` of what the fit did.
+algorithm: with float32 products they reach the same weights up to float rounding. Both take the rule's
+`TrainingSettings` and return a `FitRecord` of what the fit did.
 """
 
 from __future__ import annotations
@@ -177,8 +177,8 @@ def train_loop(
 ) -> EarlyStopping:
     """The authors' loop for `members` trained together by `run(batches, lr)` (one Adam step per (x, y) batch, in
     order -> each step's losses of the members; x[m], y[m] member m's batch):
-    a fresh shuffle per epoch and member (from its generator in `rngs`), full batches only, per-member early stopping; fills the iterations, epochs and
-    last_loss of `record` for them. The unchecked epochs take batches of `settings.early_batch_size` (if set) at a
+    a fresh shuffle per epoch and member (from its generator in `rngs`), full batches only, per-member early
+    stopping; fills the iterations, epochs and last_loss of `record` for them. The unchecked epochs take batches of `settings.early_batch_size` (if set) at a
     learning rate scaled to match; no member stops in them, so the batches of one gather run back to back and their
     losses are read once, after the last. The batches' features come as `features_dtype`: the dtype the first
     layer's products take them in (rounded once, in the gather)."""

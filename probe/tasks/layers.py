@@ -55,6 +55,11 @@ def at_depths(spec: BackboneSpec, depths: list[float] | None, seed: int, native_
     return replace(spec, layers=",".join(str(i) for i in sorted({round(d * (total - 1)) for d in depths})))
 
 
+def relative_depth(index, layers: int):
+    """layer_index / (layers - 1): 0 for a network's first layer, 1 for its last (0 for a one-layer backbone)."""
+    return index / (layers - 1) if layers > 1 else 0.0
+
+
 def best_steps(cells: pd.DataFrame, value: str = "miou") -> pd.DataFrame:
     """One row per (backbone, layer): the step with the highest `value` (the smallest such step on a tie)."""
     ordered = cells.assign(_order=range(len(cells))).sort_values([value, "step"], ascending=[False, True],
@@ -106,7 +111,7 @@ def run_layers(data: SweepData, entries: list[tuple[str, BackboneSpec]], seed: i
             layer, index = cell.config["layer"], backbone.layer_index(cell.config["layer"])
             for name, iou in by_key[cell.key]["result"]["per_class"].items():
                 per_class.append({"backbone": label, "kind": backbone.kind, "layer": layer, "layer_index": index,
-                                  "layers": depth, "relative_depth": index / (depth - 1) if depth > 1 else 0.0,
+                                  "layers": depth, "relative_depth": relative_depth(index, depth),
                                   "step": cell.config["step"], "class": name, "iou": iou})
     table = pd.DataFrame(per_class).astype({"step": "Int64"})
     keys = [c for c in CELL_COLUMNS if c != "miou"]
@@ -157,8 +162,8 @@ def run_correspondence_layers(folder: Path, entries: list[tuple[str, BackboneSpe
         depth = found.layer_count
         rows = found.grid[found.grid.alpha == alpha].rename(columns={"block": "layer"})
         parts.append(rows.assign(backbone=label, kind=spec.kind, layers=depth,
-                                 relative_depth=rows.layer_index / (depth - 1) if depth > 1 else 0.0))
-        runs[label] = {"kind": spec.kind, "folder": label, "best": found.metrics["best"],
+                                 relative_depth=relative_depth(rows.layer_index, depth)))
+        runs[label] = {"kind": spec.kind, "best": found.metrics["best"],
                        "pck_image": found.metrics["pck_image"], "same_position": found.metrics["same_position"]}
     cells_table = pd.concat(parts, ignore_index=True)[CORRESPONDENCE_COLUMNS]
     best = best_steps(cells_table, "pck_image")
