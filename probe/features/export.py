@@ -3,6 +3,7 @@ top 3 principal components drawn as RGB."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,12 @@ from probe import plots
 from probe.backbones import Backbone
 from probe.data.sources import picture
 from probe.errors import ProbeError
+from probe.features.store import stored_array
 from probe.utils.outputs import output_dir
 from probe.utils.progress import progress_bar
 
 PCA_COMPONENTS = 3  # one per colour channel
+log = logging.getLogger("probe")
 
 
 def pca_projections(features: np.ndarray, components: int = PCA_COMPONENTS) -> tuple[np.ndarray, np.ndarray]:
@@ -46,10 +49,11 @@ def export_features(backbone: Backbone, images: list, out: Path, dtype: str = "f
     diffusion UNets, `block{b}` for MAE, `layer{L}.{j}` for SwAV): the documented export format. `pca`: also
     `out/pca/<stem>_<cell>.png` per image and cell, the image beside the map's top 3 principal components as RGB
     (pca_projections, plots.feature_pca_figure). Returns the written .npz paths. `inputs`: the files read (never
-    inside `out`)."""
+    inside `out`). With `dtype` float16, a map holding a value beyond float16's range is written in float32, as the
+    activation store keeps it (stored_array), and named in one warning."""
     if dtype not in ("float32", "float16"):
         raise ProbeError(f"--dtype {dtype!r}: use float32 or float16")
-    written = []
+    written, widened = [], []
     with output_dir(out, command="features", overwrite=overwrite, inputs=inputs) as tmp, progress_bar(progress) as bar:
         task = bar.add_task("extracting features", total=len(images))
         if pca:
@@ -60,7 +64,11 @@ def export_features(backbone: Backbone, images: list, out: Path, dtype: str = "f
                     for name, a in backbone.batch_features([im.image for im in chunk], [im.stem for im in chunk], step,
                                                            batch_size).items()}
             for j, image in enumerate(chunk):
-                np.savez(tmp / f"{image.stem}.npz", **{name: acts[name][j].numpy().astype(dtype) for name in backbone.names})
+                arrays = {name: acts[name][j].numpy().astype(np.float32) for name in backbone.names}
+                if dtype == "float16":
+                    arrays = {name: stored_array(array) for name, array in arrays.items()}
+                    widened += [f"{image.stem}.npz/{name}" for name, a in arrays.items() if a.dtype == np.float32]
+                np.savez(tmp / f"{image.stem}.npz", **arrays)
                 written.append(Path(out) / f"{image.stem}.npz")
                 for name in backbone.names if pca else ():
                     projections, explained = pca_projections(acts[name][j].numpy())
@@ -68,4 +76,7 @@ def export_features(backbone: Backbone, images: list, out: Path, dtype: str = "f
                                              title=f"{image.stem}, {name}: top 3 principal components as RGB "
                                                    f"({100 * explained.sum():.0f} % of the variance)")
             bar.advance(task, len(chunk))
+    if widened:
+        maps = f"{len(widened)} map{'s' if len(widened) > 1 else ''}"
+        log.warning(f"{maps} held values beyond float16's range (+-65504), e.g. {widened[0]}: written in float32")
     return written

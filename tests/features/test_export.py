@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -79,3 +80,24 @@ def test_features_pca_writes_a_picture_per_image_and_cell(tmp_path, tiny_domain,
     maps = np.load(out / "000.npz")
     for cell in cells:
         assert_projections(maps[cell])
+
+
+def test_a_float16_export_keeps_a_map_beyond_float16s_range_in_float32(tmp_path, caplog):
+    """Issue 33: `probe features --dtype float16` writes a map that float16 would turn into inf in float32, as the
+    activation store does, and names it; the other maps stay float16."""
+    from probe.backbones.pixels import PixelBackbone
+    from probe.data.layout import LabeledImage
+    from probe.features.export import export_features
+
+    rng = np.random.default_rng(0)
+    images = [LabeledImage(f"img{i}", rng.uniform(-1, 1, (3, 16, 16)).astype(np.float32), None) for i in range(2)]
+    images[1].image[0, 3, 4] = 1e5
+    written = export_features(PixelBackbone(16), images, tmp_path / "feats", dtype="float16", progress=False)
+    assert [p.name for p in written] == ["img0.npz", "img1.npz"]
+    plain, wide = (np.load(p)["rgb3x3"] for p in written)
+    assert plain.dtype == np.float16 and wide.dtype == np.float32
+    assert np.isfinite(wide).all() and wide.max() == 1e5  # the 3x3 neighbourhoods of the planted pixel hold it
+    assert np.array_equal(wide, PixelBackbone(16).features(torch.from_numpy(images[1].image[None]), ["img1"], None)
+                          ["rgb3x3"][0].numpy())
+    warnings = [r.getMessage() for r in caplog.records if "beyond float16's range" in r.getMessage()]
+    assert warnings == ["1 map held values beyond float16's range (+-65504), e.g. img1.npz/rgb3x3: written in float32"]
