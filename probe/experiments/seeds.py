@@ -39,12 +39,13 @@ def run_seeds(data: SweepData, options: SegmentOptions, seeds: list[int], out: P
     `sweep_options`: the command's result-determining options, which a rerun must repeat (`run_sweep`);
     `downloads`: what the command downloaded first, named on the plan."""
     out = Path(out).expanduser().absolute()  # a cell's folder, as a Ray worker on another machine sees it
-    cells = [SweepCell({**segment_config(data, options.backbone, train_number=options.train_number,
-                                    test_number=options.test_number, members=options.members,
-                                    precision=options.precision, train_draw=options.train_draw,
-                                    batched=options.batched, train_data=options.train_data,
-                                    early_batch_size=options.early_batch_size),
-                   "folder": str(out / f"seed_{seed}")}, seed, title=options.backbone.kind) for seed in seeds]
+    cells = [SweepCell(segment_config(data, options.backbone, train_number=options.train_number,
+                                      test_number=options.test_number, members=options.members,
+                                      precision=options.precision, train_draw=options.train_draw,
+                                      batched=options.batched, train_data=options.train_data,
+                                      early_batch_size=options.early_batch_size),
+                       seed, title=options.backbone.kind, outputs={"folder": str(out / f"seed_{seed}")})
+             for seed in seeds]
     records = run_sweep(cells, seed_work, out, command="segment", ray=ray, threads=threads,
                         gpus_per_cell=gpus_per_cell, progress=progress, options=sweep_options,
                         extractions=segment_extractions, dry_run=dry_run, downloads=downloads)

@@ -47,11 +47,13 @@ Work = Callable[[dict, int], dict]
 
 @dataclass(frozen=True)
 class SweepCell:
-    """One configuration (a JSON-able dict) and one seed; `title` names the configuration for a person (progress
-    bars) and is no part of the cell's identity."""
+    """One configuration (a JSON-able dict) and one seed. `title` names the configuration for a person (progress
+    bars); `outputs` (JSON-able) says where the cell writes files of its own, e.g. {"folder": ...}. Neither is part of
+    the cell's identity, so a sweep folder moved elsewhere resumes."""
     config: dict = field(hash=False)
     seed: int = 0
     title: str = field(default="", compare=False)
+    outputs: dict = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self):
         if "seed" in self.config:
@@ -59,13 +61,13 @@ class SweepCell:
 
     @property
     def spec(self) -> dict:
-        """What `work` receives and the record stores: the config with the seed."""
-        return {**self.config, "seed": self.seed}
+        """What `work` receives and the record stores: the config with the outputs and the seed."""
+        return {**self.config, **self.outputs, "seed": self.seed}
 
     @property
     def key(self) -> str:
-        """A short, filesystem-safe id: the scalar config values, then a hash of the whole spec."""
-        digest = hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:10]
+        """A short, filesystem-safe id: the scalar config values, then a hash of the config and the seed."""
+        digest = hashlib.sha256(json.dumps({**self.config, "seed": self.seed}, sort_keys=True).encode()).hexdigest()[:10]
         words = [str(v) for _, v in sorted(self.config.items()) if isinstance(v, (str, int, float, bool))]
         prefix = re.sub(r"[^A-Za-z0-9.=+]+", "_", "-".join([*words, f"s{self.seed}"]))[:48].strip("._")
         return f"{prefix}-{digest}"

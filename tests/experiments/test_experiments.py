@@ -177,14 +177,17 @@ def test_segment_seeds_is_a_resumable_sweep_of_whole_segment_runs(tmp_path, tiny
     assert (out / "seed_2" / "ensemble" / "manifest.json").is_file()
     assert sorted(p.name for p in (out / "seed_1" / "predictions").iterdir()) == ["000.npy", "001.npy", "002.npy"]
 
-    seed_1 = next(p for p in (out / "cells").iterdir() if json.loads(p.read_text())["config"]["seed"] == 1)
+    moved = tmp_path / "moved"
+    out.rename(moved)  # a sweep folder moved elsewhere resumes there: no cell's identity holds its folder
+    seed_1 = next(p for p in (moved / "cells").iterdir() if json.loads(p.read_text())["config"]["seed"] == 1)
     seed_1.unlink()  # killed while seed 1 ran: its folder may be half-made
-    (out / "seed_1" / "metrics.json").unlink()
+    (moved / "seed_1" / "metrics.json").unlink()
     caplog.set_level(logging.INFO, logger="probe")
-    result = run(*args)
+    result = run(*[moved if a == out else a for a in args])
     assert result.exit_code == 0, result.output
-    assert "2 cells reused, 1 computed" in caplog.text and read_metrics(out) == summary
-    assert read_metrics(out / "seed_1")["miou"] == summary["miou_per_seed"][1]
+    assert "2 cells reused, 1 computed" in caplog.text and read_metrics(moved) == summary
+    assert read_metrics(moved / "seed_1")["miou"] == summary["miou_per_seed"][1] and not out.exists()
+    moved.rename(out)
     refused = run(*args, "--overwrite")
     assert refused.exit_code == 2 and "a sweep folder that a rerun resumes" in refused.output
     refused = run("segment", "--data", tiny_domain, "--ray", "local", "--out", tmp_path / "one", "--quiet")
